@@ -1,0 +1,54 @@
+"""Small records that cross process boundaries inside the daemon.
+
+Pixels never travel in these: a frame crosses as a reference to a slot of its stream's shared-memory ring
+(`FrameReady`), checked against the slot's sequence number so that a recycled slot is never mistaken for
+the frame that was announced. They are msgspec structs, encoded as MessagePack arrays on the internal
+notification socket (see `transport.notify`). The public wire format is in `streamer.protocol`.
+"""
+
+from __future__ import annotations
+
+import time
+
+import msgspec
+
+# Kinds of stream events, published as `evt.<stream>` messages.
+EVENT_STARTED = "started"  # the source opened; detail carries codec, size and rate
+EVENT_EOS = "eos"  # the source ended normally (end of file, not looping); no more frames will follow
+EVENT_ERROR = "error"  # the source failed (missing file, corrupt data, unsupported codec, worker died)
+EVENT_DROPPED = "dropped"  # frames of a live stream were dropped because inference fell behind
+EVENT_KINDS = (EVENT_STARTED, EVENT_EOS, EVENT_ERROR, EVENT_DROPPED)
+
+
+class FrameReady(msgspec.Struct, frozen=True, tag="frame", array_like=True):
+    """Slot `slot` of the ring at `ring` holds frame `index` of `stream`."""
+
+    stream: str
+    ring: str
+    """Path of the ring's shared-memory file; a new path means the source re-created its ring."""
+    slot: int
+    seq: int
+    """The ring's write sequence number for this frame (guards against a recycled slot)."""
+    index: int
+    """0-based count of frames the source produced (keeps counting across loops of a file)."""
+    pts: float | None
+    """Presentation time in seconds, as the container gives it (offset by the duration on each loop)."""
+    capture_time: float
+    """Wall-clock time (Unix seconds) at which the frame was decoded."""
+    width: int
+    height: int
+    live: bool = False
+    """True for sources whose old frames may be dropped in favour of the newest when inference lags."""
+
+
+class StreamEvent(msgspec.Struct, frozen=True, tag="event", array_like=True):
+    """Something happened to a stream: started, ended, failed, dropped frames."""
+
+    stream: str
+    kind: str
+    message: str = ""
+    time: float = msgspec.field(default_factory=time.time)
+    detail: dict[str, str | int | float] = msgspec.field(default_factory=dict)
+
+
+Notification = FrameReady | StreamEvent
