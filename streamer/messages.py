@@ -51,4 +51,17 @@ class StreamEvent(msgspec.Struct, frozen=True, tag="event", array_like=True):
     detail: dict[str, str | int | float] = msgspec.field(default_factory=dict)
 
 
-Notification = FrameReady | StreamEvent
+class SourceExit(msgspec.Struct, frozen=True, tag="exit", array_like=True):
+    """The source worker of `stream` is exiting: no frame of it will follow on this connection."""
+
+    stream: str
+
+
+class Shutdown(msgspec.Struct, frozen=True, tag="shutdown", array_like=True):
+    """From the supervisor: finish the frames already announced, publish them, and exit."""
+
+    expect_exits: list[str] = msgspec.field(default_factory=list)
+    """Streams whose `SourceExit` may still be in flight on other connections: wait for them (bounded)."""
+
+
+Notification = FrameReady | StreamEvent | SourceExit | Shutdown

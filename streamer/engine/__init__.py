@@ -1,0 +1,44 @@
+"""Inference backends behind one small interface, loaded by name and lazily.
+
+Only the inference worker imports a backend module, so the supervisor and a CPU-only install never
+import TensorRT, torch or CUDA.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from pathlib import Path
+
+from streamer.engine.base import Engine, EngineOptions, ModelSpec
+from streamer.errors import EngineError
+
+__all__ = ["Engine", "EngineOptions", "ModelSpec", "load_engine"]
+
+log = logging.getLogger(__name__)
+
+# backend name -> module:class. Only onnxruntime exists so far; `auto` resolves among the available.
+_BACKENDS = {
+    "onnxruntime": "streamer.engine.onnxruntime:OnnxRuntimeEngine",
+}
+
+
+def load_engine(backend: str, model: Path, options: EngineOptions) -> Engine:
+    """Load `model` with `backend` (``auto`` picks the best available) and return the ready engine."""
+    if backend == "auto":
+        # Until the GPU backends land, onnxruntime is the only choice.
+        backend = "onnxruntime"
+        log.info("engine backend auto -> onnxruntime (the only backend available in this build)")
+    target = _BACKENDS.get(backend)
+    if target is None:
+        raise EngineError(
+            f"engine backend {backend!r} is not available in this build "
+            f"(available: {', '.join(sorted(_BACKENDS))})"
+        )
+    module_name, cls_name = target.split(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise EngineError(f"engine backend {backend!r} needs a package that is not installed: {exc}") from exc
+    engine_cls: type[Engine] = getattr(module, cls_name)
+    return engine_cls(model, options)

@@ -1,0 +1,93 @@
+"""What every decoder yields, and the pacing that turns a file into a live-like stream."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+
+@dataclass
+class DecodedFrame:
+    """One decoded picture, RGB ``HxWx3`` uint8 on the CPU path."""
+
+    image: np.ndarray
+    index: int
+    """0-based count of frames the source produced; keeps counting across loops of a file."""
+    pts: float | None
+    """Presentation time in seconds (offset by the file's duration on each loop), None if unknown."""
+    capture_time: float = field(default_factory=time.time)
+
+
+@dataclass(frozen=True)
+class SourceInfo:
+    """What a stream turned out to be once opened, for the `started` event and logs."""
+
+    codec: str
+    width: int
+    height: int
+    fps: float | None
+    decoder: str
+
+    def as_detail(self) -> dict[str, str | int | float]:
+        detail: dict[str, str | int | float] = {
+            "codec": self.codec, "width": self.width, "height": self.height, "decoder": self.decoder,
+        }  # fmt: skip
+        if self.fps:
+            detail["fps"] = round(self.fps, 3)
+        return detail
+
+
+class FrameSource(Protocol):
+    """A decoder for one stream. `open` raises `SourceError` (or its subclasses) with a clear reason."""
+
+    stream_id: str
+    info: SourceInfo | None
+
+    def open(self) -> SourceInfo: ...
+
+    def frames(self) -> Iterator[DecodedFrame]:
+        """Decoded frames until the stream ends (or forever when looping a file / for live streams)."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class Pacer:
+    """Paces frames by their pts against the wall clock (``realtime``) and thins them to ``fps_limit``.
+
+    `admit` says whether a frame should be kept (False: skipped by the fps limit); `wait` sleeps until
+    the frame's presentation time when pacing, and returns early when `stop` becomes true.
+    """
+
+    def __init__(self, realtime: bool, fps_limit: float | None) -> None:
+        self.realtime = realtime
+        self.interval = 1.0 / fps_limit if fps_limit else 0.0
+        self._next_pts: float | None = None
+        self._origin: tuple[float, float] | None = None  # (pts, monotonic time) of the first frame
+
+    def admit(self, pts: float | None) -> bool:
+        if not self.interval or pts is None:
+            return True
+        if self._next_pts is not None and pts < self._next_pts - 1e-6:
+            return False
+        # Advance from the scheduled time, not from this pts, so the long-run rate is exact.
+        base = pts if self._next_pts is None or pts - self._next_pts > self.interval else self._next_pts
+        self._next_pts = base + self.interval
+        return True
+
+    def wait(self, pts: float | None, stop: object | None = None) -> None:
+        if not self.realtime or pts is None:
+            return
+        now = time.monotonic()
+        if self._origin is None or pts < self._origin[0]:
+            self._origin = (pts, now)
+            return
+        due = self._origin[1] + (pts - self._origin[0])
+        while (delay := due - time.monotonic()) > 0:
+            if stop is not None and stop.is_set():  # type: ignore[attr-defined]
+                return
+            time.sleep(min(delay, 0.05))

@@ -1,0 +1,130 @@
+"""The CPU decoder: PyAV (FFmpeg) demuxes and decodes files and network streams into RGB frames."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from urllib.parse import urlsplit
+
+import av
+import av.error
+
+from streamer.errors import SourceError, SourceFormatError
+from streamer.sources.base import DecodedFrame, SourceInfo
+
+log = logging.getLogger(__name__)
+
+# A stream whose packets fail to decode this many times in a row is considered undecodable.
+MAX_CONSECUTIVE_DECODE_ERRORS = 50
+OPEN_TIMEOUT_S = 10.0
+READ_TIMEOUT_S = 10.0
+
+
+def _ffmpeg_target(url: str) -> str:
+    """What to hand FFmpeg: a plain path for ``file://`` URLs, the URL itself otherwise."""
+    parts = urlsplit(url)
+    return parts.path if parts.scheme == "file" else url
+
+
+class PyAvSource:
+    """Decodes one stream with PyAV. `loop` replays a file forever, continuing index and pts."""
+
+    def __init__(self, stream_id: str, url: str, *, loop: bool = False, live: bool = False) -> None:
+        self.stream_id = stream_id
+        self.url = url
+        self.loop = loop
+        self.live = live
+        self.info: SourceInfo | None = None
+        self.decode_errors = 0
+        self._container: av.container.InputContainer | None = None
+
+    def _open_container(self) -> av.container.InputContainer:
+        options = {"rtsp_transport": "tcp"} if self.url.startswith(("rtsp://", "rtsps://")) else {}
+        try:
+            container = av.open(
+                _ffmpeg_target(self.url), options=options, timeout=(OPEN_TIMEOUT_S, READ_TIMEOUT_S)
+            )
+        except FileNotFoundError as exc:
+            raise SourceFormatError(self.stream_id, f"file not found: {_ffmpeg_target(self.url)}") from exc
+        except av.error.InvalidDataError as exc:
+            raise SourceFormatError(
+                self.stream_id, f"not a readable video (corrupt or unknown container): {exc}"
+            ) from exc
+        except (av.error.FFmpegError, OSError) as exc:
+            raise SourceError(self.stream_id, f"cannot open: {exc}") from exc
+        if not container.streams.video:
+            container.close()
+            raise SourceFormatError(self.stream_id, "no video track in the input")
+        stream = container.streams.video[0]
+        if stream.codec_context is None:
+            container.close()
+            raise SourceFormatError(self.stream_id, f"no decoder for codec {stream.codec_tag or 'unknown'!r}")
+        stream.thread_type = "AUTO"
+        return container
+
+    def open(self) -> SourceInfo:
+        self._container = self._open_container()
+        stream = self._container.streams.video[0]
+        rate = stream.average_rate or stream.guessed_rate
+        self.info = SourceInfo(
+            codec=stream.codec_context.name, width=stream.codec_context.width,
+            height=stream.codec_context.height, fps=float(rate) if rate else None, decoder="cpu",
+        )  # fmt: skip
+        return self.info
+
+    def frames(self) -> Iterator[DecodedFrame]:
+        if self._container is None:
+            self.open()
+        index = 0
+        pts_offset = 0.0
+        while True:
+            last_pts: float | None = None
+            for frame in self._decode(self._container):  # type: ignore[arg-type]
+                pts = None if frame.time is None else frame.time + pts_offset
+                yield DecodedFrame(frame.to_ndarray(format="rgb24"), index, pts, time.time())
+                index += 1
+                last_pts = pts
+            if not self.loop:
+                return
+            if index == 0:
+                raise SourceFormatError(self.stream_id, "no decodable frame in the file; cannot loop it")
+            fps = self.info.fps if self.info and self.info.fps else 25.0
+            pts_offset = (last_pts if last_pts is not None else pts_offset) + 1.0 / fps
+            self._container.close()  # type: ignore[union-attr]
+            self._container = self._open_container()
+
+    def _decode(self, container: av.container.InputContainer) -> Iterator[av.VideoFrame]:
+        stream = container.streams.video[0]
+        consecutive = 0
+        try:
+            for packet in container.demux(stream):
+                try:
+                    frames = packet.decode()
+                except av.error.InvalidDataError as exc:
+                    self.decode_errors += 1
+                    consecutive += 1
+                    log.warning(
+                        "stream %s: undecodable packet (%d so far): %s",
+                        self.stream_id,
+                        self.decode_errors,
+                        exc,
+                    )
+                    if consecutive >= MAX_CONSECUTIVE_DECODE_ERRORS:
+                        raise SourceFormatError(
+                            self.stream_id, f"{consecutive} packets in a row failed to decode"
+                        ) from exc
+                    continue
+                consecutive = 0
+                yield from frames  # type: ignore[misc]
+        except av.error.EOFError:
+            return
+        except av.error.FFmpegError as exc:
+            if self.live:
+                raise SourceError(self.stream_id, f"read failed: {exc}") from exc
+            raise SourceFormatError(self.stream_id, f"read failed: {exc}") from exc
+
+    def close(self) -> None:
+        if self._container is not None:
+            self._container.close()
+            self._container = None

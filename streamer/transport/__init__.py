@@ -1,0 +1,1 @@
+"""How frames cross processes: a shared-memory ring of pixel slots plus small notifications."""

@@ -1,0 +1,370 @@
+"""The inference worker: gather announced frames into batches, letterbox them, infer, NMS, publish.
+
+One process per device. It binds the notification socket that every source worker connects to, maps
+each stream's frame ring on first use, and owns the ZeroMQ publisher, so that every stream's detections
+and events leave in order from one place:
+
+    notifications ──► per-stream queues ──► batch (full, or oldest frame waited batch_timeout_ms)
+        ──► letterbox from the ring slot into the executor's input buffer, slot released
+        ──► engine (in flight while the next batch is prepared) ──► NMS, boxes to source pixels
+        ──► publish one message per frame; then any event queued behind those frames
+
+Live streams never queue: when a batch is formed, only the newest waiting frame of a live stream is
+taken and the older ones are dropped (counted and reported).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+import zmq
+
+from streamer.engine import EngineOptions, load_engine
+from streamer.engine.executor import Executor
+from streamer.errors import EXIT_FAILURE, EXIT_OK, YolostreamError
+from streamer.messages import EVENT_DROPPED, FrameReady, Notification, Shutdown, SourceExit, StreamEvent
+from streamer.postprocess import NmsParams, detect_image, to_source_frame
+from streamer.preprocess import LetterboxGeometry, letterbox, letterbox_geometry, to_input_tensor
+from streamer.protocol import DetectionsMessage, detections_from_array, event_message
+from streamer.publish import Publisher
+from streamer.transport.notify import NotifyReceiver
+from streamer.transport.ring import FrameRing, StaleSlotError
+from streamer.workers.common import StopFlag, WorkerContext, start_worker
+
+if TYPE_CHECKING:
+    from streamer.config import Config
+
+log = logging.getLogger(__name__)
+
+# After Shutdown, how long to wait for the exits of sources whose last notifications may be in flight.
+_EXIT_GRACE_S = 2.0
+
+
+@dataclass
+class _Stream:
+    """What the worker knows of one stream."""
+
+    id: str
+    queue: deque[FrameReady | StreamEvent] = field(default_factory=deque)
+    arrivals: deque[float] = field(default_factory=deque)  # monotonic arrival time of each queued frame
+    rings: dict[str, FrameRing] = field(default_factory=dict)
+    inflight: int = 0
+    published: int = 0
+    dropped: int = 0
+    dropped_reported: int = 0
+    exited: bool = False
+
+    def frames_waiting(self) -> int:
+        """Frames at the head of the queue, before any event (events wait for the frames before them)."""
+        n = 0
+        for item in self.queue:
+            if not isinstance(item, FrameReady):
+                break
+            n += 1
+        return n
+
+    def close_rings(self) -> None:
+        for ring in self.rings.values():
+            ring.close()
+        self.rings.clear()
+
+
+@dataclass
+class _Item:
+    """One image of a batch in flight."""
+
+    note: FrameReady
+    geometry: LetterboxGeometry
+
+
+class InferenceLoop:
+    """The worker's loop, separate from process set-up so that it can be driven in-process by tests."""
+
+    def __init__(self, cfg: Config, receiver: NotifyReceiver, publisher: Publisher, executor: Executor,
+                 stop: StopFlag | None = None) -> None:
+        self.cfg = cfg
+        self.receiver = receiver
+        self.publisher = publisher
+        self.executor = executor
+        self.stop = stop
+        spec = executor.engine.spec
+        self.input_w, self.input_h = spec.width, spec.height
+        self.max_batch = spec.max_batch
+        self.timeout_s = cfg.engine.batch_timeout_ms / 1000
+        self.swap_rb = cfg.model.channel_order == "bgr"  # rings hold RGB
+        self.class_names = _class_names(cfg, spec.num_classes)
+        det = cfg.detection
+        self.nms = NmsParams(conf_thres=det.confidence, iou_thres=det.iou, max_det=det.max_detections,
+                             classes=det.class_ids, agnostic=det.agnostic_nms, multi_label=det.multi_label)
+        self.streams: dict[str, _Stream] = {}
+        self._canvas = np.empty((spec.height, spec.width, 3), np.uint8)
+        self._geometries: dict[tuple[int, int], LetterboxGeometry] = {}
+        self._shutdown: Shutdown | None = None
+        self._shutdown_at = 0.0
+        self._stats_at = time.monotonic()
+        self._stats_published = 0
+        self._batches = 0
+        self._batched_frames = 0
+
+    # -- main loop ---------------------------------------------------------------------------------
+
+    def run(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self.receiver.socket, zmq.POLLIN)
+        poller.register(self.executor.wake_fd, zmq.POLLIN)
+        while True:
+            timeout = self._poll_timeout()
+            poller.poll(None if timeout is None else max(0, int(timeout * 1000)))
+            self.executor.clear_wake()
+            while (msg := self.receiver.recv_nowait()) is not None:
+                self._accept(msg)
+            self._collect()
+            self._dispatch()
+            self._publish_events()
+            self._maybe_log_stats()
+            if self._finished():
+                return
+
+    def _poll_timeout(self) -> float | None:
+        """How long to sleep: until the oldest frame's batch deadline, or a short tick to check stops."""
+        timeout = 0.5
+        oldest = min((s.arrivals[0] for s in self.streams.values() if s.arrivals), default=None)
+        if oldest is not None and self.executor.free_slot() is not None:
+            timeout = min(timeout, max(0.0, oldest + self.timeout_s - time.monotonic()))
+        return timeout
+
+    def _accept(self, msg: Notification) -> None:
+        if isinstance(msg, Shutdown):
+            log.info("draining: finishing the frames already decoded")
+            self._shutdown, self._shutdown_at = msg, time.monotonic()
+            return
+        stream = self.streams.get(msg.stream)
+        if stream is None:
+            stream = self.streams[msg.stream] = _Stream(msg.stream)
+        if isinstance(msg, SourceExit):
+            stream.exited = True
+        elif isinstance(msg, FrameReady):
+            stream.queue.append(msg)
+            stream.arrivals.append(time.monotonic())
+        else:
+            stream.queue.append(msg)
+
+    # -- batching ------------------------------------------------------------------------------------
+
+    def _dispatch(self) -> None:
+        """Form and submit batches while an executor slot is free and a batch is due."""
+        while (slot := self.executor.free_slot()) is not None:
+            self._drop_stale_live_frames()
+            waiting = sum(s.frames_waiting() for s in self.streams.values())
+            if waiting == 0:
+                return
+            oldest = min(s.arrivals[0] for s in self.streams.values() if s.arrivals)
+            due = waiting >= self.max_batch or time.monotonic() - oldest >= self.timeout_s or self._draining()
+            if not due:
+                return
+            items = self._fill(slot, self._take(min(waiting, self.max_batch)))
+            if items:
+                self.executor.submit(slot, items)
+                self._batches += 1
+                self._batched_frames += len(items)
+
+    def _take(self, n: int) -> list[tuple[_Stream, FrameReady]]:
+        """The `n` oldest waiting frames across streams (each stream's frames stay in order)."""
+        taken: list[tuple[_Stream, FrameReady]] = []
+        while len(taken) < n:
+            heads = [s for s in self.streams.values() if s.queue and isinstance(s.queue[0], FrameReady)]
+            if not heads:
+                break
+            stream = min(heads, key=lambda s: s.arrivals[0])
+            note = stream.queue.popleft()
+            stream.arrivals.popleft()
+            taken.append((stream, note))  # type: ignore[arg-type]
+        return taken
+
+    def _drop_stale_live_frames(self) -> None:
+        """Keep only the newest waiting frame of each live stream; release and count the others."""
+        for stream in self.streams.values():
+            while (stream.frames_waiting() > 1 and isinstance(stream.queue[0], FrameReady)
+                   and stream.queue[0].live):
+                note = stream.queue.popleft()
+                stream.arrivals.popleft()
+                self._release(stream, note)  # type: ignore[arg-type]
+                stream.dropped += 1
+
+    def _fill(self, slot: int, taken: list[tuple[_Stream, FrameReady]]) -> list[_Item]:
+        """Letterbox each frame from its ring slot into the batch buffer; release the slots."""
+        buffer = self.executor.buffers[slot]
+        items: list[_Item] = []
+        for stream, note in taken:
+            ring = self._ring(stream, note)
+            try:
+                if ring is None:
+                    raise StaleSlotError(f"ring {note.ring} is gone")
+                ring.check(note.slot, note.seq)
+                image = ring.view(note.slot, (note.height, note.width, 3))
+                geometry = self._geometry(note.width, note.height)
+                letterbox(image, self.input_w, self.input_h, out=self._canvas)
+                del image  # the ring must hold no view of its memory when it is closed
+                to_input_tensor(self._canvas, swap_rb=self.swap_rb, out=buffer[len(items)])
+                ring.check(note.slot, note.seq)  # the pixels were not overwritten while we read them
+            except StaleSlotError as exc:
+                log.warning("stream %s: frame %d lost: %s", note.stream, note.index, exc)
+                stream.dropped += 1
+                continue
+            finally:
+                if ring is not None:
+                    ring.release(note.slot, note.seq)
+            stream.inflight += 1
+            items.append(_Item(note, geometry))
+        return items
+
+    def _ring(self, stream: _Stream, note: FrameReady) -> FrameRing | None:
+        ring = stream.rings.get(note.ring)
+        if ring is None:
+            try:
+                ring = stream.rings[note.ring] = FrameRing.attach(note.ring)
+            except (OSError, ValueError) as exc:
+                log.error("stream %s: cannot map frame ring %s: %s", stream.id, note.ring, exc)
+                return None
+        return ring
+
+    def _geometry(self, width: int, height: int) -> LetterboxGeometry:
+        g = self._geometries.get((width, height))
+        if g is None:
+            g = self._geometries[(width, height)] = letterbox_geometry(width, height, self.input_w,
+                                                                        self.input_h)
+        return g
+
+    def _release(self, stream: _Stream, note: FrameReady) -> None:
+        ring = self._ring(stream, note)
+        if ring is not None:
+            ring.release(note.slot, note.seq)
+
+    # -- results -----------------------------------------------------------------------------------
+
+    def _collect(self) -> None:
+        """Post-process and publish every finished batch, oldest first."""
+        while (done := self.executor.done(timeout=0.0)) is not None:
+            batch, outputs = done
+            for i, item in enumerate(batch.items):
+                dets = to_source_frame(detect_image(outputs[i], self.nms), item.geometry)
+                note = item.note
+                msg = DetectionsMessage(
+                    stream=note.stream, frame=note.index, pts=note.pts, capture_ts=note.capture_time,
+                    width=note.width, height=note.height,
+                    detections=detections_from_array(dets, self.class_names),
+                )  # fmt: skip
+                self.publisher.publish(msg)
+                stream = self.streams[note.stream]
+                stream.inflight -= 1
+                stream.published += 1
+
+    def _publish_events(self) -> None:
+        """Publish events whose earlier frames have all been published; close rings of exited streams."""
+        for stream in self.streams.values():
+            while stream.queue and isinstance(stream.queue[0], StreamEvent) and stream.inflight == 0:
+                self.publisher.publish(event_message(stream.queue.popleft()))  # type: ignore[arg-type]
+            if stream.dropped > stream.dropped_reported and self._stats_due():
+                n = stream.dropped - stream.dropped_reported
+                stream.dropped_reported = stream.dropped
+                self.publisher.publish(event_message(StreamEvent(
+                    stream.id, EVENT_DROPPED, f"{n} frame(s) dropped: inference is behind",
+                    detail={"dropped": n, "dropped_total": stream.dropped})))
+            if stream.exited and not stream.queue and stream.inflight == 0 and stream.rings:
+                stream.close_rings()
+
+    # -- shutdown and stats ------------------------------------------------------------------------
+
+    def _draining(self) -> bool:
+        return self._shutdown is not None or (self.stop is not None and self.stop.is_set())
+
+    def _finished(self) -> bool:
+        if self.stop is not None and self.stop.is_set() and self._shutdown is None:
+            # Told to stop without the supervisor's Shutdown (SIGTERM sent to us directly, or the
+            # supervisor died): drain what is here and go.
+            self._shutdown, self._shutdown_at = Shutdown(), time.monotonic()
+        if self._shutdown is None:
+            return False
+        waiting_exits = [s for s in self._shutdown.expect_exits
+                         if not (s in self.streams and self.streams[s].exited)]
+        if waiting_exits and time.monotonic() - self._shutdown_at < _EXIT_GRACE_S:
+            return False
+        busy = self.executor.inflight or any(s.queue for s in self.streams.values())
+        return not busy
+
+    def _stats_due(self) -> bool:
+        interval = self.cfg.logging.stats_interval_s
+        return interval > 0 and time.monotonic() - self._stats_at >= interval
+
+    def _maybe_log_stats(self) -> None:
+        if not self._stats_due():
+            return
+        now = time.monotonic()
+        elapsed = now - self._stats_at
+        total = sum(s.published for s in self.streams.values())
+        per_stream = ", ".join(f"{s.id} {s.published}" for s in self.streams.values())
+        batch = self._batched_frames / self._batches if self._batches else 0.0
+        log.info("%.1f frames/s published (%d in %.1f s; totals: %s); mean batch %.2f; %d subscription(s)",
+                 (total - self._stats_published) / elapsed, total - self._stats_published, elapsed,
+                 per_stream, batch, self.publisher.subscribers)
+        self._stats_at, self._stats_published = now, total
+        self._batches = self._batched_frames = 0
+
+    def close(self) -> None:
+        for stream in self.streams.values():
+            stream.close_rings()
+
+
+def _class_names(cfg: Config, num_classes: int) -> tuple[str, ...]:
+    names = cfg.model.effective_class_names
+    if len(names) == num_classes:
+        return names
+    if cfg.model.class_names is not None:
+        raise YolostreamError(f"model.class_names has {len(names)} names but the model predicts "
+                              f"{num_classes} classes")
+    log.warning("the model predicts %d classes, not COCO's 80, and model.class_names is not set: "
+                "classes are named by their index", num_classes)
+    return tuple(str(i) for i in range(num_classes))
+
+
+def run_inference(cfg: Config, ctx: WorkerContext, ready: object) -> int:
+    """Process entry point: load the engine, bind the sockets, signal `ready`, loop until told to stop."""
+    stop = start_worker(ctx)
+    receiver = publisher = executor = loop = None
+    try:
+        receiver = NotifyReceiver(ctx.notify_endpoint)
+        publisher = Publisher(cfg.publish.endpoint, encoding=cfg.publish.encoding,
+                              send_hwm=cfg.publish.send_hwm)
+        options = EngineOptions(device=cfg.engine.device, precision=cfg.engine.precision,
+                                max_batch=cfg.engine.max_batch, threads=cfg.engine.threads,
+                                input_size=cfg.model.input_size)
+        engine = load_engine(cfg.engine.backend, cfg.model.onnx, options)  # type: ignore[arg-type]
+        executor = Executor(engine, slots=cfg.engine.inflight)
+        loop = InferenceLoop(cfg, receiver, publisher, executor, stop)
+        ready.set()  # type: ignore[attr-defined]
+        loop.run()
+        log.info("inference worker done: %d frames published, %d dropped",
+                 sum(s.published for s in loop.streams.values()),
+                 sum(s.dropped for s in loop.streams.values()))
+        return EXIT_OK
+    except YolostreamError as exc:
+        log.error("%s", exc)
+        return EXIT_FAILURE
+    except Exception:
+        log.exception("inference worker failed")
+        return EXIT_FAILURE
+    finally:
+        if loop is not None:
+            loop.close()
+        if executor is not None:
+            executor.close()
+            executor.engine.close()
+        if publisher is not None:
+            publisher.close()
+        if receiver is not None:
+            receiver.close()
