@@ -1,0 +1,621 @@
+"""The daemon's configuration: one YAML file, validated into frozen pydantic models, one class per section.
+
+`load_config` / `parse_config` return a `Config` or raise `ConfigError` listing *every* problem found,
+each with its key path (``sources[1].fps_limit``) and YAML line. Validation does no I/O: files are not
+checked for existence and devices are not probed (the workers do that, with errors that name the stream).
+Relative paths are resolved against the config file's directory. See docs/config.md for every key.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal, NoReturn, get_args
+from urllib.parse import unquote, urlsplit
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
+
+from streamer.coco import COCO_CLASSES
+from streamer.errors import ConfigError, ConfigProblem
+from streamer.yamlfile import KeyPath, data_path, format_key, load_yaml
+
+__all__ = [
+    "Config",
+    "DetectionConfig",
+    "EngineConfig",
+    "LoggingConfig",
+    "ModelConfig",
+    "PublishConfig",
+    "SourceConfig",
+    "load_config",
+    "parse_config",
+    "redact_url",
+]
+
+LIVE_SCHEMES = frozenset({"rtsp", "rtsps", "http", "https", "rtmp"})
+"""URL schemes of network streams; anything else must be a local file (a path or a ``file:`` URL)."""
+ENDPOINT_PREFIXES = ("tcp://", "ipc://", "inproc://")
+_STREAM_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
+_DEVICE = re.compile(r"auto|cpu|cuda(:[0-9]+)?")
+_SECRET_QUERY = re.compile(r"(?i)([?&][^=&#]*(?:pass|pwd|token|secret|key|auth|sig)[^=&#]*=)[^&#]*")
+
+
+def _fail(*problems: tuple[KeyPath, str]) -> NoReturn:
+    """Raise from a validator with problems at paths *below* the validated value, so each keeps its line.
+
+    Pydantic puts an error raised in a validator at the validated value itself; the paths carried in the
+    error's context are appended to that location by `_problems_from` below.
+    """
+    summary = "; ".join(message for _, message in problems)
+    raise PydanticCustomError("yolostream", "{summary}", {"summary": summary, "problems": list(problems)})
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# ---------------------------------------------------------------------------------------------------- model
+
+
+def _input_size(value: Any) -> Any:
+    """`640` → ``(640, 640)``; ``[384, 640]`` → ``(384, 640)``; each side a positive multiple of 32."""
+    if value is None:
+        return None
+    sides = [value, value] if isinstance(value, int) and not isinstance(value, bool) else value
+    if not isinstance(sides, (list, tuple)) or len(sides) != 2:
+        raise ValueError(f"must be a size like 640 or [height, width], got {_describe(value)}")
+    for side in sides:
+        if not isinstance(side, int) or isinstance(side, bool) or side <= 0 or side % 32:
+            raise ValueError(
+                f"each side must be a positive multiple of 32 (YOLOv7's stride), got {_describe(side)}"
+            )
+    return tuple(sides)
+
+
+class ModelConfig(_Section):
+    """The YOLOv7 detector: which model file, its input size and class names."""
+
+    onnx: Path | None = Field(
+        default=None,
+        description="Path to the YOLOv7 ONNX file (relative paths are relative to the config file).",
+    )
+    name: str | None = Field(
+        default=None, description="A named model (reserved for a later version; give onnx)."
+    )
+    input_size: Annotated[tuple[int, int] | None, BeforeValidator(_input_size)] = Field(
+        default=None,
+        description="Network input as (height, width), multiples of 32; an int means a square. "
+        "None reads it from the model at run time.",
+    )
+    class_names: tuple[str, ...] | None = Field(
+        default=None,
+        min_length=1,
+        description="Names of the model's classes in index order; None means COCO's 80.",
+    )
+    channel_order: Literal["rgb", "bgr"] = Field(
+        default="rgb", description="The channel order the model expects."
+    )
+
+    @property
+    def effective_class_names(self) -> tuple[str, ...]:
+        """`class_names`, or the 80 COCO names when it is not given."""
+        return self.class_names if self.class_names is not None else COCO_CLASSES
+
+    @field_validator("onnx")
+    @classmethod
+    def _resolve(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        if value is None or value.is_absolute():
+            return value
+        return _base_dir(info) / value
+
+    @model_validator(mode="after")
+    def _one_model(self) -> ModelConfig:
+        if self.name is not None:
+            _fail(
+                (("name",), "named models are not supported yet; give model.onnx (the path to the ONNX file)")
+            )
+        if self.onnx is None:
+            _fail((("onnx",), "missing required key 'onnx' (the path to the YOLOv7 ONNX file)"))
+        return self
+
+
+# --------------------------------------------------------------------------------------------------- engine
+
+
+class EngineConfig(_Section):
+    """How inference runs: backend, device, precision and batching."""
+
+    backend: Literal["auto", "onnxruntime", "torch", "tensorrt"] = Field(
+        default="auto", description="Inference backend; auto picks the best one installed for the device."
+    )
+    device: str = Field(default="auto", description="auto, cpu, cuda or cuda:N.")
+    precision: Literal["fp32", "fp16"] = Field(default="fp32", description="Numeric precision of inference.")
+    max_batch: StrictInt = Field(
+        default=4, ge=1, le=256, description="Most frames (from any streams) in one batch."
+    )
+    batch_timeout_ms: StrictFloat = Field(
+        default=10.0, ge=0, description="How long a partial batch waits for more frames before it runs."
+    )
+    threads: StrictInt | None = Field(
+        default=None, ge=1, description="CPU inference threads; None lets the backend choose."
+    )
+    inflight: StrictInt = Field(
+        default=2, ge=1, le=8, description="Batches submitted to the device and not yet collected."
+    )
+
+    @field_validator("device", mode="before")
+    @classmethod
+    def _device(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = value.strip().lower()
+            if not _DEVICE.fullmatch(value):
+                raise ValueError(f"must be auto, cpu, cuda or cuda:N (e.g. cuda:0), got {value!r}")
+        return value
+
+
+# ------------------------------------------------------------------------------------------------ detection
+
+
+def _class_item(value: Any) -> Any:
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise ValueError(f"must be a class id (an integer) or a class name, got {_describe(value)}")
+    if isinstance(value, int) and value < 0:
+        raise ValueError(f"a class id must be >= 0, got {value}")
+    if isinstance(value, str) and not value.strip():
+        raise ValueError("a class name must not be empty")
+    return value
+
+
+class DetectionConfig(_Section):
+    """Which detections are kept: thresholds, classes and NMS."""
+
+    confidence: StrictFloat = Field(default=0.25, gt=0, le=1, description="Minimum score of a detection.")
+    iou: StrictFloat = Field(
+        default=0.45, gt=0, le=1, description="IoU above which NMS suppresses the weaker box."
+    )
+    max_detections: StrictInt = Field(default=300, ge=1, description="Most detections kept per frame.")
+    classes: tuple[Annotated[int | str, BeforeValidator(_class_item)], ...] | None = Field(
+        default=None,
+        min_length=1,
+        description="Class ids or names to keep; None keeps all. Names are turned into ids when the config "
+        "is validated, so on a validated Config these are ints.",
+    )
+    agnostic_nms: StrictBool = Field(
+        default=False, description="Run NMS across classes instead of per class."
+    )
+    multi_label: StrictBool = Field(
+        default=False, description="Allow several classes per box (each above confidence)."
+    )
+
+    @property
+    def class_ids(self) -> tuple[int, ...] | None:
+        """The class ids to keep (None: all). Only meaningful on a validated `Config`."""
+        if self.classes is None:
+            return None
+        return tuple(c for c in self.classes if isinstance(c, int))
+
+
+# -------------------------------------------------------------------------------------------------- sources
+
+
+def redact_url(url: str) -> str:
+    """`url` with its password (and secret-looking query values) replaced by ``***``, for logs."""
+    scheme, sep, rest = url.partition("://")
+    if sep:
+        at = rest.rfind("@")  # the last '@': a password may itself contain '@', '/' or ':'
+        user, colon, _ = rest[:at].partition(":") if at >= 0 else ("", "", "")
+        if colon and "/" not in user:
+            rest = f"{user}:***{rest[at:]}"
+        url = f"{scheme}{sep}{rest}"
+    return _SECRET_QUERY.sub(r"\1***", url)
+
+
+def _scheme(url: str) -> str:
+    match = re.match(r"([A-Za-z][A-Za-z0-9+.-]*):", url)
+    return match.group(1).lower() if match else ""
+
+
+class SourceConfig(_Section):
+    """One video stream: a camera URL or a file."""
+
+    id: str = Field(
+        min_length=1,
+        max_length=64,
+        description="Unique name of the stream, used as the ZeroMQ topic: letters, digits, '_' and '-'.",
+    )
+    url: str = Field(
+        repr=False,  # may hold a password: use display_url in logs
+        description="rtsp(s)://, http(s):// or rtmp:// URL, or a file path / file: URL. A file is "
+        "normalised to an absolute path, relative to the config file.",
+    )
+    decoder: Literal["auto", "cpu", "nvdec"] = Field(
+        default="auto", description="Video decoder: cpu, nvdec (GPU), or auto."
+    )
+    fps_limit: StrictFloat | None = Field(
+        default=None, gt=0, description="Most frames per second sent to the detector."
+    )
+    loop: StrictBool = Field(default=False, description="Restart a file at its end (files only).")
+    realtime: StrictBool | None = Field(
+        default=None,
+        description="Pace frames at the stream's own rate; None: true for live URLs, false for files.",
+    )
+    ring_slots: StrictInt = Field(
+        default=4, ge=2, le=64, description="Frame slots of the stream's shared-memory ring."
+    )
+
+    @property
+    def is_live(self) -> bool:
+        """True for a network stream (rtsp, http, rtmp ...), False for a local file."""
+        return _scheme(self.url) in LIVE_SCHEMES
+
+    @property
+    def paced(self) -> bool:
+        """Whether frames are delivered at the stream's rate: `realtime`, defaulting to `is_live`."""
+        return self.realtime if self.realtime is not None else self.is_live
+
+    @property
+    def display_url(self) -> str:
+        """The URL with its password redacted (``rtsp://user:***@host/...``): safe for logs."""
+        return redact_url(self.url)
+
+    @field_validator("id")
+    @classmethod
+    def _id(cls, value: str) -> str:
+        if not _STREAM_ID.fullmatch(value):
+            raise ValueError(
+                f"must start with a letter or digit and contain only letters, digits, '_' and '-' "
+                f"(it is used as a ZeroMQ topic), got {value!r}"
+            )
+        return value
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str, info: ValidationInfo) -> str:
+        value = value.strip()
+        if not value:
+            raise ValueError("must not be empty")
+        scheme = _scheme(value)
+        try:
+            parts = urlsplit(value)
+        except ValueError as exc:  # e.g. an unclosed '[' of an IPv6 address
+            raise ValueError(f"is not a valid URL ({exc}): {redact_url(value)!r}") from None
+        if scheme in LIVE_SCHEMES:
+            if not parts.hostname:
+                raise ValueError(f"has no host: {redact_url(value)!r}")
+            return value
+        if scheme == "file":
+            if parts.netloc not in ("", "localhost"):
+                raise ValueError(f"a file: URL must name a local file, got host {parts.netloc!r}")
+            value = unquote(parts.path)
+        elif scheme:
+            raise ValueError(
+                f"unsupported URL scheme '{scheme}://' in {redact_url(value)!r}; use rtsp://, rtsps://, "
+                "http(s)://, rtmp:// or a file path"
+            )
+        path = Path(value)
+        return str(path if path.is_absolute() else _base_dir(info) / path)
+
+    @model_validator(mode="after")
+    def _loop_files_only(self) -> SourceConfig:
+        if self.loop and self.is_live:
+            _fail((("loop",), "loop is only for files; a live stream cannot be restarted from the beginning"))
+        return self
+
+
+# ---------------------------------------------------------------------------------------- publish, logging
+
+
+class PublishConfig(_Section):
+    """Where and how detections are published over ZeroMQ."""
+
+    endpoint: str = Field(default="tcp://127.0.0.1:5555", description="ZeroMQ endpoint the PUB socket binds.")
+    encoding: Literal["json", "msgpack"] = Field(
+        default="json", description="Encoding of the message payloads."
+    )
+    send_hwm: StrictInt = Field(
+        default=1000, ge=1, description="Messages queued per subscriber before dropping."
+    )
+
+    @field_validator("endpoint")
+    @classmethod
+    def _endpoint(cls, value: str) -> str:
+        if not value.startswith(ENDPOINT_PREFIXES) or value in ENDPOINT_PREFIXES:
+            raise ValueError(
+                f"must be a ZeroMQ endpoint starting with tcp://, ipc:// or inproc://, got {value!r}"
+            )
+        return value
+
+
+class LoggingConfig(_Section):
+    """Log level and format, and the periodic statistics line."""
+
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        default="INFO", description="Least severe level logged."
+    )
+    format: Literal["text", "json"] = Field(
+        default="text", description="text for people, json (one object a line)."
+    )
+    stats_interval_s: StrictFloat = Field(
+        default=5.0, ge=0, description="Seconds between the logged fps/latency lines; 0 disables them."
+    )
+
+    @field_validator("level", mode="before")
+    @classmethod
+    def _upper(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
+
+
+# --------------------------------------------------------------------------------------------------- config
+
+
+class Config(_Section):
+    """The whole configuration. Sections other than model and sources may be left out (all defaults)."""
+
+    model: ModelConfig = Field(description="The detector model.")
+    engine: EngineConfig = Field(default_factory=EngineConfig, description="Inference backend and batching.")
+    detection: DetectionConfig = Field(default_factory=DetectionConfig, description="Thresholds and classes.")
+    sources: tuple[SourceConfig, ...] = Field(min_length=1, description="The video streams (at least one).")
+    publish: PublishConfig = Field(default_factory=PublishConfig, description="ZeroMQ output.")
+    logging: LoggingConfig = Field(default_factory=LoggingConfig, description="Logging.")
+
+    _source_path: Path | None = PrivateAttr(None)
+
+    @property
+    def source_path(self) -> Path | None:
+        """The file this config was loaded from (absolute), or None when it came from a string."""
+        return self._source_path
+
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_extensions(cls, data: Any) -> Any:
+        # Top-level keys starting with `x-` are ignored (as in docker compose): a place for YAML anchors.
+        if isinstance(data, dict):
+            return {k: v for k, v in data.items() if not (isinstance(k, str) and k.startswith("x-"))}
+        return data
+
+    @field_validator("engine", "detection", "publish", "logging", mode="before")
+    @classmethod
+    def _empty_section(cls, value: Any) -> Any:
+        return {} if value is None else value  # `engine:` with everything commented out: all defaults
+
+    @field_validator("sources")
+    @classmethod
+    def _unique_ids(cls, sources: tuple[SourceConfig, ...]) -> tuple[SourceConfig, ...]:
+        first: dict[str, int] = {}
+        duplicates = []
+        for i, source in enumerate(sources):
+            if source.id in first:
+                duplicates.append(
+                    ((i, "id"), f"duplicate stream id {source.id!r} (also sources[{first[source.id]}])")
+                )
+            first.setdefault(source.id, i)
+        if duplicates:
+            _fail(*duplicates)
+        return sources
+
+    @field_validator("detection")
+    @classmethod
+    def _class_names_to_ids(cls, detection: DetectionConfig, info: ValidationInfo) -> DetectionConfig:
+        model = info.data.get("model")
+        if detection.classes is None or model is None:  # (no model: its own problem is reported)
+            return detection
+        names = model.effective_class_names
+        index = {name: i for i, name in enumerate(names)}
+        ids: list[int] = []
+        problems: list[tuple[KeyPath, str]] = []
+        for i, item in enumerate(detection.classes):
+            if isinstance(item, str) and item not in index:
+                hint = _did_you_mean(item, names) or f" (see model.class_names; {len(names)} classes)"
+                problems.append((("classes", i), f"unknown class name {item!r}{hint}"))
+            elif isinstance(item, int) and item >= len(names):
+                problems.append(
+                    (("classes", i), f"class id {item} is out of range: the model has {len(names)} classes")
+                )
+            else:
+                class_id = index[item] if isinstance(item, str) else item
+                if class_id not in ids:
+                    ids.append(class_id)
+        if problems:
+            _fail(*problems)
+        return detection.model_copy(update={"classes": tuple(ids)})
+
+
+# -------------------------------------------------------------------------------------------------- loading
+
+
+def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> Config:
+    """Read and validate the YAML config at `path`.
+
+    Args:
+        path: the YAML file. Relative paths inside it are resolved against its directory.
+        env: variables for ``${VAR}`` interpolation; defaults to ``os.environ``.
+
+    Returns:
+        The validated `Config`, with `source_path` set to the file's absolute path.
+
+    Raises:
+        ConfigError: the file cannot be read or is invalid; lists every problem found.
+    """
+    file = Path(path).absolute()
+    try:
+        text = file.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(
+            os.fspath(path), [ConfigProblem("", None, f"cannot read the file: {exc.strerror or exc}")]
+        ) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            os.fspath(path), [ConfigProblem("", None, f"not UTF-8 text: {exc.reason}")]
+        ) from None
+    config = parse_config(text, os.fspath(path), env, base_dir=file.parent)
+    config._source_path = file
+    return config
+
+
+def parse_config(
+    text: str, filename: str = "<config>", env: Mapping[str, str] | None = None, base_dir: Path | None = None
+) -> Config:
+    """Validate the YAML config in `text`.
+
+    Args:
+        text: the YAML document.
+        filename: the name used in error messages.
+        env: variables for ``${VAR}`` interpolation; defaults to ``os.environ``.
+        base_dir: directory that relative paths are resolved against; defaults to the current directory.
+
+    Raises:
+        ConfigError: listing every problem, each with its key path and line.
+    """
+    doc = load_yaml(text, filename, os.environ if env is None else env)
+    base = Path.cwd() if base_dir is None else Path(base_dir).absolute()
+    try:
+        config = Config.model_validate(doc.data, context={"base_dir": base})
+    except ValidationError as exc:
+        problems = list(doc.problems)
+        for error in exc.errors():
+            for path, message in _problems_from(error, doc.data):
+                # No second problem for a key that has one from the file (e.g. an undefined variable).
+                if not any(_within(path, p) for p in doc.problems):
+                    problems.append(ConfigProblem(format_key(path), doc.line_of(path), message))
+        raise ConfigError(filename, _sorted(problems)) from None
+    if doc.problems:
+        raise ConfigError(filename, _sorted(doc.problems))
+    return config
+
+
+def _base_dir(info: ValidationInfo) -> Path:
+    context = info.context or {}
+    base = context.get("base_dir")
+    return base if isinstance(base, Path) else Path.cwd()
+
+
+def _within(path: KeyPath, problem: ConfigProblem) -> bool:
+    key = format_key(path)
+    return key == problem.key or key.startswith((problem.key + ".", problem.key + "["))
+
+
+def _sorted(problems: list[ConfigProblem]) -> list[ConfigProblem]:
+    return sorted(problems, key=lambda p: (p.line or 0, p.key))
+
+
+# --------------------------------------------------------------------------- pydantic errors → problems
+
+
+def _problems_from(error: Any, data: Any) -> list[tuple[KeyPath, str]]:
+    """Turn one pydantic error into ``(key path, message)`` pairs (several for a `_fail` with many)."""
+    path = data_path(error["loc"], data, error["type"] == "missing")
+    ctx = error.get("ctx") or {}
+    if error["type"] == "yolostream":
+        return [((*path, *sub), message) for sub, message in ctx["problems"]]
+    value = error.get("input")
+    if error["type"] == "too_short" and isinstance(value, list) and len(value) >= ctx.get("min_length", 0):
+        return []  # pydantic also counts the items that failed as missing: their own errors say enough
+    return [(path, _message(error, path))]
+
+
+def _message(error: Any, path: KeyPath) -> str:
+    kind: str = error["type"]
+    ctx = error.get("ctx") or {}
+    value = error.get("input")
+    got = f", got {_describe(value, secret=bool(path) and path[-1] == 'url')}"
+    if kind == "missing":
+        return f"missing required key '{path[-1]}'" if path else "missing required key"
+    if kind == "extra_forbidden":
+        key = str(path[-1]) if path else "?"
+        model = _model_at(path[:-1])
+        return f"unknown key '{key}'" + (_did_you_mean(key, list(model.model_fields)) if model else "")
+    if kind == "value_error":
+        return str(ctx.get("error", error["msg"]))
+    bounds = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<", "less_than_equal": "<="}
+    if kind in bounds:
+        limit = next(iter(ctx.values()), "?")
+        limit = int(limit) if isinstance(limit, float) and limit.is_integer() else limit
+        return f"must be {bounds[kind]} {limit}{got}"
+    if kind == "literal_error":
+        choices = [c.strip("'") for c in re.findall(r"'[^']*'", str(ctx.get("expected", "")))]
+        hint = _did_you_mean(value, choices) if isinstance(value, str) else ""
+        return f"must be one of {', '.join(choices)}{got}{hint}"
+    if kind in ("string_too_short", "too_short"):
+        least = ctx.get("min_length", 1)
+        return "must not be empty" if least == 1 else f"must have at least {least} items{got}"
+    if kind == "string_too_long":
+        return f"must be at most {ctx.get('max_length')} characters long, got {len(value)}"
+    if kind == "too_long":
+        return f"must have at most {ctx.get('max_length')} items"
+    expected = {
+        "int": "an integer",
+        "float": "a number",
+        "bool": "true or false",
+        "string": "a string (quote it if it looks like a number)",
+        "dict": "a mapping (key: value lines)",
+        "model": "a mapping (key: value lines)",
+        "list": "a list",
+        "tuple": "a list",
+        "path": "a file path",
+    }
+    for prefix, what in expected.items():
+        if kind.startswith(prefix + "_"):
+            return f"must be {what}{got}"
+    return str(error["msg"])
+
+
+def _describe(value: Any, secret: bool = False) -> str:
+    """A short description of a YAML value for messages: ``'four'``, ``true``, ``a list``, ``nothing``."""
+    if value is None:
+        return "nothing (an empty value)"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, str) and secret:
+        value = redact_url(value)
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _did_you_mean(word: Any, choices: Any) -> str:
+    matches = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.6)
+    return f" (did you mean '{matches[0]}'?)" if matches else ""
+
+
+def _model_at(path: KeyPath) -> type[BaseModel] | None:
+    """The model class that validates the mapping at `path` (for suggesting known keys)."""
+    model: type[BaseModel] = Config
+    for part in path:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(part)
+        found = _find_model(field.annotation) if field else None
+        if found is None:
+            return None
+        model = found
+    return model
+
+
+def _find_model(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in get_args(annotation):
+        found = _find_model(arg)
+        if found is not None:
+            return found
+    return None
