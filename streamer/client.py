@@ -1,0 +1,303 @@
+"""Subscriber library: receive yolostream detections and events in your own program.
+
+Example::
+
+    from streamer.client import Subscriber
+
+    with Subscriber("tcp://127.0.0.1:5555", streams=["cam1"]) as sub:
+        for msg in sub:
+            if msg.type == "det":
+                for d in msg.detections:
+                    print(msg.stream, msg.frame, d.class_name, d.score, d.box)
+            else:
+                print(msg.stream, "event", msg.event, msg.message)
+
+`subscribe_main` is the body of the ``yolostream subscribe`` command.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from collections.abc import Iterable, Iterator
+from types import TracebackType
+from typing import TextIO
+
+import zmq
+
+from streamer.errors import EXIT_FAILURE, EXIT_OK, YolostreamError
+from streamer.protocol import (
+    DET_PREFIX,
+    EVT_PREFIX,
+    DetectionsMessage,
+    EventMessage,
+    Message,
+    ProtocolError,
+    decode,
+    to_json,
+    topic_for,
+)
+
+__all__ = [
+    "DetectionsMessage",
+    "EventMessage",
+    "ProtocolError",
+    "ReceiveTimeout",
+    "SubscribeError",
+    "Subscriber",
+    "format_message",
+    "subscribe_main",
+]
+
+log = logging.getLogger(__name__)
+
+EXIT_USAGE = 2  # (as argparse: invalid arguments)
+
+
+class ReceiveTimeout(YolostreamError, TimeoutError):
+    """No message arrived within the timeout given to `Subscriber.recv`."""
+
+
+class SubscribeError(YolostreamError, OSError):
+    """The subscriber socket could not connect to the endpoint or failed while receiving."""
+
+
+class Subscriber:
+    """Receives the messages of a yolostream publisher.
+
+    Subscribing is a prefix match in ZeroMQ (``det.cam1`` also matches ``det.cam10``), so when `streams`
+    are given the subscriber also checks each topic exactly and skips the others.
+
+    ZeroMQ connects in the background: a publisher that is not running yet is not an error, and messages
+    published before the connection is made are not received. Not thread-safe (one thread per
+    `Subscriber`).
+    """
+
+    def __init__(
+        self,
+        endpoint: str,
+        *,
+        streams: Iterable[str] | None = None,
+        events: bool = True,
+        detections: bool = True,
+        context: zmq.Context[zmq.Socket[bytes]] | None = None,
+        rcv_hwm: int = 10000,
+    ) -> None:
+        """Connect to a publisher.
+
+        Parameters:
+            endpoint: the publisher's endpoint, e.g. ``tcp://127.0.0.1:5555``.
+            streams: stream ids to receive; None for every stream.
+            events: receive ``evt.<stream>`` messages (started, eos, error, dropped).
+            detections: receive ``det.<stream>`` messages.
+            context: ZeroMQ context; the process-wide one by default.
+            rcv_hwm: messages queued on this side before the publisher starts skipping this subscriber.
+
+        Raises:
+            ValueError: an invalid stream id, or neither events nor detections asked for.
+            SubscribeError: the endpoint is malformed or its transport unsupported.
+        """
+        if not (events or detections):
+            raise ValueError("subscribe to events, detections or both")
+        prefixes = [p for p, wanted in ((DET_PREFIX, detections), (EVT_PREFIX, events)) if wanted]
+        self.streams: tuple[str, ...] | None = None if streams is None else tuple(dict.fromkeys(streams))
+        if self.streams is None:
+            subscriptions = [p.encode("ascii") for p in prefixes]
+            self._exact: frozenset[bytes] | None = None
+        else:
+            if not self.streams:
+                raise ValueError("streams is empty; pass None to receive every stream")
+            subscriptions = [topic_for(p, s) for s in self.streams for p in prefixes]
+            self._exact = frozenset(subscriptions)
+        self.subscriptions: tuple[bytes, ...] = tuple(subscriptions)
+        """The topic prefixes this subscriber subscribes to (each counts once in `Publisher.subscribers`)."""
+        # Sequence numbers are shared by a stream's detections and events: gaps can be counted only when
+        # both are received.
+        self._count_gaps = events and detections
+        self.gaps: dict[str, int] = {}
+        """Per stream, messages missed according to ``seq`` (counted only when receiving both kinds)."""
+        self.received = 0
+        """Messages returned by `recv`."""
+        self._last_seq: dict[str, int] = {}
+        self.endpoint = endpoint
+        ctx = context if context is not None else zmq.Context.instance()
+        sock = ctx.socket(zmq.SUB)
+        try:
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.setsockopt(zmq.RCVHWM, rcv_hwm)
+            for topic in subscriptions:
+                sock.setsockopt(zmq.SUBSCRIBE, topic)
+            sock.connect(endpoint)
+        except zmq.ZMQError as exc:
+            sock.close(linger=0)
+            raise SubscribeError(exc.errno, f"cannot connect to {endpoint}: {exc.strerror}") from None
+        self._sock = sock
+        self._closed = False
+
+    def recv(self, timeout: float | None = None) -> Message:
+        """Receive the next message.
+
+        Parameters:
+            timeout: seconds to wait at most; None waits for ever.
+
+        Returns:
+            A `DetectionsMessage` (``msg.type == "det"``) or an `EventMessage` (``msg.type == "evt"``).
+
+        Raises:
+            ReceiveTimeout: nothing arrived within `timeout` (a `TimeoutError`).
+            ProtocolError: a message could not be decoded (it is consumed; the next call goes on).
+            SubscribeError: the subscriber is closed or its socket failed.
+        """
+        if self._closed:
+            raise SubscribeError(f"recv() on a closed subscriber of {self.endpoint}")
+        deadline = None if timeout is None else time.monotonic() + timeout
+        sock = self._sock
+        while True:
+            try:
+                if deadline is None:
+                    parts = sock.recv_multipart()
+                else:
+                    left = deadline - time.monotonic()
+                    if left <= 0 or not sock.poll(max(1, round(left * 1000)), zmq.POLLIN):
+                        raise ReceiveTimeout(f"no message from {self.endpoint} within {timeout:g} s")
+                    parts = sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                continue
+            except zmq.ZMQError as exc:
+                raise SubscribeError(exc.errno, f"receiving from {self.endpoint}: {exc.strerror}") from None
+            if self._exact is not None and parts[0] not in self._exact:
+                continue  # a longer stream id that only shares our prefix
+            if len(parts) != 2:
+                raise ProtocolError(
+                    f"expected a 2-part message [topic, payload] from {self.endpoint}, got {len(parts)} parts"
+                )
+            msg = decode(parts[0], parts[1])
+            self._track(msg)
+            self.received += 1
+            return msg
+
+    def _track(self, msg: Message) -> None:
+        stream, seq = msg.stream, msg.seq
+        last = self._last_seq.get(stream)
+        self._last_seq[stream] = seq
+        if not self._count_gaps:
+            return
+        missed = self.gaps.setdefault(stream, 0)
+        if last is None:
+            return
+        if seq > last + 1:
+            self.gaps[stream] = missed + seq - last - 1
+            log.debug("stream %s: missed %d message(s) before seq %d", stream, seq - last - 1, seq)
+        elif seq <= last:
+            log.info("stream %s: sequence restarted at %d (the publisher restarted?)", stream, seq)
+
+    def __iter__(self) -> Iterator[Message]:
+        """Yield messages for ever (until the subscriber is closed or an error is raised)."""
+        while True:
+            yield self.recv()
+
+    def close(self) -> None:
+        """Close the socket at once. Safe to call twice."""
+        if not self._closed:
+            self._closed = True
+            self._sock.close(linger=0)
+
+    def __enter__(self) -> Subscriber:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+# ------------------------------------------------------------------------------------------- the command
+
+
+def _num(x: float) -> str:
+    return f"{x:.0f}"
+
+
+def format_message(msg: Message) -> str:
+    """One human-readable line for `msg`, as printed by ``yolostream subscribe``.
+
+    Examples: ``cam1 #12 frame 12 pts 0.480s 2 dets: person 0.91 [12,40,200,380], car 0.77 [...]`` and
+    ``cam1 #13 EVENT eos: end of file``.
+    """
+    if isinstance(msg, EventMessage):
+        line = f"{msg.stream} #{msg.seq} EVENT {msg.event}: {msg.message}"
+        if msg.detail:
+            line += " (" + ", ".join(f"{k}={v}" for k, v in msg.detail.items()) + ")"
+        return line
+    pts = "-" if msg.pts is None else f"{msg.pts:.3f}s"
+    n = len(msg.detections)
+    line = f"{msg.stream} #{msg.seq} frame {msg.frame} pts {pts} {n} det{'' if n == 1 else 's'}"
+    if n:
+        line += ": " + ", ".join(
+            f"{d.class_name} {d.score:.2f} [{','.join(map(_num, d.box))}]" for d in msg.detections
+        )
+    return line
+
+
+def subscribe_main(
+    endpoint: str,
+    streams: list[str] | None,
+    raw_json: bool,
+    limit: int | None,
+    timeout: float | None,
+    out: TextIO = sys.stdout,
+) -> int:
+    """Print the messages of a publisher, one line each (the ``yolostream subscribe`` command).
+
+    Parameters:
+        endpoint: the publisher's endpoint.
+        streams: stream ids to print (exact match); None or empty for all.
+        raw_json: print each message as one compact JSON line instead of a human-readable line.
+        limit: stop after this many messages; None for no limit.
+        timeout: stop when no message arrives for this many seconds; None waits for ever.
+        out: where the lines go.
+
+    Returns:
+        The exit code: 0 after `limit` messages or on Ctrl-C (or when `out` is a closed pipe), 1 on
+        timeout or error (explained on stderr), 2 for invalid arguments.
+    """
+    if (limit is not None and limit < 0) or (timeout is not None and timeout <= 0):
+        print("yolostream subscribe: the limit must be >= 0 and the timeout > 0", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        sub = Subscriber(endpoint, streams=streams or None)
+    except (ValueError, SubscribeError) as exc:
+        print(f"yolostream subscribe: {exc}", file=sys.stderr)
+        return EXIT_USAGE if isinstance(exc, ValueError) else EXIT_FAILURE
+    try:
+        with sub:
+            while limit is None or sub.received < limit:
+                try:
+                    msg = sub.recv(timeout)
+                except ProtocolError as exc:
+                    print(f"yolostream subscribe: skipping a message: {exc}", file=sys.stderr)
+                    continue
+                out.write((to_json(msg) if raw_json else format_message(msg)) + "\n")
+                out.flush()
+    except KeyboardInterrupt:
+        return EXIT_OK
+    except ReceiveTimeout:
+        print(f"yolostream subscribe: no message from {endpoint} for {timeout:g} s", file=sys.stderr)
+        return EXIT_FAILURE
+    except SubscribeError as exc:
+        print(f"yolostream subscribe: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    except BrokenPipeError:
+        # The reader went away (e.g. `yolostream subscribe | head`): not an error. Point stdout at
+        # /dev/null so that the interpreter's final flush does not complain again.
+        if out is sys.stdout:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            os.close(devnull)
+        return EXIT_OK
+    return EXIT_OK

@@ -1,0 +1,316 @@
+"""The ZeroMQ publisher: sends every message to every subscriber without ever blocking the daemon.
+
+A plain PUB socket drops messages for a slow subscriber silently. `Publisher` uses an XPUB socket with
+``XPUB_NODROP`` set, so that a non-blocking send fails with ``zmq.Again`` when a subscriber's queue is full
+instead of dropping in silence. On ``Again`` it counts a drop and sends the message again with
+``XPUB_NODROP`` off: ZeroMQ then delivers it to every subscriber whose queue has room and skips the full
+one. The daemon never waits, and one stuck subscriber never costs the others a message
+(``tests/test_publish.py`` checks both with real sockets).
+
+One libzmq detail makes this work only with care: the socket learns how much each subscriber has read from
+notices that it processes at most about once a millisecond while sending. With a stale view a subscriber
+that keeps up can look full, and the lossy send would then skip it too. `Publisher` therefore reads
+``ZMQ_EVENTS`` (which processes the notices) before each send and again before concluding that a queue is
+full.
+
+What the drop counter can and cannot see: once ZeroMQ has skipped a full subscriber, it sets that
+subscriber's queue aside until the subscriber has read half of it, and later sends pass it over without
+raising ``Again``. So `Publisher.dropped` counts the messages at which a subscriber's queue was found
+full (the start of each overflow), not every message that subscriber missed; the subscriber itself sees
+the exact number as gaps in ``seq`` (`streamer.client.Subscriber.gaps`).
+
+The XPUB socket also receives the subscribers' (un)subscriptions. `Publisher` reads them without blocking
+whenever it publishes (so they never pile up), keeps a count of the active subscriptions and logs them.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from types import TracebackType
+from typing import cast
+
+import zmq
+
+from streamer.errors import YolostreamError
+from streamer.protocol import ENCODINGS, DetectionsMessage, Message, encode
+
+log = logging.getLogger(__name__)
+
+_DROP_LOG_INTERVAL = 10.0  # seconds between warnings about a subscriber that is not keeping up
+
+
+class PublishError(YolostreamError, OSError):
+    """The publisher could not bind its endpoint or send (the message names the endpoint)."""
+
+    def __init__(self, endpoint: str, message: str, errno: int | None = None) -> None:
+        self.endpoint = endpoint
+        text = f"ZeroMQ publisher on {endpoint}: {message}"
+        if errno is None:
+            super().__init__(text)
+        else:
+            super().__init__(errno, text)
+
+
+def _describe(topic: bytes) -> str:
+    return repr(topic.decode("utf-8", "replace")) if topic else "everything"
+
+
+class Publisher:
+    """Publishes `streamer.protocol` messages on a bound XPUB socket.
+
+    Not thread-safe: use one `Publisher` from one thread (the inference worker's).
+
+    `publish` assigns each message its stream's next sequence number (``seq``, 0-based and consecutive
+    over the stream's detections and events) and its ``publish_ts``; callers leave both at their defaults.
+    """
+
+    def __init__(
+        self,
+        endpoint: str,
+        *,
+        encoding: str = "json",
+        send_hwm: int = 1000,
+        context: zmq.Context[zmq.Socket[bytes]] | None = None,
+    ) -> None:
+        """Bind a publisher.
+
+        Parameters:
+            endpoint: ZeroMQ endpoint to bind, e.g. ``tcp://127.0.0.1:5555``, ``tcp://*:5555``,
+                ``ipc:///run/yolostream.sock``; ``tcp://127.0.0.1:*`` picks a free port (see `endpoint`).
+            encoding: payload encoding, ``"json"`` or ``"msgpack"``.
+            send_hwm: messages queued per subscriber before that subscriber starts missing messages.
+            context: ZeroMQ context; the process-wide one by default.
+
+        Raises:
+            ValueError: unknown encoding or a non-positive `send_hwm`.
+            PublishError: the endpoint cannot be bound (address in use, malformed endpoint, ...).
+        """
+        if encoding not in ENCODINGS:
+            raise ValueError(f"unknown encoding {encoding!r}; expected one of {', '.join(ENCODINGS)}")
+        if send_hwm < 1:
+            raise ValueError(f"send_hwm must be at least 1, got {send_hwm}")
+        self.encoding = encoding
+        self._seq: dict[str, int] = {}
+        self._subscriptions: Counter[bytes] = Counter()
+        self._sent = 0
+        self._dropped = 0
+        self._drop_logged = -_DROP_LOG_INTERVAL
+        self._closed = False
+        ctx = context if context is not None else zmq.Context.instance()
+        sock = ctx.socket(zmq.XPUB)
+        try:
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.setsockopt(zmq.SNDHWM, send_hwm)
+            sock.setsockopt(zmq.XPUB_NODROP, 1)
+            # Pass every subscribe and unsubscribe up (also duplicates, and those of a subscriber that
+            # disconnects), so that the count of active subscriptions is exact.
+            sock.setsockopt(zmq.XPUB_VERBOSER, 1)
+            sock.bind(endpoint)
+        except zmq.ZMQError as exc:
+            sock.close(linger=0)
+            raise PublishError(endpoint, f"cannot bind: {exc.strerror}", exc.errno) from None
+        self._sock = sock
+        last = sock.getsockopt(zmq.LAST_ENDPOINT)
+        self.endpoint: str = last.decode() if isinstance(last, bytes) and last else endpoint
+        """The bound endpoint, with the port ZeroMQ chose for a ``*`` port."""
+        log.info("publishing %s messages on %s", encoding, self.endpoint)
+
+    # ------------------------------------------------------------------------------------------ state
+
+    @property
+    def sent(self) -> int:
+        """Messages handed to ZeroMQ (including those that some subscriber missed)."""
+        return self._sent
+
+    @property
+    def dropped(self) -> int:
+        """Messages at which some subscriber's queue was found full (see the module docstring)."""
+        return self._dropped
+
+    @property
+    def subscribers(self) -> int:
+        """Active subscriptions, as of the last (un)subscription read.
+
+        A subscriber counts once per topic prefix it subscribes to (`streamer.client.Subscriber` makes two
+        per stream it names, or two in all); 0 means nobody is listening.
+        """
+        return sum(self._subscriptions.values())
+
+    def subscriptions(self) -> dict[str, int]:
+        """Active subscriptions by topic prefix (``""`` for a subscription to everything)."""
+        return {topic.decode("utf-8", "replace"): n for topic, n in self._subscriptions.items()}
+
+    def next_seq(self, stream: str) -> int:
+        """The sequence number that the next message of `stream` will be given by `publish`."""
+        return self._seq.get(stream, 0)
+
+    # ---------------------------------------------------------------------------------------- sending
+
+    def publish(self, msg: Message) -> bool:
+        """Send one message to every subscriber of its topic, never blocking.
+
+        Sets ``msg.seq`` to the stream's next sequence number and, for detections, ``msg.publish_ts``
+        to the current time.
+
+        Parameters:
+            msg: a `DetectionsMessage` or `EventMessage`.
+
+        Returns:
+            True if every matching subscriber's queue had room; False if one was full, so that subscriber
+            misses this message (counted in `dropped`). Messages nobody subscribes to are discarded by
+            ZeroMQ and return True.
+
+        Raises:
+            ValueError: the message has an invalid stream id or event kind.
+            PublishError: the socket failed (closed publisher, terminated context).
+        """
+        if self._closed:
+            raise PublishError(self.endpoint, "publish() on a closed publisher")
+        # Reading ZMQ_EVENTS (done here while draining subscriptions) also makes libzmq process the notices
+        # of how much each subscriber has read, so that the high-water-mark check below is up to date.
+        self._read_subscriptions()
+        seq = self._seq.get(msg.stream, 0)
+        msg.seq = seq
+        if isinstance(msg, DetectionsMessage):
+            msg.publish_ts = time.time()
+        parts = encode(msg, self.encoding)
+        try:
+            delivered = self._send(parts)
+        except zmq.ZMQError as exc:
+            raise PublishError(self.endpoint, f"send failed: {exc.strerror}", exc.errno) from None
+        self._seq[msg.stream] = seq + 1
+        self._sent += 1
+        return delivered
+
+    def _send(self, parts: tuple[bytes, bytes]) -> bool:
+        sock = self._sock
+        try:
+            sock.send_multipart(parts, zmq.NOBLOCK)
+            return True
+        except zmq.Again:
+            pass
+        # A subscriber's queue looks full. The socket's view of how much each subscriber has read may be
+        # stale (libzmq processes those notices at most about once a millisecond while sending); bring it
+        # up to date and try again before concluding that the subscriber is behind.
+        self._read_subscriptions()
+        try:
+            sock.send_multipart(parts, zmq.NOBLOCK)
+            return True
+        except zmq.Again:
+            pass
+        # It is full. Send in lossy mode: ZeroMQ delivers to every subscriber with room and skips the full
+        # one, without blocking.
+        self._dropped += 1
+        sock.setsockopt(zmq.XPUB_NODROP, 0)
+        try:
+            sock.send_multipart(parts, zmq.NOBLOCK)
+        except zmq.Again:  # (a lossy send does not raise it; kept so that no libzmq version can block us)
+            pass
+        finally:
+            sock.setsockopt(zmq.XPUB_NODROP, 1)
+        now = time.monotonic()
+        if now - self._drop_logged >= _DROP_LOG_INTERVAL:
+            self._drop_logged = now
+            log.warning(
+                "a subscriber of %s is not keeping up and misses messages (%d overflow(s) so far)",
+                self.endpoint,
+                self._dropped,
+            )
+        return False
+
+    # ---------------------------------------------------------------------------------- subscriptions
+
+    def poll_subscriptions(self, timeout: float = 0.0) -> int:
+        """Read pending (un)subscriptions, waiting up to `timeout` seconds for the first one.
+
+        Parameters:
+            timeout: seconds to wait when none is pending; 0 does not wait.
+
+        Returns:
+            The number of active subscriptions (`subscribers`).
+        """
+        if not self._closed and timeout > 0 and not self._sock.poll(int(timeout * 1000), zmq.POLLIN):
+            return self.subscribers
+        self._read_subscriptions()
+        return self.subscribers
+
+    def wait_for_subscribers(self, count: int = 1, timeout: float = 5.0) -> bool:
+        """Wait until at least `count` subscriptions are active.
+
+        A subscription counts once ZeroMQ has applied it, so every message published afterwards reaches
+        that subscriber (this is how tests and tools avoid the "slow joiner" loss of the first messages).
+
+        Parameters:
+            count: subscriptions to wait for.
+            timeout: seconds to wait at most.
+
+        Returns:
+            True if `count` subscriptions are active, False on timeout.
+
+        Raises:
+            PublishError: the publisher is closed.
+        """
+        if self._closed:
+            raise PublishError(self.endpoint, "wait_for_subscribers() on a closed publisher")
+        deadline = time.monotonic() + timeout
+        while self.poll_subscriptions() < count:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            self.poll_subscriptions(min(left, 0.1))
+        return True
+
+    def _read_subscriptions(self) -> None:
+        sock = self._sock
+        if self._closed:
+            return
+        while cast(int, sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
+            try:
+                data = sock.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if not data or data[0] not in (0, 1):
+                log.debug("ignoring a %d-byte message that is not a subscription", len(data))
+                continue
+            topic = data[1:]
+            if data[0] == 1:
+                self._subscriptions[topic] += 1
+                log.info(
+                    "a subscriber subscribed to %s on %s (%d active subscription(s))",
+                    _describe(topic),
+                    self.endpoint,
+                    self.subscribers,
+                )
+            elif self._subscriptions[topic] > 0:
+                self._subscriptions[topic] -= 1
+                if not self._subscriptions[topic]:
+                    del self._subscriptions[topic]
+                log.info(
+                    "a subscriber unsubscribed from %s on %s (%d active subscription(s))",
+                    _describe(topic),
+                    self.endpoint,
+                    self.subscribers,
+                )
+
+    # ---------------------------------------------------------------------------------------- closing
+
+    def close(self) -> None:
+        """Close the socket at once (queued messages are discarded). Safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
+        self._sock.close(linger=0)
+        log.debug("publisher on %s closed (%d sent, %d dropped)", self.endpoint, self._sent, self._dropped)
+
+    def __enter__(self) -> Publisher:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()

@@ -1,0 +1,329 @@
+"""The subscriber library and the `yolostream subscribe` command, against real publishers on loopback."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import zmq
+
+from streamer.client import ReceiveTimeout, SubscribeError, Subscriber, format_message, subscribe_main
+from streamer.messages import EVENT_DROPPED, EVENT_EOS, EVENT_ERROR, EVENT_STARTED
+from streamer.protocol import Detection, DetectionsMessage, EventMessage, ProtocolError, encode
+from streamer.publish import Publisher
+
+TIMEOUT = 5.0  # seconds; every receive in these tests is bounded
+REPO = Path(__file__).resolve().parents[1]
+
+
+def det(stream: str, frame: int, n: int = 1, seq: int = 0) -> DetectionsMessage:
+    dets = [Detection(class_id=2, class_name="car", score=0.77, box=(10.4, 20.5, 30.0, 40.49))] * n
+    return DetectionsMessage(
+        stream=stream, seq=seq, frame=frame, pts=frame * 0.04, capture_ts=time.time(), width=64, height=48,
+        detections=dets,
+    )  # fmt: skip
+
+
+def evt(stream: str, kind: str = EVENT_EOS, message: str = "end of file", seq: int = 0) -> EventMessage:
+    return EventMessage(stream=stream, seq=seq, event=kind, message=message, ts=time.time())
+
+
+@pytest.fixture
+def pub() -> Iterator[Publisher]:
+    with Publisher("tcp://127.0.0.1:*") as p:
+        yield p
+
+
+def wait_subscribed(pub: Publisher, count: int) -> None:
+    """Wait until `count` subscriptions are applied (avoids ZeroMQ's "slow joiner" loss)."""
+    assert pub.wait_for_subscribers(count, TIMEOUT), f"only {pub.subscribers} subscription(s) arrived"
+
+
+def drain(sub: Subscriber, wait: float = 0.2) -> list[DetectionsMessage | EventMessage]:
+    """Everything `sub` receives until nothing arrives for `wait` seconds."""
+    got: list[DetectionsMessage | EventMessage] = []
+    while True:
+        try:
+            got.append(sub.recv(wait))
+        except ReceiveTimeout:
+            return got
+
+
+# ------------------------------------------------------------------------------------------ Subscriber
+
+
+def test_stream_filter_is_exact(pub: Publisher) -> None:
+    with Subscriber(pub.endpoint, streams=["cam1"]) as sub:
+        assert sub.subscriptions == (b"det.cam1", b"evt.cam1")
+        wait_subscribed(pub, 2)
+        for i in range(3):
+            pub.publish(det("cam10", i))
+            pub.publish(det("cam1", i))
+            pub.publish(det("cam1x", i))
+        pub.publish(evt("cam10"))
+        pub.publish(evt("cam1"))
+        got = drain(sub)
+    assert [(m.stream, m.type, m.seq) for m in got] == [
+        ("cam1", "det", 0), ("cam1", "det", 1), ("cam1", "det", 2), ("cam1", "evt", 3)
+    ]  # fmt: skip
+    assert sub.gaps == {"cam1": 0}
+    assert sub.received == 4
+
+
+def test_several_streams(pub: Publisher) -> None:
+    with Subscriber(pub.endpoint, streams=["a", "b"]) as sub:
+        wait_subscribed(pub, 4)
+        for s in ("a", "b", "c", "a"):
+            pub.publish(det(s, 0))
+        assert [m.stream for m in drain(sub)] == ["a", "b", "a"]
+
+
+@pytest.mark.parametrize(
+    ("events", "detections", "every_expected", "one_expected"),
+    [
+        (False, True, [("det", "cam1"), ("det", "cam2")], [("det", "cam1")]),
+        (True, False, [("evt", "cam1"), ("evt", "cam1")], [("evt", "cam1"), ("evt", "cam1")]),
+    ],
+    ids=["detections-only", "events-only"],
+)
+def test_events_and_detections_toggles(
+    pub: Publisher,
+    events: bool,
+    detections: bool,
+    every_expected: list[tuple[str, str]],
+    one_expected: list[tuple[str, str]],
+) -> None:
+    with (
+        Subscriber(pub.endpoint, events=events, detections=detections) as every_stream,
+        Subscriber(pub.endpoint, streams=["cam1"], events=events, detections=detections) as one_stream,
+    ):
+        assert len(every_stream.subscriptions) == len(one_stream.subscriptions) == 1
+        wait_subscribed(pub, 2)
+        pub.publish(evt("cam1", EVENT_STARTED, "opened"))
+        pub.publish(det("cam1", 0))
+        pub.publish(det("cam2", 0))
+        pub.publish(evt("cam1"))
+        assert [(m.type, m.stream) for m in drain(every_stream)] == every_expected
+        assert [(m.type, m.stream) for m in drain(one_stream)] == one_expected
+    # Detections and events share the stream's sequence: with one kind only, a gap cannot be told apart
+    # from a message of the other kind, so none are counted.
+    assert every_stream.gaps == {} and one_stream.gaps == {}
+
+
+@pytest.fixture
+def raw_pub() -> Iterator[tuple[zmq.Socket[bytes], str]]:
+    """A bare XPUB socket, to send what the real publisher never would (gaps, garbage)."""
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
+    sock = ctx.socket(zmq.XPUB)
+    sock.linger = 0
+    sock.bind("tcp://127.0.0.1:*")
+    try:
+        yield sock, sock.getsockopt_string(zmq.LAST_ENDPOINT)
+    finally:
+        sock.close()
+
+
+def test_gaps_are_counted_from_sequence_numbers(raw_pub: tuple[zmq.Socket[bytes], str]) -> None:
+    raw, endpoint = raw_pub
+    with Subscriber(endpoint) as sub:
+        for _ in range(2):  # wait until both subscriptions (det. and evt.) have arrived
+            assert raw.poll(int(TIMEOUT * 1000)) and raw.recv()
+        sequence = [
+            ("a", 0),
+            ("a", 1),
+            ("b", 5),
+            ("a", 4),
+            ("b", 6),
+            ("a", 5),
+            ("b", 9),
+            ("a", 0),
+            ("a", 2),
+        ]
+        for stream, seq in sequence:
+            msg = det(stream, seq, seq=seq) if seq % 2 else evt(stream, seq=seq)
+            raw.send_multipart(encode(msg))
+        got = [sub.recv(TIMEOUT) for _ in sequence]
+        assert [(m.stream, m.seq) for m in got] == sequence
+        # a: 1 -> 4 misses 2 and 3; then a restart at 0 (not a gap), 0 -> 2 misses 1.
+        # b: starts at 5 (joining late is not a gap); 6 -> 9 misses 7 and 8.
+        assert sub.gaps == {"a": 3, "b": 2}
+
+
+def test_recv_timeout_and_iteration(pub: Publisher) -> None:
+    with Subscriber(pub.endpoint) as sub:
+        t0 = time.monotonic()
+        with pytest.raises(TimeoutError):
+            sub.recv(0.2)
+        assert 0.15 < time.monotonic() - t0 < 2
+        wait_subscribed(pub, 2)
+        for i in range(3):
+            pub.publish(det("cam1", i))
+        frames = []
+        for msg in sub:
+            frames.append(msg.frame if isinstance(msg, DetectionsMessage) else -1)
+            if len(frames) == 3:
+                break
+        assert frames == [0, 1, 2]
+
+
+def test_bad_messages_raise_protocol_error_and_are_skipped(raw_pub: tuple[zmq.Socket[bytes], str]) -> None:
+    raw, endpoint = raw_pub
+    with Subscriber(endpoint, streams=["cam1"]) as sub:
+        assert raw.poll(int(TIMEOUT * 1000)) and raw.recv()
+        raw.send_multipart([b"det.cam1", b"{garbage"])
+        raw.send_multipart([b"det.cam1", b"one", b"too many"])
+        raw.send_multipart(encode(det("cam1", 7)))
+        with pytest.raises(ProtocolError, match="invalid JSON"):
+            sub.recv(TIMEOUT)
+        with pytest.raises(ProtocolError, match="3 parts"):
+            sub.recv(TIMEOUT)
+        msg = sub.recv(TIMEOUT)
+        assert isinstance(msg, DetectionsMessage) and msg.frame == 7
+
+
+def test_invalid_arguments() -> None:
+    with pytest.raises(ValueError, match="stream id"):
+        Subscriber("tcp://127.0.0.1:1", streams=["cam 1"])
+    with pytest.raises(ValueError, match="events, detections or both"):
+        Subscriber("tcp://127.0.0.1:1", events=False, detections=False)
+    with pytest.raises(SubscribeError, match="nonsense://x") as info:
+        Subscriber("nonsense://x")
+    assert isinstance(info.value, OSError)
+    sub = Subscriber("tcp://127.0.0.1:1")
+    sub.close()
+    sub.close()
+    with pytest.raises(SubscribeError, match="closed"):
+        sub.recv(0.1)
+
+
+def test_format_message() -> None:
+    msg = det("cam1", 12, n=2, seq=12)
+    msg.detections[0] = Detection(
+        class_id=0, class_name="person", score=0.914, box=(12.2, 40.0, 199.6, 380.0)
+    )
+    msg.pts = 0.48
+    assert (
+        format_message(msg)
+        == "cam1 #12 frame 12 pts 0.480s 2 dets: person 0.91 [12,40,200,380], car 0.77 [10,20,30,40]"
+    )
+    msg.detections, msg.pts = [], None
+    assert format_message(msg) == "cam1 #12 frame 12 pts - 0 dets"
+    assert format_message(evt("cam1", EVENT_EOS, "end of file", seq=13)) == "cam1 #13 EVENT eos: end of file"
+    err = evt("cam1", EVENT_ERROR, "cannot open")
+    err.detail = {"code": 2, "reason": "missing"}
+    assert format_message(err) == "cam1 #0 EVENT error: cannot open (code=2, reason=missing)"
+
+
+# ------------------------------------------------------------------------------------- subscribe_main
+
+
+def run_main(
+    pub: Publisher, subscriptions: int, publish: list[DetectionsMessage | EventMessage], **kwargs: object
+) -> tuple[int, list[str]]:
+    """Run subscribe_main in a thread, publish once it has subscribed, return its exit code and lines."""
+    out = io.StringIO()
+    result: list[int] = []
+    args = {"streams": None, "raw_json": False, "limit": None, "timeout": TIMEOUT} | kwargs
+    thread = threading.Thread(target=lambda: result.append(subscribe_main(pub.endpoint, out=out, **args)))  # type: ignore[arg-type]
+    thread.start()
+    try:
+        wait_subscribed(pub, subscriptions)
+        for msg in publish:
+            pub.publish(msg)
+    finally:
+        thread.join(TIMEOUT + 5)
+    assert not thread.is_alive() and result, "subscribe_main did not return"
+    return result[0], out.getvalue().splitlines()
+
+
+def test_subscribe_main_stops_after_limit(pub: Publisher) -> None:
+    msgs: list[DetectionsMessage | EventMessage] = [evt("cam1", EVENT_STARTED, "opened")]
+    msgs += [det("cam1", i, n=i % 2) for i in range(3)] + [evt("cam1", EVENT_DROPPED, "behind")]
+    code, lines = run_main(pub, 2, msgs, limit=4)
+    assert code == 0
+    assert lines == [
+        "cam1 #0 EVENT started: opened",
+        "cam1 #1 frame 0 pts 0.000s 0 dets",
+        "cam1 #2 frame 1 pts 0.040s 1 det: car 0.77 [10,20,30,40]",
+        "cam1 #3 frame 2 pts 0.080s 0 dets",
+    ]
+
+
+def test_subscribe_main_raw_json_and_stream_filter(pub: Publisher) -> None:
+    msgs: list[DetectionsMessage | EventMessage] = [det("cam10", 0), det("cam1", 5, n=1), evt("cam1")]
+    code, lines = run_main(pub, 2, msgs, streams=["cam1"], raw_json=True, limit=2)
+    assert code == 0
+    objs = [json.loads(line) for line in lines]
+    assert [(o["type"], o["stream"], o["seq"]) for o in objs] == [("det", "cam1", 0), ("evt", "cam1", 1)]
+    assert objs[0]["detections"] == [
+        {"class_id": 2, "class_name": "car", "score": 0.77, "box": [10.4, 20.5, 30.0, 40.49]}
+    ]
+    assert objs[1]["event"] == "eos" and objs[1]["v"] == 1
+
+
+def test_subscribe_main_times_out(pub: Publisher, capsys: pytest.CaptureFixture[str]) -> None:
+    code, lines = run_main(pub, 2, [det("cam1", 0)], timeout=0.5)
+    assert code == 1
+    assert lines == ["cam1 #0 frame 0 pts 0.000s 1 det: car 0.77 [10,20,30,40]"]
+    assert f"no message from {pub.endpoint} for 0.5 s" in capsys.readouterr().err
+
+
+def test_subscribe_main_invalid_arguments(capsys: pytest.CaptureFixture[str]) -> None:
+    assert subscribe_main("tcp://127.0.0.1:1", ["bad id"], False, None, 1.0) == 2
+    assert "invalid stream id" in capsys.readouterr().err
+    assert subscribe_main("nonsense://x", None, False, None, 1.0) == 1
+    assert "nonsense://x" in capsys.readouterr().err
+
+
+def _start_subscribe_process(endpoint: str, **popen: object) -> subprocess.Popen[str]:
+    code = (
+        "import sys; from streamer.client import subscribe_main; "
+        f"sys.exit(subscribe_main({endpoint!r}, None, False, None, None))"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.Popen([sys.executable, "-c", code], env=env, text=True, **popen)  # type: ignore[call-overload]
+
+
+def test_subscribe_main_ctrl_c_is_quiet(pub: Publisher) -> None:
+    proc = _start_subscribe_process(pub.endpoint, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        wait_subscribed(pub, 2)
+        pub.publish(evt("cam1", EVENT_STARTED, "opened"))
+        assert proc.stdout is not None
+        assert proc.stdout.readline() == "cam1 #0 EVENT started: opened\n"
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=TIMEOUT)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == 0 and err == "" and out == ""
+
+
+def test_subscribe_main_closed_pipe_is_quiet(pub: Publisher) -> None:
+    r, w = os.pipe()
+    proc = _start_subscribe_process(pub.endpoint, stdout=w, stderr=subprocess.PIPE)
+    os.close(w)
+    try:
+        wait_subscribed(pub, 2)
+        with os.fdopen(r) as reader:
+            pub.publish(evt("cam1", EVENT_STARTED, "opened"))
+            assert reader.readline() == "cam1 #0 EVENT started: opened\n"
+        for i in range(100):  # the reader is gone: the next write fails with EPIPE
+            pub.publish(det("cam1", i))
+            if proc.poll() is not None:
+                break
+            time.sleep(0.02)
+        _, err = proc.communicate(timeout=TIMEOUT)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == 0 and err == ""
