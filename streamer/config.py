@@ -242,7 +242,7 @@ class SourceConfig(_Section):
     )
     url: str = Field(
         repr=False,  # may hold a password: use display_url in logs
-        description="rtsp(s)://, http(s):// or rtmp:// URL, or a file path / file: URL. A file is "
+        description="rtsp(s)://, http(s):// or rtmp:// URL, a file path / file: URL, or sample:demo. A file is "
         "normalised to an absolute path, relative to the config file.",
     )
     decoder: Literal["auto", "cpu", "nvdec"] = Field(
@@ -300,6 +300,12 @@ class SourceConfig(_Section):
             if not parts.hostname:
                 raise ValueError(f"has no host: {redact_url(value)!r}")
             return value
+        if scheme == "sample":
+            from streamer.samples import SAMPLES  # (a name check only: the clip is made by the worker)
+
+            if parts.path not in SAMPLES:
+                raise ValueError(f"unknown sample {parts.path!r}; samples: {', '.join(sorted(SAMPLES))}")
+            return value
         if scheme == "file":
             if parts.netloc not in ("", "localhost"):
                 raise ValueError(f"a file: URL must name a local file, got host {parts.netloc!r}")
@@ -307,7 +313,7 @@ class SourceConfig(_Section):
         elif scheme:
             raise ValueError(
                 f"unsupported URL scheme '{scheme}://' in {redact_url(value)!r}; use rtsp://, rtsps://, "
-                "http(s)://, rtmp:// or a file path"
+                "http(s)://, rtmp://, sample:<name> or a file path"
             )
         path = Path(value)
         return str(path if path.is_absolute() else _base_dir(info) / path)
