@@ -5,14 +5,18 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from streamer import __version__
 from streamer.errors import EXIT_CONFIG, EXIT_OK, ConfigError
 
+if TYPE_CHECKING:
+    from streamer.config import Config
+
 DEFAULT_ENDPOINT = "tcp://127.0.0.1:5555"
 
 
-def _load(path: str):  # type: ignore[no-untyped-def]
+def _load(path: str) -> Config:
     from streamer.config import load_config
 
     return load_config(path)

@@ -242,7 +242,8 @@ class SourceConfig(_Section):
     )
     url: str = Field(
         repr=False,  # may hold a password: use display_url in logs
-        description="rtsp(s)://, http(s):// or rtmp:// URL, a file path / file: URL, or sample:demo. A file is "
+        description="rtsp(s)://, http(s):// or rtmp:// URL, a file path / file: URL, or sample:demo. "
+        "A file is "
         "normalised to an absolute path, relative to the config file.",
     )
     decoder: Literal["auto", "cpu", "nvdec"] = Field(

@@ -70,7 +70,7 @@ def shm_root() -> Path:
 def remove_stale_run_dirs(root: Path) -> None:
     """Remove run directories left by daemons that were killed (their pid is gone)."""
     for path in root.glob(f"{RUN_DIR_PREFIX}*"):
-        pid = path.name[len(RUN_DIR_PREFIX):].split("-", 1)[0]
+        pid = path.name[len(RUN_DIR_PREFIX) :].split("-", 1)[0]
         if not pid.isdigit() or Path(f"/proc/{pid}").exists():
             continue
         log.info("removing %s, left behind by a daemon that was killed", path)
@@ -110,8 +110,9 @@ class Supervisor:
         try:
             endpoint = f"ipc://{run_dir}/notify.sock"
             notify = NotifySender(endpoint)
-            ctx = WorkerContext(str(run_dir), endpoint, log_queue, self.cfg.logging.level,
-                                self._mp.Event(), os.getpid())
+            ctx = WorkerContext(
+                str(run_dir), endpoint, log_queue, self.cfg.logging.level, self._mp.Event(), os.getpid()
+            )
             return self._supervise(ctx, notify, wake_r)
         finally:
             if notify is not None:
@@ -130,20 +131,26 @@ class Supervisor:
 
     def _supervise(self, ctx: WorkerContext, notify: NotifySender, wake: socket.socket) -> int:
         cfg = self.cfg
-        log.info("yolostream starting: model %s, backend %s, %d stream(s): %s", cfg.model.onnx,
-                 cfg.engine.backend, len(cfg.sources),
-                 ", ".join(f"{s.id}={s.display_url}" for s in cfg.sources))
+        log.info(
+            "yolostream starting: model %s, backend %s, %d stream(s): %s",
+            cfg.model.onnx,
+            cfg.engine.backend,
+            len(cfg.sources),
+            ", ".join(f"{s.id}={s.display_url}" for s in cfg.sources),
+        )
         # The inference worker has its own stop event: it must outlive the sources to drain their frames.
-        infer_ctx = WorkerContext(ctx.run_dir, ctx.notify_endpoint, ctx.log_queue, ctx.log_level,
-                                  self._mp.Event(), ctx.parent_pid)
+        infer_ctx = WorkerContext(
+            ctx.run_dir, ctx.notify_endpoint, ctx.log_queue, ctx.log_level, self._mp.Event(), ctx.parent_pid
+        )
         ready = self._mp.Event()
-        inference = self._mp.Process(target=_inference_entry, args=(cfg, infer_ctx, ready),
-                                     name="inference")
+        inference = self._mp.Process(target=_inference_entry, args=(cfg, infer_ctx, ready), name="inference")
         inference.start()
         while not ready.wait(0.1):
             if not inference.is_alive():
-                log.error("the inference worker failed to start (%s); see the error above",
-                          _describe_exit(inference.exitcode))
+                log.error(
+                    "the inference worker failed to start (%s); see the error above",
+                    _describe_exit(inference.exitcode),
+                )
                 return EXIT_FAILURE
             if self._take_signals(wake):
                 log.info("stopped before the model was loaded")
@@ -159,7 +166,8 @@ class Supervisor:
 
         exit_code = EXIT_OK
         while True:
-            sentinels = [p.proc.sentinel for p in self._sources.values()] + [inference.sentinel, wake]
+            sentinels: list[int | socket.socket] = [p.proc.sentinel for p in self._sources.values()]
+            sentinels += [inference.sentinel, wake]
             mp.connection.wait(sentinels, timeout=1.0)
             if self._take_signals(wake):
                 log.info("signal received: stopping")
@@ -214,8 +222,9 @@ class Supervisor:
         for sp in self._sources.values():
             sp.proc.join(max(0.0, deadline - time.monotonic()))
             if sp.proc.is_alive():
-                log.warning("stream %s: source worker did not stop in %.0f s; killing it", sp.cfg.id,
-                            SOURCE_JOIN_S)
+                log.warning(
+                    "stream %s: source worker did not stop in %.0f s; killing it", sp.cfg.id, SOURCE_JOIN_S
+                )
                 _kill(sp.proc)
         self._reap_sources(notify)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 from streamer.engine.base import Engine, EngineOptions, ModelSpec
@@ -40,5 +41,5 @@ def load_engine(backend: str, model: Path, options: EngineOptions) -> Engine:
         module = importlib.import_module(module_name)
     except ImportError as exc:
         raise EngineError(f"engine backend {backend!r} needs a package that is not installed: {exc}") from exc
-    engine_cls: type[Engine] = getattr(module, cls_name)
+    engine_cls: Callable[[Path, EngineOptions], Engine] = getattr(module, cls_name)
     return engine_cls(model, options)

@@ -9,6 +9,7 @@ complete in submission order. A completed batch writes a byte to a pipe, so the 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections import deque
@@ -50,6 +51,7 @@ class Executor:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine")
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
 
     @property
     def wake_fd(self) -> int:
@@ -71,9 +73,14 @@ class Executor:
         self._free.popleft()
         batch = Batch(slot, items)
         future = self._pool.submit(self._run, batch)
-        future.add_done_callback(lambda _f: os.write(self._wake_w, b"."))
+        future.add_done_callback(self._wake)
         self._inflight.append((batch, future))
         return batch
+
+    def _wake(self, _future: Future[np.ndarray]) -> None:
+        # A full pipe already says "something finished": never block the engine thread on it.
+        with contextlib.suppress(BlockingIOError):
+            os.write(self._wake_w, b".")
 
     def _run(self, batch: Batch) -> np.ndarray:
         out = self.engine.infer(self.buffers[batch.slot][: batch.size])

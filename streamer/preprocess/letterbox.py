@@ -109,9 +109,7 @@ def letterbox(
     return out, g
 
 
-def to_input_tensor(
-    image: np.ndarray, *, swap_rb: bool, out: np.ndarray | None = None
-) -> np.ndarray:
+def to_input_tensor(image: np.ndarray, *, swap_rb: bool, out: np.ndarray | None = None) -> np.ndarray:
     """``HxWx3`` uint8 → ``3xHxW`` float32 in 0..1, swapping R and B when `swap_rb` (BGR ↔ RGB).
 
     `out`, when given, is a ``3xHxW`` float32 view (e.g. one item of the engine's batch buffer).

@@ -67,7 +67,12 @@ def _write(name: str, path: Path) -> None:
             stream.pix_fmt = "yuv420p"
             for picture in pictures:
                 data = np.frombuffer(folder.joinpath(picture).read_bytes(), np.uint8)
-                rgb = cv2.cvtColor(_fit(cv2.imdecode(data, cv2.IMREAD_COLOR), size), cv2.COLOR_BGR2RGB)
+                bgr = cv2.imdecode(data, cv2.IMREAD_COLOR)
+                if bgr is None:
+                    raise ValueError(f"sample picture {picture} cannot be decoded (damaged install?)")
+                rgb = np.asarray(
+                    cv2.cvtColor(_fit(np.asarray(bgr, np.uint8), size), cv2.COLOR_BGR2RGB), np.uint8
+                )
                 frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
                 for _ in range(round(seconds * FPS)):
                     for packet in stream.encode(frame):

@@ -72,6 +72,8 @@ class Pacer:
     def admit(self, pts: float | None) -> bool:
         if not self.interval or pts is None:
             return True
+        if self._next_pts is not None and pts < self._next_pts - self.interval - 1e-6:
+            self._next_pts = None  # earlier than the last frame kept: the stream's clock restarted
         if self._next_pts is not None and pts < self._next_pts - 1e-6:
             return False
         # Advance from the scheduled time, not from this pts, so the long-run rate is exact.

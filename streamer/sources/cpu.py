@@ -5,12 +5,13 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import av
 import av.error
 
 from streamer.errors import SourceError, SourceFormatError
+from streamer.samples import sample_path
 from streamer.sources.base import DecodedFrame, SourceInfo
 
 log = logging.getLogger(__name__)
@@ -22,9 +23,11 @@ READ_TIMEOUT_S = 10.0
 
 
 def _ffmpeg_target(url: str) -> str:
-    """What to hand FFmpeg: a plain path for ``file://`` URLs, the URL itself otherwise."""
+    """What to hand FFmpeg: a plain path for ``file:`` URLs and samples, the URL itself otherwise."""
     parts = urlsplit(url)
-    return parts.path if parts.scheme == "file" else url
+    if parts.scheme == "sample":
+        return str(sample_path(parts.path))
+    return unquote(parts.path) if parts.scheme == "file" else url
 
 
 class PyAvSource:
@@ -97,8 +100,12 @@ class PyAvSource:
     def _decode(self, container: av.container.InputContainer) -> Iterator[av.VideoFrame]:
         stream = container.streams.video[0]
         consecutive = 0
+        truncated = False
         try:
             for packet in container.demux(stream):
+                if packet.size:  # not the empty packet that flushes the decoder at the end
+                    # The demuxer flags a packet it could not read whole; the last one: the file was cut.
+                    truncated = packet.is_corrupt
                 try:
                     frames = packet.decode()
                 except av.error.InvalidDataError as exc:
@@ -116,13 +123,15 @@ class PyAvSource:
                         ) from exc
                     continue
                 consecutive = 0
-                yield from frames  # type: ignore[misc]
+                yield from frames
         except av.error.EOFError:
-            return
+            pass
         except av.error.FFmpegError as exc:
             if self.live:
                 raise SourceError(self.stream_id, f"read failed: {exc}") from exc
             raise SourceFormatError(self.stream_id, f"read failed: {exc}") from exc
+        if truncated and not self.live:
+            raise SourceFormatError(self.stream_id, "the file is truncated: its last packet is incomplete")
 
     def close(self) -> None:
         if self._container is not None:

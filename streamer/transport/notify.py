@@ -14,7 +14,7 @@ import zmq
 from streamer.messages import Notification
 
 _encoder = msgspec.msgpack.Encoder()
-_decoder = msgspec.msgpack.Decoder(Notification)  # type: ignore[arg-type]
+_decoder = msgspec.msgpack.Decoder(Notification)
 
 
 class NotifySender:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import mmap
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -66,7 +67,11 @@ class FrameRing:
             os.close(fd)
             raise
         mm[:24] = _MAGIC + slots.to_bytes(8, "little") + slot_bytes.to_bytes(8, "little")
-        return cls(path, fd, mm, slots, slot_bytes, owner=True)
+        ring = cls(path, fd, mm, slots, slot_bytes, owner=True)
+        # Start the sequence at the clock (ns), not at 1: a writer that re-creates the ring of a crashed
+        # predecessor must not reuse the numbers of frames that were announced but not yet consumed.
+        ring._next_seq = time.time_ns()
+        return ring
 
     @classmethod
     def attach(cls, path: str | os.PathLike[str]) -> FrameRing:

@@ -85,8 +85,14 @@ class _Item:
 class InferenceLoop:
     """The worker's loop, separate from process set-up so that it can be driven in-process by tests."""
 
-    def __init__(self, cfg: Config, receiver: NotifyReceiver, publisher: Publisher, executor: Executor,
-                 stop: StopFlag | None = None) -> None:
+    def __init__(
+        self,
+        cfg: Config,
+        receiver: NotifyReceiver,
+        publisher: Publisher,
+        executor: Executor,
+        stop: StopFlag | None = None,
+    ) -> None:
         self.cfg = cfg
         self.receiver = receiver
         self.publisher = publisher
@@ -99,8 +105,14 @@ class InferenceLoop:
         self.swap_rb = cfg.model.channel_order == "bgr"  # rings hold RGB
         self.class_names = _class_names(cfg, spec.num_classes)
         det = cfg.detection
-        self.nms = NmsParams(conf_thres=det.confidence, iou_thres=det.iou, max_det=det.max_detections,
-                             classes=det.class_ids, agnostic=det.agnostic_nms, multi_label=det.multi_label)
+        self.nms = NmsParams(
+            conf_thres=det.confidence,
+            iou_thres=det.iou,
+            max_det=det.max_detections,
+            classes=det.class_ids,
+            agnostic=det.agnostic_nms,
+            multi_label=det.multi_label,
+        )
         self.streams: dict[str, _Stream] = {}
         self._canvas = np.empty((spec.height, spec.width, 3), np.uint8)
         self._geometries: dict[tuple[int, int], LetterboxGeometry] = {}
@@ -123,6 +135,7 @@ class InferenceLoop:
             self.executor.clear_wake()
             while (msg := self.receiver.recv_nowait()) is not None:
                 self._accept(msg)
+            self._drop_stale_live_frames()  # at once, so that live sources get their slots back
             self._collect()
             self._dispatch()
             self._publish_events()
@@ -159,7 +172,6 @@ class InferenceLoop:
     def _dispatch(self) -> None:
         """Form and submit batches while an executor slot is free and a batch is due."""
         while (slot := self.executor.free_slot()) is not None:
-            self._drop_stale_live_frames()
             waiting = sum(s.frames_waiting() for s in self.streams.values())
             if waiting == 0:
                 return
@@ -189,8 +201,11 @@ class InferenceLoop:
     def _drop_stale_live_frames(self) -> None:
         """Keep only the newest waiting frame of each live stream; release and count the others."""
         for stream in self.streams.values():
-            while (stream.frames_waiting() > 1 and isinstance(stream.queue[0], FrameReady)
-                   and stream.queue[0].live):
+            while (
+                stream.frames_waiting() > 1
+                and isinstance(stream.queue[0], FrameReady)
+                and stream.queue[0].live
+            ):
                 note = stream.queue.popleft()
                 stream.arrivals.popleft()
                 self._release(stream, note)  # type: ignore[arg-type]
@@ -236,8 +251,9 @@ class InferenceLoop:
     def _geometry(self, width: int, height: int) -> LetterboxGeometry:
         g = self._geometries.get((width, height))
         if g is None:
-            g = self._geometries[(width, height)] = letterbox_geometry(width, height, self.input_w,
-                                                                        self.input_h)
+            g = self._geometries[(width, height)] = letterbox_geometry(
+                width, height, self.input_w, self.input_h
+            )
         return g
 
     def _release(self, stream: _Stream, note: FrameReady) -> None:
@@ -272,9 +288,16 @@ class InferenceLoop:
             if stream.dropped > stream.dropped_reported and self._stats_due():
                 n = stream.dropped - stream.dropped_reported
                 stream.dropped_reported = stream.dropped
-                self.publisher.publish(event_message(StreamEvent(
-                    stream.id, EVENT_DROPPED, f"{n} frame(s) dropped: inference is behind",
-                    detail={"dropped": n, "dropped_total": stream.dropped})))
+                self.publisher.publish(
+                    event_message(
+                        StreamEvent(
+                            stream.id,
+                            EVENT_DROPPED,
+                            f"{n} frame(s) dropped: inference is behind",
+                            detail={"dropped": n, "dropped_total": stream.dropped},
+                        )
+                    )
+                )
             if stream.exited and not stream.queue and stream.inflight == 0 and stream.rings:
                 stream.close_rings()
 
@@ -290,8 +313,9 @@ class InferenceLoop:
             self._shutdown, self._shutdown_at = Shutdown(), time.monotonic()
         if self._shutdown is None:
             return False
-        waiting_exits = [s for s in self._shutdown.expect_exits
-                         if not (s in self.streams and self.streams[s].exited)]
+        waiting_exits = [
+            s for s in self._shutdown.expect_exits if not (s in self.streams and self.streams[s].exited)
+        ]
         if waiting_exits and time.monotonic() - self._shutdown_at < _EXIT_GRACE_S:
             return False
         busy = self.executor.inflight or any(s.queue for s in self.streams.values())
@@ -309,9 +333,15 @@ class InferenceLoop:
         total = sum(s.published for s in self.streams.values())
         per_stream = ", ".join(f"{s.id} {s.published}" for s in self.streams.values())
         batch = self._batched_frames / self._batches if self._batches else 0.0
-        log.info("%.1f frames/s published (%d in %.1f s; totals: %s); mean batch %.2f; %d subscription(s)",
-                 (total - self._stats_published) / elapsed, total - self._stats_published, elapsed,
-                 per_stream, batch, self.publisher.subscribers)
+        log.info(
+            "%.1f frames/s published (%d in %.1f s; totals: %s); mean batch %.2f; %d subscription(s)",
+            (total - self._stats_published) / elapsed,
+            total - self._stats_published,
+            elapsed,
+            per_stream,
+            batch,
+            self.publisher.subscribers,
+        )
         self._stats_at, self._stats_published = now, total
         self._batches = self._batched_frames = 0
 
@@ -325,10 +355,14 @@ def _class_names(cfg: Config, num_classes: int) -> tuple[str, ...]:
     if len(names) == num_classes:
         return names
     if cfg.model.class_names is not None:
-        raise YolostreamError(f"model.class_names has {len(names)} names but the model predicts "
-                              f"{num_classes} classes")
-    log.warning("the model predicts %d classes, not COCO's 80, and model.class_names is not set: "
-                "classes are named by their index", num_classes)
+        raise YolostreamError(
+            f"model.class_names has {len(names)} names but the model predicts {num_classes} classes"
+        )
+    log.warning(
+        "the model predicts %d classes, not COCO's 80, and model.class_names is not set: "
+        "classes are named by their index",
+        num_classes,
+    )
     return tuple(str(i) for i in range(num_classes))
 
 
@@ -338,19 +372,26 @@ def run_inference(cfg: Config, ctx: WorkerContext, ready: object) -> int:
     receiver = publisher = executor = loop = None
     try:
         receiver = NotifyReceiver(ctx.notify_endpoint)
-        publisher = Publisher(cfg.publish.endpoint, encoding=cfg.publish.encoding,
-                              send_hwm=cfg.publish.send_hwm)
-        options = EngineOptions(device=cfg.engine.device, precision=cfg.engine.precision,
-                                max_batch=cfg.engine.max_batch, threads=cfg.engine.threads,
-                                input_size=cfg.model.input_size)
+        publisher = Publisher(
+            cfg.publish.endpoint, encoding=cfg.publish.encoding, send_hwm=cfg.publish.send_hwm
+        )
+        options = EngineOptions(
+            device=cfg.engine.device,
+            precision=cfg.engine.precision,
+            max_batch=cfg.engine.max_batch,
+            threads=cfg.engine.threads,
+            input_size=cfg.model.input_size,
+        )
         engine = load_engine(cfg.engine.backend, cfg.model.onnx, options)  # type: ignore[arg-type]
         executor = Executor(engine, slots=cfg.engine.inflight)
         loop = InferenceLoop(cfg, receiver, publisher, executor, stop)
         ready.set()  # type: ignore[attr-defined]
         loop.run()
-        log.info("inference worker done: %d frames published, %d dropped",
-                 sum(s.published for s in loop.streams.values()),
-                 sum(s.dropped for s in loop.streams.values()))
+        log.info(
+            "inference worker done: %d frames published, %d dropped",
+            sum(s.published for s in loop.streams.values()),
+            sum(s.dropped for s in loop.streams.values()),
+        )
         return EXIT_OK
     except YolostreamError as exc:
         log.error("%s", exc)

@@ -8,6 +8,7 @@ counted, and the inference worker itself keeps only the newest frame of a live s
 from __future__ import annotations
 
 import logging
+import os
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -21,7 +22,7 @@ from streamer.workers.common import StopFlag, WorkerContext, start_worker
 
 if TYPE_CHECKING:
     from streamer.config import SourceConfig
-    from streamer.sources.base import DecodedFrame
+    from streamer.sources.base import DecodedFrame, FrameSource
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +79,9 @@ def run_source(cfg: SourceConfig, ctx: WorkerContext) -> int:
         sender.close()
 
 
-def _run(cfg: SourceConfig, source, sender: NotifySender, writer: RingWriter, stop: StopFlag) -> int:  # type: ignore[no-untyped-def]
+def _run(
+    cfg: SourceConfig, source: FrameSource, sender: NotifySender, writer: RingWriter, stop: StopFlag
+) -> int:
     info = source.open()
     log.info(
         "stream %s: opened %s (%s %dx%d%s, decoder %s)",
@@ -90,11 +93,8 @@ def _run(cfg: SourceConfig, source, sender: NotifySender, writer: RingWriter, st
         f" {info.fps:.2f} fps" if info.fps else "",
         info.decoder,
     )
-    sender.send(
-        StreamEvent(
-            cfg.id, EVENT_STARTED, f"{info.codec} {info.width}x{info.height}", detail=info.as_detail()
-        )
-    )
+    detail = {**info.as_detail(), "pid": os.getpid()}
+    sender.send(StreamEvent(cfg.id, EVENT_STARTED, f"{info.codec} {info.width}x{info.height}", detail=detail))
     pacer = Pacer(cfg.paced, cfg.fps_limit)
     live = cfg.is_live or cfg.paced
     produced = dropped = 0
