@@ -714,3 +714,18 @@ def test_check_command_accepts_a_valid_file(tmp_path: Path) -> None:
     result = run_check(path)
     assert result.returncode == EXIT_OK, result.stderr
     assert "OK (1 stream(s): cam1)" in result.stdout
+
+
+@pytest.mark.parametrize(("text", "key", "line", "message"), BAD_CASES)
+def test_check_command_exits_2_naming_file_line_and_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str, key: str, line: int | None, message: str
+) -> None:
+    from streamer.cli import main
+
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    assert main(["check", str(path)]) == 2
+    err = capsys.readouterr().err
+    where = f"{path}:{line}:" if line is not None else f"{path}:"
+    assert f"{where} {key}:" in err if key else where in err
+    assert message in err

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -120,8 +120,9 @@ class InferenceLoop:
         self._shutdown_at = 0.0
         self._stats_at = time.monotonic()
         self._stats_published = 0
-        self._batches = 0
-        self._batched_frames = 0
+        self.batch_sizes: Counter[int] = Counter()
+        """How many batches of each size were submitted (since start)."""
+        self._stats_batches: Counter[int] = Counter()
 
     # -- main loop ---------------------------------------------------------------------------------
 
@@ -182,8 +183,7 @@ class InferenceLoop:
             items = self._fill(slot, self._take(min(waiting, self.max_batch)))
             if items:
                 self.executor.submit(slot, items)
-                self._batches += 1
-                self._batched_frames += len(items)
+                self.batch_sizes[len(items)] += 1
 
     def _take(self, n: int) -> list[tuple[_Stream, FrameReady]]:
         """The `n` oldest waiting frames across streams (each stream's frames stay in order)."""
@@ -332,7 +332,9 @@ class InferenceLoop:
         elapsed = now - self._stats_at
         total = sum(s.published for s in self.streams.values())
         per_stream = ", ".join(f"{s.id} {s.published}" for s in self.streams.values())
-        batch = self._batched_frames / self._batches if self._batches else 0.0
+        recent = self.batch_sizes - self._stats_batches
+        batches = sum(recent.values())
+        batch = sum(size * n for size, n in recent.items()) / batches if batches else 0.0
         log.info(
             "%.1f frames/s published (%d in %.1f s; totals: %s); mean batch %.2f; %d subscription(s)",
             (total - self._stats_published) / elapsed,
@@ -343,7 +345,7 @@ class InferenceLoop:
             self.publisher.subscribers,
         )
         self._stats_at, self._stats_published = now, total
-        self._batches = self._batched_frames = 0
+        self._stats_batches = self.batch_sizes.copy()
 
     def close(self) -> None:
         for stream in self.streams.values():
