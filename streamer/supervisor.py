@@ -24,9 +24,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from streamer.errors import EXIT_FAILURE, EXIT_OK
+from streamer.errors import EXIT_FAILURE, EXIT_OK, ModelError
 from streamer.logs import setup_main
 from streamer.messages import EVENT_ERROR, Shutdown, StreamEvent
+from streamer.models.registry import ensure_model
 from streamer.transport.notify import NotifySender
 from streamer.workers.common import WorkerContext
 from streamer.workers.inference import run_inference
@@ -48,8 +49,8 @@ def _source_entry(cfg: SourceConfig, ctx: WorkerContext) -> None:
     raise SystemExit(run_source(cfg, ctx))
 
 
-def _inference_entry(cfg: Config, ctx: WorkerContext, ready: Any) -> None:
-    raise SystemExit(run_inference(cfg, ctx, ready))
+def _inference_entry(cfg: Config, model: Path, ctx: WorkerContext, ready: Any) -> None:
+    raise SystemExit(run_inference(cfg, model, ctx, ready))
 
 
 def _describe_exit(code: int | None) -> str:
@@ -131,9 +132,14 @@ class Supervisor:
 
     def _supervise(self, ctx: WorkerContext, notify: NotifySender, wake: socket.socket) -> int:
         cfg = self.cfg
+        try:
+            model = cfg.model.onnx if cfg.model.onnx is not None else ensure_model(cfg.model.name or "")
+        except ModelError as exc:
+            log.error("%s", exc)
+            return EXIT_FAILURE
         log.info(
             "yolostream starting: model %s, backend %s, %d stream(s): %s",
-            cfg.model.onnx,
+            model,
             cfg.engine.backend,
             len(cfg.sources),
             ", ".join(f"{s.id}={s.display_url}" for s in cfg.sources),
@@ -143,7 +149,9 @@ class Supervisor:
             ctx.run_dir, ctx.notify_endpoint, ctx.log_queue, ctx.log_level, self._mp.Event(), ctx.parent_pid
         )
         ready = self._mp.Event()
-        inference = self._mp.Process(target=_inference_entry, args=(cfg, infer_ctx, ready), name="inference")
+        inference = self._mp.Process(
+            target=_inference_entry, args=(cfg, model, infer_ctx, ready), name="inference"
+        )
         inference.start()
         while not ready.wait(0.1):
             if not inference.is_alive():

@@ -447,17 +447,24 @@ BAD_CASES = [
     ),
     pytest.param(
         "model:\n  channel_order: rgb\n" + MINIMAL.split("\n", 2)[2],
-        "model.onnx",
+        "model",
         1,
-        "missing required key 'onnx'",
+        "missing model: give model.name (e.g. yolov7-coco) or model.onnx",
         id="missing-onnx",
     ),
     pytest.param(
         "model:\n  name: yolov7-tiny\n" + MINIMAL.split("\n", 2)[2],
         "model.name",
         2,
-        "named models are not supported yet; give model.onnx",
-        id="named-model",
+        "unknown model name 'yolov7-tiny'; known: yolov7-coco",
+        id="unknown-named-model",
+    ),
+    pytest.param(
+        "model:\n  name: yolov7-coco\n  onnx: m.onnx\n" + MINIMAL.split("\n", 2)[2],
+        "model.name",
+        2,
+        "give either model.name or model.onnx, not both",
+        id="name-and-onnx",
     ),
     pytest.param(
         "model:\n  onnx: m.onnx\nsources:\n  - rtsp://cam/1\n",

@@ -19,6 +19,7 @@ import logging
 import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -368,7 +369,7 @@ def _class_names(cfg: Config, num_classes: int) -> tuple[str, ...]:
     return tuple(str(i) for i in range(num_classes))
 
 
-def run_inference(cfg: Config, ctx: WorkerContext, ready: object) -> int:
+def run_inference(cfg: Config, model: Path, ctx: WorkerContext, ready: object) -> int:
     """Process entry point: load the engine, bind the sockets, signal `ready`, loop until told to stop."""
     stop = start_worker(ctx)
     receiver = publisher = executor = loop = None
@@ -384,7 +385,7 @@ def run_inference(cfg: Config, ctx: WorkerContext, ready: object) -> int:
             threads=cfg.engine.threads,
             input_size=cfg.model.input_size,
         )
-        engine = load_engine(cfg.engine.backend, cfg.model.onnx, options)  # type: ignore[arg-type]
+        engine = load_engine(cfg.engine.backend, model, options)
         executor = Executor(engine, slots=cfg.engine.inflight)
         loop = InferenceLoop(cfg, receiver, publisher, executor, stop)
         ready.set()  # type: ignore[attr-defined]
