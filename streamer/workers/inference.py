@@ -149,7 +149,7 @@ class InferenceLoop:
         """How long to sleep: until the oldest frame's batch deadline, or a short tick to check stops."""
         timeout = 0.5
         oldest = min((s.arrivals[0] for s in self.streams.values() if s.arrivals), default=None)
-        if oldest is not None and self.executor.free_slot() is not None:
+        if oldest is not None and self.executor.inflight == 0:
             timeout = min(timeout, max(0.0, oldest + self.timeout_s - time.monotonic()))
         return timeout
 
@@ -178,7 +178,10 @@ class InferenceLoop:
             if waiting == 0:
                 return
             oldest = min(s.arrivals[0] for s in self.streams.values() if s.arrivals)
-            due = waiting >= self.max_batch or time.monotonic() - oldest >= self.timeout_s or self._draining()
+            # A partial batch does not queue behind one in flight: it would wait a whole inference for
+            # nothing, and a live stream will have a newer frame by then. Full batches do queue.
+            timed_out = time.monotonic() - oldest >= self.timeout_s and self.executor.inflight == 0
+            due = waiting >= self.max_batch or timed_out or self._draining()
             if not due:
                 return
             items = self._fill(slot, self._take(min(waiting, self.max_batch)))
