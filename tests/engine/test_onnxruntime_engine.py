@@ -180,8 +180,8 @@ def test_a_file_that_is_not_onnx_is_a_model_error(tmp_path: Path) -> None:
 
 
 def test_an_unknown_backend_is_an_engine_error_listing_the_available_ones(oracle: Path) -> None:
-    with pytest.raises(EngineError, match=r"'tensorrt' is not available.*available: onnxruntime"):
-        load_engine("tensorrt", oracle, EngineOptions())
+    with pytest.raises(EngineError, match=r"'openvino' is not available.*available: onnxruntime, tensorrt, torch"):
+        load_engine("openvino", oracle, EngineOptions())
 
 
 @pytest.mark.parametrize("output", ["flat", "narrow"])
