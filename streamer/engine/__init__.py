@@ -18,18 +18,19 @@ __all__ = ["Engine", "EngineOptions", "ModelSpec", "load_engine"]
 
 log = logging.getLogger(__name__)
 
-# backend name -> module:class. Only onnxruntime exists so far; `auto` resolves among the available.
+# backend name -> module:class of its synchronous engine (`select.open_executor` picks device engines).
 _BACKENDS = {
     "onnxruntime": "streamer.engine.onnxruntime:OnnxRuntimeEngine",
+    "torch": "streamer.engine.torch:TorchEngine",
+    "tensorrt": "streamer.engine.tensorrt:TensorRTEngine",
 }
 
 
 def load_engine(backend: str, model: Path, options: EngineOptions) -> Engine:
     """Load `model` with `backend` (``auto`` picks the best available) and return the ready engine."""
     if backend == "auto":
-        # Until the GPU backends land, onnxruntime is the only choice.
+        # The synchronous (CPU-side) engines; `streamer.engine.select` resolves auto for the daemon.
         backend = "onnxruntime"
-        log.info("engine backend auto -> onnxruntime (the only backend available in this build)")
     target = _BACKENDS.get(backend)
     if target is None:
         raise EngineError(

@@ -20,16 +20,19 @@ import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import zmq
 
-from streamer.engine import EngineOptions, load_engine
+from streamer.engine import EngineOptions
+from streamer.engine.device import OutputLayout
 from streamer.engine.executor import Executor
+from streamer.engine.select import open_executor
 from streamer.errors import EXIT_FAILURE, EXIT_OK, YolostreamError
 from streamer.messages import EVENT_DROPPED, FrameReady, Notification, Shutdown, SourceExit, StreamEvent
 from streamer.postprocess import NmsParams, detect_image, to_source_frame
+from streamer.postprocess_end2end import decode_end2end
 from streamer.preprocess import LetterboxGeometry, letterbox, letterbox_geometry, to_input_tensor
 from streamer.protocol import DetectionsMessage, detections_from_array, event_message
 from streamer.publish import Publisher
@@ -271,8 +274,8 @@ class InferenceLoop:
         """Post-process and publish every finished batch, oldest first."""
         while (done := self.executor.done(timeout=0.0)) is not None:
             batch, outputs = done
-            for i, item in enumerate(batch.items):
-                dets = to_source_frame(detect_image(outputs[i], self.nms), item.geometry)
+            for item, found in zip(batch.items, self._decode(outputs, batch.size), strict=True):
+                dets = to_source_frame(found, item.geometry)
                 note = item.note
                 msg = DetectionsMessage(
                     stream=note.stream, frame=note.index, pts=note.pts, capture_ts=note.capture_time,
@@ -283,6 +286,15 @@ class InferenceLoop:
                 stream = self.streams[note.stream]
                 stream.inflight -= 1
                 stream.published += 1
+
+    def _decode(self, outputs: np.ndarray | dict[str, np.ndarray], n: int) -> list[np.ndarray]:
+        """Per image of a finished batch: ``[K, 6]`` detections in model-input pixels."""
+        engine: Any = self.executor.engine  # an Engine (CPU executor) or a DeviceEngine (CUDA executor)
+        layout = getattr(engine, "layout", OutputLayout.GRID)
+        if layout is OutputLayout.GRID:
+            raw = outputs if isinstance(outputs, np.ndarray) else outputs[engine.outputs[0].name]
+            return [detect_image(raw[i], self.nms) for i in range(n)]
+        return decode_end2end(layout, engine.outputs, outputs, n, self.nms)  # type: ignore[arg-type]
 
     def _publish_events(self) -> None:
         """Publish events whose earlier frames have all been published; close rings of exited streams."""
@@ -388,8 +400,7 @@ def run_inference(cfg: Config, model: Path, ctx: WorkerContext, ready: object) -
             threads=cfg.engine.threads,
             input_size=cfg.model.input_size,
         )
-        engine = load_engine(cfg.engine.backend, model, options)
-        executor = Executor(engine, slots=cfg.engine.inflight)
+        executor = open_executor(cfg.engine.backend, model, options, slots=cfg.engine.inflight)
         loop = InferenceLoop(cfg, receiver, publisher, executor, stop)
         ready.set()  # type: ignore[attr-defined]
         loop.run()

@@ -1,0 +1,105 @@
+"""Pick the backend (``engine.backend: auto`` included) and pair its engine with the right executor.
+
+- ``tensorrt``: `TensorRTEngine` (a `DeviceEngine`) on the `CudaExecutor`;
+- ``torch`` on a GPU: `TorchDeviceEngine` on the `CudaExecutor`; on the CPU: `TorchEngine` on the CPU
+  `Executor` (the parity reference);
+- ``onnxruntime``: `OnnxRuntimeEngine` on the CPU `Executor` (the CUDA execution provider when
+  onnxruntime-gpu is installed).
+
+``auto`` prefers tensorrt, then torch on CUDA, then onnxruntime, and logs what it picked and why.
+Every import happens here, in the inference worker, only for the backend that is used.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from pathlib import Path
+from typing import Any
+
+from streamer.engine import load_engine
+from streamer.engine.base import EngineOptions
+from streamer.engine.executor import Executor
+from streamer.errors import EngineError
+
+log = logging.getLogger(__name__)
+
+
+def _tensorrt_usable() -> str | None:
+    """Why TensorRT cannot be used here, or None if it can."""
+    if importlib.util.find_spec("tensorrt") is None:
+        return "tensorrt is not installed"
+    try:
+        import tensorrt
+    except Exception as exc:  # a broken install raises anything
+        return f"tensorrt does not import ({exc})"
+    if not hasattr(tensorrt, "Builder"):  # the type stubs alone leave an empty namespace package
+        return "only TensorRT's type stubs are installed, not TensorRT"
+    if not str(getattr(tensorrt, "__version__", "")).startswith("10."):
+        return f"TensorRT {getattr(tensorrt, '__version__', '?')} is installed; yolostream needs TensorRT 10"
+    return _cuda_usable()
+
+
+def _cuda_usable() -> str | None:
+    if importlib.util.find_spec("cuda") is None:
+        return "cuda-python is not installed (pip install 'yolostream[gpu]')"
+    from streamer.engine.cuda_executor import cudart
+
+    err, count = cudart.cudaGetDeviceCount()
+    if err != cudart.cudaError_t.cudaSuccess or count == 0:
+        return "no CUDA GPU is visible"
+    return None
+
+
+def _torch_cuda_usable() -> str | None:
+    for package in ("torch", "onnx2torch"):
+        if importlib.util.find_spec(package) is None:
+            return f"{package} is not installed"
+    import torch
+
+    if not torch.cuda.is_available():
+        return "PyTorch sees no CUDA GPU"
+    return _cuda_usable()
+
+
+def choose_backend(backend: str, device: str) -> str:
+    """The backend to use for `backend` (resolving ``auto``), with the reason logged."""
+    if backend != "auto":
+        return backend
+    if device == "cpu":
+        log.info("engine backend auto -> onnxruntime (engine.device is cpu)")
+        return "onnxruntime"
+    reasons = []
+    if (why := _tensorrt_usable()) is None:
+        log.info("engine backend auto -> tensorrt")
+        return "tensorrt"
+    reasons.append(f"not tensorrt: {why}")
+    if (why := _torch_cuda_usable()) is None:
+        log.info("engine backend auto -> torch on CUDA (%s)", reasons[0])
+        return "torch"
+    reasons.append(f"not torch: {why}")
+    log.info("engine backend auto -> onnxruntime (%s)", "; ".join(reasons))
+    return "onnxruntime"
+
+
+def open_executor(backend: str, model: Path, options: EngineOptions, slots: int) -> Any:
+    """A ready executor (with its engine) for `backend` (``auto`` resolved here)."""
+    backend = choose_backend(backend, options.device)
+    on_gpu = options.device != "cpu"
+    if backend == "tensorrt":
+        from streamer.engine.cuda_executor import CudaExecutor
+        from streamer.engine.tensorrt import TensorRTEngine
+
+        return CudaExecutor(TensorRTEngine(model, options), slots=slots, device=_index(options.device))
+    if backend == "torch" and on_gpu and (options.device != "auto" or _torch_cuda_usable() is None):
+        from streamer.engine.cuda_executor import CudaExecutor
+        from streamer.engine.torch_device import TorchDeviceEngine
+
+        return CudaExecutor(TorchDeviceEngine(model, options), slots=slots, device=_index(options.device))
+    if backend in ("onnxruntime", "torch"):
+        return Executor(load_engine(backend, model, options), slots=slots)
+    raise EngineError(f"unknown engine backend {backend!r}")
+
+
+def _index(device: str) -> int:
+    return int(device.split(":", 1)[1]) if device.startswith("cuda:") else 0
