@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from streamer import __version__
-from streamer.errors import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, ConfigError, YolostreamError
+from streamer.errors import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, ConfigError, EngineError, YolostreamError
 
 if TYPE_CHECKING:
     from streamer.config import Config
@@ -33,6 +33,21 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from streamer.supervisor import Supervisor
 
     return Supervisor(_load(args.config)).run()
+
+
+def _cmd_build(args: argparse.Namespace) -> int:
+    from streamer.engine.select import tensorrt_settings
+    from streamer.logs import setup_main
+
+    cfg = _load(args.config)
+    try:
+        from streamer.engine.tensorrt import TensorRTBuildOptions, build_main
+    except ImportError as exc:
+        raise EngineError(
+            f"`yolostream build` makes TensorRT engines, and TensorRT 10 is not usable here: {exc}"
+        ) from None
+    setup_main(cfg.logging.level, cfg.logging.format)
+    return build_main(cfg, TensorRTBuildOptions(**tensorrt_settings(cfg)))
 
 
 def _cmd_subscribe(args: argparse.Namespace) -> int:
@@ -102,6 +117,67 @@ def _add_models_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser
     p.set_defaults(func=_cmd_models_list)
 
 
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from streamer.evaluate import EvalParams, eval_main
+
+    params = EvalParams(conf=args.conf, iou=args.iou, multi_label=args.multi_label, max_det=args.max_det)
+    return eval_main(args.config, args.coco, args.images, params, backend=args.backend, json_out=args.json)
+
+
+def _cmd_parity(args: argparse.Namespace) -> int:
+    from streamer.parity import Thresholds, parity_main
+
+    thresholds = Thresholds(
+        min_agreement=args.min_agreement,
+        max_raw_score_delta=args.raw_score_tolerance,
+        layer_tolerance=args.layer_tolerance,
+    )
+    return parity_main(
+        args.config, images=args.images, video=args.video, backends=args.backends, stages=args.stages,
+        out=args.out, max_frames=args.max_frames, thresholds=thresholds, widen_fp16=args.widen_fp16,
+    )  # fmt: skip
+
+
+def _add_accuracy_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("eval", help="COCO mAP of the whole pipeline (letterbox, engine, NMS) on images")
+    p.add_argument("config", help="path to the YAML config (its model, engine and channel order are used)")
+    p.add_argument("--coco", required=True, metavar="ANN.json", help="COCO instances annotation file")
+    p.add_argument("--images", required=True, metavar="DIR", help="folder of the annotated images")
+    p.add_argument("--conf", type=float, default=0.001, help="evaluation confidence threshold [0.001]")
+    p.add_argument("--iou", type=float, default=0.65, help="evaluation NMS IoU threshold [0.65]")
+    p.add_argument(
+        "--multi-label", action=argparse.BooleanOptionalAction, default=True,
+        help="one detection per class above --conf, as yolov7's test.py [on]",
+    )  # fmt: skip
+    p.add_argument("--max-det", type=int, default=300, help="detections kept per image [300]")
+    p.add_argument("--backend", help="engine backend instead of the config's (e.g. torch)")
+    p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    p.set_defaults(func=_cmd_eval)
+
+    p = sub.add_parser("parity", help="compare backends frame by frame; exit 1 when they disagree")
+    p.add_argument("config", help="path to the YAML config (model, input size, serving thresholds)")
+    frames = p.add_mutually_exclusive_group(required=True)
+    frames.add_argument("--images", metavar="DIR", help="folder of images")
+    frames.add_argument("--video", metavar="FILE", help="video file")
+    p.add_argument(
+        "--backends", default="onnxruntime,torch", metavar="LIST",
+        help="comma-separated NAME[:MODEL][@PREPROCESS]; the first is the reference [onnxruntime,torch]",
+    )  # fmt: skip
+    p.add_argument("--stages", action="store_true", help="also compare preprocessing and layers (ONNX)")
+    p.add_argument("--out", default="parity-report", metavar="DIR", help="report folder [parity-report]")
+    p.add_argument("--max-frames", type=int, metavar="N", help="compare at most N frames")
+    p.add_argument(
+        "--widen-fp16", action="store_true",
+        help="run onnxruntime on an fp32 copy of a model stored in fp16 (as the torch backend does)",
+    )  # fmt: skip
+    p.add_argument("--min-agreement", type=float, default=0.999, help="PASS threshold at IoU 0.99 [0.999]")
+    p.add_argument(
+        "--raw-score-tolerance", type=float, default=1e-3, help="raw objectness/class score |d| [1e-3]"
+    )
+    p.add_argument("--layer-tolerance", type=float, default=1e-3, help="relative error of a layer [1e-3]")
+    p.set_defaults(func=_cmd_parity)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="yolostream", description="Detect objects in video streams and publish them over ZeroMQ."
@@ -117,6 +193,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", help="path to the YAML config")
     p.set_defaults(func=_cmd_check)
 
+    p = sub.add_parser("build", help="build and cache the config's TensorRT engine ahead of time")
+    p.add_argument("config", help="path to the YAML config")
+    p.set_defaults(func=_cmd_build)
+
     p = sub.add_parser("subscribe", help="print the detections and events a daemon publishes")
     p.add_argument("--endpoint", default=DEFAULT_ENDPOINT, help=f"publisher endpoint [{DEFAULT_ENDPOINT}]")
     p.add_argument("--config", help="take the endpoint from this config file instead")
@@ -127,6 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_subscribe)
 
     _add_models_commands(sub)
+    _add_accuracy_commands(sub)
     return parser
 
 

@@ -155,7 +155,10 @@ class EngineConfig(_Section):
         default="auto", description="Inference backend; auto picks the best one installed for the device."
     )
     device: str = Field(default="auto", description="auto, cpu, cuda or cuda:N.")
-    precision: Literal["fp32", "fp16"] = Field(default="fp32", description="Numeric precision of inference.")
+    precision: Literal["fp32", "fp16", "int8"] = Field(
+        default="fp32",
+        description="Numeric precision of inference (int8: TensorRT, with calibration_images).",
+    )
     max_batch: StrictInt = Field(
         default=4, ge=1, le=256, description="Most frames (from any streams) in one batch."
     )
@@ -168,6 +171,24 @@ class EngineConfig(_Section):
     inflight: StrictInt = Field(
         default=2, ge=1, le=8, description="Batches submitted to the device and not yet collected."
     )
+    workspace_mb: StrictInt | None = Field(
+        default=None, ge=1, description="TensorRT: builder workspace limit in MiB; None: TensorRT's default."
+    )
+    opt_batch: StrictInt | None = Field(
+        default=None, ge=1, description="TensorRT: the batch the engine is tuned for; None: max_batch."
+    )
+    calibration_images: Path | None = Field(
+        default=None,
+        description="TensorRT int8: a folder of representative images for calibration (relative to the "
+        "config file).",
+    )
+
+    @field_validator("calibration_images")
+    @classmethod
+    def _resolve_calibration(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        if value is None or value.is_absolute():
+            return value
+        return _base_dir(info) / value
 
     @field_validator("device", mode="before")
     @classmethod

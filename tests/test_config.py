@@ -57,6 +57,9 @@ def test_minimal_config_has_all_defaults(tmp_path: Path) -> None:
         "batch_timeout_ms": 10.0,
         "threads": None,
         "inflight": 2,
+        "workspace_mb": None,
+        "opt_batch": None,
+        "calibration_images": None,
     }
     assert cfg.detection.model_dump() == {
         "confidence": 0.25,

@@ -15,12 +15,15 @@ from __future__ import annotations
 import importlib.util
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from streamer.engine import load_engine
 from streamer.engine.base import EngineOptions
 from streamer.engine.executor import Executor
 from streamer.errors import EngineError
+
+if TYPE_CHECKING:
+    from streamer.config import Config
 
 log = logging.getLogger(__name__)
 
@@ -82,15 +85,34 @@ def choose_backend(backend: str, device: str) -> str:
     return "onnxruntime"
 
 
-def open_executor(backend: str, model: Path, options: EngineOptions, slots: int) -> Any:
-    """A ready executor (with its engine) for `backend` (``auto`` resolved here)."""
-    backend = choose_backend(backend, options.device)
+def engine_options(cfg: Config) -> EngineOptions:
+    e = cfg.engine
+    return EngineOptions(device=e.device, precision=e.precision, max_batch=e.max_batch, threads=e.threads,
+                         input_size=cfg.model.input_size)  # fmt: skip
+
+
+def tensorrt_settings(cfg: Config) -> dict[str, Any]:
+    """The config's TensorRT build settings, as keyword arguments of `TensorRTBuildOptions`."""
+    e = cfg.engine
+    return {
+        "workspace_bytes": e.workspace_mb * 2**20 if e.workspace_mb else None,
+        "opt_batch": e.opt_batch,
+        "calibration_images": e.calibration_images,
+        "swap_rb": cfg.model.channel_order == "rgb",
+    }
+
+
+def open_executor(cfg: Config, model: Path) -> Any:
+    """A ready executor (with its engine) for the config's backend (``auto`` resolved here)."""
+    options, slots = engine_options(cfg), cfg.engine.inflight
+    backend = choose_backend(cfg.engine.backend, options.device)
     on_gpu = options.device != "cpu"
     if backend == "tensorrt":
         from streamer.engine.cuda_executor import CudaExecutor
-        from streamer.engine.tensorrt import TensorRTEngine
+        from streamer.engine.tensorrt import TensorRTBuildOptions, TensorRTEngine
 
-        return CudaExecutor(TensorRTEngine(model, options), slots=slots, device=_index(options.device))
+        engine = TensorRTEngine(model, options, TensorRTBuildOptions(**tensorrt_settings(cfg)))
+        return CudaExecutor(engine, slots=slots, device=_index(options.device))
     if backend == "torch" and on_gpu and (options.device != "auto" or _torch_cuda_usable() is None):
         from streamer.engine.cuda_executor import CudaExecutor
         from streamer.engine.torch_device import TorchDeviceEngine

@@ -25,7 +25,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import zmq
 
-from streamer.engine import EngineOptions
 from streamer.engine.device import OutputLayout
 from streamer.engine.executor import Executor
 from streamer.engine.select import open_executor
@@ -393,14 +392,7 @@ def run_inference(cfg: Config, model: Path, ctx: WorkerContext, ready: object) -
         publisher = Publisher(
             cfg.publish.endpoint, encoding=cfg.publish.encoding, send_hwm=cfg.publish.send_hwm
         )
-        options = EngineOptions(
-            device=cfg.engine.device,
-            precision=cfg.engine.precision,
-            max_batch=cfg.engine.max_batch,
-            threads=cfg.engine.threads,
-            input_size=cfg.model.input_size,
-        )
-        executor = open_executor(cfg.engine.backend, model, options, slots=cfg.engine.inflight)
+        executor = open_executor(cfg, model)
         loop = InferenceLoop(cfg, receiver, publisher, executor, stop)
         ready.set()  # type: ignore[attr-defined]
         loop.run()
