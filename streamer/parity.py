@@ -1,0 +1,346 @@
+"""``yolostream parity``: do two inference backends see the same thing in the same frames?
+
+The same frames go through every backend named with ``--backends`` (each as the daemon would run it:
+the config's model, input size, channel order, serving thresholds and NMS). The first backend is the
+reference; each other one is compared with it on
+
+- the raw outputs: max and mean |Δ| (box coordinates in input pixels, objectness, class scores
+  separately) and the cosine similarity of the whole output;
+- the detections the daemon would publish: pairs of the same class matched greedily by IoU (≥ 0.5),
+  the share of detections matched at IoU ≥ 0.99 (``agreement``: pairs at 0.99 over the larger of the
+  two counts), score differences of the pairs, and the boxes only one of the two found;
+- with ``--stages``: the preprocessing (each backend's input tensor against the reference's, with the
+  cause named) and, for two ONNX Runtime backends, the model layer by layer (the first node whose output
+  diverges, see `streamer.parity_stages`).
+
+A backend is written ``NAME[:MODEL][@PREPROCESS]``: ``onnxruntime``, ``torch``,
+``onnxruntime:other.onnx`` (the same backend on another model file, e.g. a re-export or a suspect
+copy), ``onnxruntime@pad128`` (another preprocessing implementation, see `PREPROCESSORS`).
+
+The verdict is PASS when every comparison meets `Thresholds`; the report (``report.md``), a picture of
+each disagreeing frame and a histogram of score differences go to the output folder.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import tempfile
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import onnx
+
+from streamer.engine import Engine, EngineOptions, load_engine
+from streamer.engine.onnxgraph import fp16_nodes, widen_to_fp32
+from streamer.errors import YolostreamError
+from streamer.parity_compare import (
+    FrameDiff,
+    PairResult,
+    ParityResult,
+    Thresholds,
+    match_detections,
+)
+from streamer.parity_stages import PREPROCESSORS, InputDiff, first_divergence
+from streamer.postprocess import NmsParams, detect_image, to_source_frame
+
+if TYPE_CHECKING:
+    from streamer.config import Config
+
+__all__ = [
+    "BackendSpec",
+    "FrameDiff",
+    "PairResult",
+    "ParityError",
+    "ParityResult",
+    "Thresholds",
+    "match_detections",
+    "parse_backends",
+    "read_frames",
+    "run_parity",
+]
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+ONNX_BACKENDS = ("onnxruntime",)
+"""Backends whose model is the ONNX graph itself, so that its layers can be compared."""
+
+
+class ParityError(YolostreamError, ValueError):
+    """The parity run cannot start: a bad backend list, no frames."""
+
+
+@dataclass(frozen=True)
+class BackendSpec:
+    """One backend of a parity run."""
+
+    backend: str
+    model: Path
+    preprocess: str = "reference"
+    label: str = ""
+
+
+def parse_backends(text: str, default_model: Path, base: Path | None = None) -> list[BackendSpec]:
+    """``"onnxruntime,torch"`` → specs; ``NAME[:MODEL][@PREPROCESS]`` each (see the module docstring).
+
+    Relative model paths are relative to `base` (the current directory by default).
+    """
+    specs = []
+    for raw in (part.strip() for part in text.split(",")):
+        if not raw:
+            continue
+        match = re.fullmatch(r"([A-Za-z0-9_]+)(?::([^@]+))?(?:@([A-Za-z0-9_]+))?", raw)
+        if match is None:
+            raise ParityError(f"cannot read backend {raw!r}: write NAME[:MODEL][@PREPROCESS]")
+        name, model, pre = match.group(1), match.group(2), match.group(3) or "reference"
+        if pre not in PREPROCESSORS:
+            raise ParityError(f"unknown preprocessing {pre!r} in {raw!r}; known: {', '.join(PREPROCESSORS)}")
+        path = default_model
+        if model:
+            path = Path(model)
+            if not path.is_absolute() and base is not None:
+                path = base / path
+        specs.append(BackendSpec(name, path, pre, raw))
+    if len(specs) < 2:
+        raise ParityError(f"parity needs at least two backends to compare, got {text!r}")
+    labels = [s.label for s in specs]
+    if len(set(labels)) != len(labels):
+        raise ParityError(f"a backend is named twice in {text!r}")
+    return specs
+
+
+# --------------------------------------------------------------------------------------------- frames
+
+
+def read_frames(
+    images: Path | None = None, video: Path | None = None, max_frames: int | None = None
+) -> Iterator[tuple[str, np.ndarray]]:
+    """``(name, RGB HxWx3 uint8)`` of the images of a folder (sorted by name) or the frames of a video."""
+    count = 0
+    if images is not None:
+        from streamer.evaluate import read_rgb
+
+        files = (
+            sorted(p for p in images.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            if images.is_dir()
+            else []
+        )
+        if not files:
+            raise ParityError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {images}")
+        for path in files:
+            if max_frames is not None and count >= max_frames:
+                return
+            yield path.name, read_rgb(path)
+            count += 1
+    elif video is not None:
+        import av
+
+        try:
+            container = av.open(str(video))
+        except (av.error.FFmpegError, OSError) as exc:
+            raise ParityError(f"cannot open video {video}: {exc}") from exc
+        with container:
+            for frame in container.decode(video=0):
+                if max_frames is not None and count >= max_frames:
+                    return
+                yield f"{video.stem}#{count:05d}", frame.to_ndarray(format="rgb24")
+                count += 1
+    else:
+        raise ParityError("give images or a video")
+
+
+# ------------------------------------------------------------------------------------------------- run
+
+
+def _engines(cfg: Config, specs: Sequence[BackendSpec]) -> list[Engine]:
+    options = EngineOptions(
+        device=cfg.engine.device,
+        precision=cfg.engine.precision,
+        max_batch=1,
+        threads=cfg.engine.threads,
+        input_size=cfg.model.input_size,
+    )
+    engines: list[Engine] = []
+    try:
+        for spec in specs:
+            engines.append(load_engine(spec.backend, spec.model, options))
+    except BaseException:
+        for engine in engines:
+            engine.close()
+        raise
+    sizes = {(e.spec.height, e.spec.width) for e in engines}
+    if len(sizes) != 1:
+        for engine in engines:
+            engine.close()
+        raise ParityError(f"the backends' models take different input sizes: {sorted(sizes)}")
+    return engines
+
+
+def serving_nms(cfg: Config) -> NmsParams:
+    """The NMS the daemon applies with `cfg` (its serving thresholds)."""
+    det = cfg.detection
+    return NmsParams(
+        conf_thres=det.confidence, iou_thres=det.iou, max_det=det.max_detections, classes=det.class_ids,
+        agnostic=det.agnostic_nms, multi_label=det.multi_label,
+    )  # fmt: skip
+
+
+def run_parity(
+    cfg: Config,
+    frames: Iterable[tuple[str, np.ndarray]],
+    specs: Sequence[BackendSpec],
+    *,
+    stages: bool = False,
+    thresholds: Thresholds | None = None,
+    out_dir: Path | None = None,
+    widen_fp16: bool = False,
+) -> ParityResult:
+    """Run `frames` through every backend of `specs` and compare each with the first.
+
+    With `out_dir`, writes the report, the pictures of disagreeing frames and the score histogram there
+    (see `streamer.parity_report`). With `widen_fp16`, ONNX Runtime backends run an fp32 copy of a model
+    that computes in float16 (what the torch backend runs), so that only the backends' arithmetic differs.
+    """
+    with tempfile.TemporaryDirectory(prefix="yolostream-parity-") as tmp:
+        widened: list[str] = []
+        if widen_fp16:
+            specs, widened = _widen_specs(specs, Path(tmp))
+        result = _run(cfg, frames, specs, stages, thresholds or Thresholds(), out_dir, widened)
+    return result
+
+
+def _widen_specs(specs: Sequence[BackendSpec], tmp: Path) -> tuple[list[BackendSpec], list[str]]:
+    out, widened, copies = [], [], {}
+    for spec in specs:
+        if spec.backend in ONNX_BACKENDS:
+            if spec.model not in copies:
+                proto = onnx.load(str(spec.model))
+                copies[spec.model] = spec.model
+                if fp16_nodes(proto):
+                    copy = tmp / f"{len(copies)}-{spec.model.stem}.fp32.onnx"
+                    onnx.save(widen_to_fp32(proto), str(copy))
+                    copies[spec.model] = copy
+            if copies[spec.model] != spec.model:
+                widened.append(spec.label)
+                spec = replace(spec, model=copies[spec.model])
+        out.append(spec)
+    return out, widened
+
+
+def _run(
+    cfg: Config,
+    frames: Iterable[tuple[str, np.ndarray]],
+    specs: Sequence[BackendSpec],
+    stages: bool,
+    thresholds: Thresholds,
+    out_dir: Path | None,
+    widened: list[str],
+) -> ParityResult:
+    from streamer.parity_report import draw_frame, notes_for, write_report
+
+    nms = serving_nms(cfg)
+    swap_rb = cfg.model.channel_order == "bgr"
+    started = time.monotonic()
+    engines = _engines(cfg, specs)
+    try:
+        h, w = engines[0].spec.height, engines[0].spec.width
+        pairs = [PairResult(specs[0].label, s.label) for s in specs[1:]]
+        if stages:
+            for pair, spec in zip(pairs, specs[1:], strict=True):
+                if spec.preprocess != specs[0].preprocess:
+                    pair.inputs = InputDiff()
+        count = 0
+        for name, rgb in frames:
+            count += 1
+            inputs = {}
+            for spec in specs:
+                if spec.preprocess not in inputs:
+                    inputs[spec.preprocess] = PREPROCESSORS[spec.preprocess](rgb, w, h, swap_rb)
+            raws, dets = [], []
+            for spec, engine in zip(specs, engines, strict=True):
+                tensor, geometry = inputs[spec.preprocess]
+                raw = engine.infer(tensor[None])[0]
+                raws.append(raw)
+                dets.append(to_source_frame(detect_image(raw, nms), geometry))
+            ref_tensor, ref_geometry = inputs[specs[0].preprocess]
+            for k, pair in enumerate(pairs, start=1):
+                frame = FrameDiff(name, dets[0], dets[k], match_detections(dets[0], dets[k]))
+                frame.raw_max = pair.raw.add(raws[0], raws[k])
+                pair.frames.append(frame)
+                if frame.raw_max > pair.worst_frame[0]:
+                    pair.worst_frame = (frame.raw_max, name, ref_tensor.copy())
+                if pair.inputs is not None:
+                    pair.inputs.add(ref_tensor, inputs[specs[k].preprocess][0], ref_geometry)
+                if out_dir is not None and not frame.agrees:
+                    draw_frame(out_dir, rgb, frame, pair, cfg.model.effective_class_names)
+            log.debug("frame %s done", name)
+        if count == 0:
+            raise ParityError("no frames to compare")
+    finally:
+        for engine in engines:
+            engine.close()
+    if stages:
+        for pair, spec in zip(pairs, specs[1:], strict=True):
+            _layer_stage(pair, specs[0], spec, thresholds)
+    result = ParityResult(
+        pairs, list(specs), thresholds, count, nms, seconds=time.monotonic() - started, widened=widened
+    )
+    result.notes = notes_for(result)
+    if out_dir is not None:
+        write_report(out_dir, result, cfg)
+    return result
+
+
+def _layer_stage(pair: PairResult, a: BackendSpec, b: BackendSpec, t: Thresholds) -> None:
+    """Compare the two models layer by layer on the worst frame (ONNX Runtime backends only)."""
+    if a.backend not in ONNX_BACKENDS or b.backend not in ONNX_BACKENDS:
+        pair.layers_note = (
+            f"layers not compared: the layer stage runs two ONNX graphs in ONNX Runtime "
+            f"({a.backend} vs {b.backend}); compare a torch or TensorRT engine by its outputs above"
+        )
+        return
+    if a.model.resolve() == b.model.resolve():
+        pair.layers_note = "layers not compared: both backends run the same model file"
+        return
+    _, name, tensor = pair.worst_frame
+    if tensor is None:
+        return
+    log.info("comparing the layers of %s and %s on frame %s", a.model.name, b.model.name, name)
+    pair.layers = first_divergence(a.model, b.model, tensor[None], tolerance=t.layer_tolerance)
+    pair.layers_note = f"layers compared on frame {name} (the frame whose raw outputs differ most)"
+
+
+def parity_main(
+    config: str,
+    *,
+    images: str | None,
+    video: str | None,
+    backends: str,
+    stages: bool,
+    out: str,
+    max_frames: int | None,
+    thresholds: Thresholds,
+    widen_fp16: bool = False,
+) -> int:
+    """The ``yolostream parity`` command: run, print the summary, write the report; 0 PASS, 1 FAIL."""
+    from streamer.config import load_config
+    from streamer.evaluate import model_path
+    from streamer.parity_report import format_summary, summary_json
+
+    cfg = load_config(config)
+    specs = parse_backends(backends, model_path(cfg), Path.cwd())
+    frames = read_frames(Path(images) if images else None, Path(video) if video else None, max_frames)
+    out_dir = Path(out)
+    result = run_parity(
+        cfg, frames, specs, stages=stages, thresholds=thresholds, out_dir=out_dir, widen_fp16=widen_fp16
+    )
+    (out_dir / "summary.json").write_text(json.dumps(summary_json(result), indent=2) + "\n")
+    print(format_summary(result))
+    print(f"\nreport: {out_dir / 'report.md'}")
+    return 0 if result.passed else 1

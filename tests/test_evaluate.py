@@ -1,0 +1,132 @@
+"""`yolostream eval`: COCO mAP of the whole pipeline.
+
+The reference figures are those measured when the models were exported (../shared/models/README.md:
+ONNX Runtime, letterbox 640, conf 0.001, NMS IoU 0.65, pycocotools); they need ../shared (CI has it).
+The category mapping and the empty/degenerate cases run on a fresh clone.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from streamer.cli import main
+from streamer.coco import COCO_CLASSES
+from streamer.config import parse_config
+from streamer.evaluate import EvalError, EvalParams, category_map, evaluate, format_table
+from tests.support.models import write_oracle_model
+from tests.support.paths import SHARED, coco_json, shared_model
+
+pytest.importorskip("pycocotools", reason="yolostream eval needs pycocotools (the test extra has it)")
+
+# yolov7's utils.general.coco80_to_coco91_class()
+COCO80_TO_91 = [
+    1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 27, 28, 31, 32,
+    33, 34, 35, 36, 37, 38, 39, 40, 41, 42, 43, 44, 46, 47, 48, 49, 50, 51, 52, 53, 54, 55, 56, 57, 58, 59,
+    60, 61, 62, 63, 64, 65, 67, 70, 72, 73, 74, 75, 76, 77, 78, 79, 80, 81, 82, 84, 85, 86, 87, 88, 89, 90,
+]  # fmt: skip
+
+
+def _config(model: Path, tmp_path: Path, extra: str = "") -> object:
+    text = f"model:\n  onnx: {model}\nengine:\n  max_batch: 2\n{extra}sources:\n  - id: x\n    url: x.mp4\n"
+    return parse_config(text, base_dir=tmp_path)
+
+
+def _tinycoco(split: str) -> tuple[Path, Path]:
+    ann = coco_json(split)
+    return ann, SHARED / "data" / "tinycoco" / "images" / split
+
+
+def test_coco_names_map_to_the_91_id_scheme() -> None:
+    ann = json.loads(coco_json("val2017").read_text())
+    assert category_map(COCO_CLASSES, ann["categories"]) == COCO80_TO_91
+
+
+def test_category_map_by_order_and_refusal() -> None:
+    cats = [{"id": 7, "name": "a"}, {"id": 3, "name": "b"}]
+    assert category_map(("b", "a"), cats) == [3, 7]  # by name
+    assert category_map(("x", "y"), cats) == [3, 7]  # same count: in id order
+    with pytest.raises(EvalError, match="cannot map"):
+        category_map(("x", "y", "z"), cats)
+
+
+def _oracle_dataset(tmp_path: Path) -> tuple[Path, Path, list[tuple[float, float]]]:
+    """Three images with a bright disc each, and COCO ground truth: a 40x40 box (in 640 input px) on it."""
+    images = tmp_path / "images"
+    images.mkdir()
+    sizes = [(1280, 720), (480, 640), (101, 51)]
+    entries, anns, centres = [], [], []
+    for k, (w, h) in enumerate(sizes):
+        img = np.full((h, w, 3), 16, np.uint8)
+        cx, cy = 0.4 * w + 0.5, 0.6 * h + 0.5
+        cv2.circle(img, (int(cx), int(cy)), max(2, min(w, h) // 12), (255, 255, 255), -1)
+        cv2.imwrite(str(images / f"{k}.png"), img)
+        side = 40 / (640 / max(w, h))  # the oracle's 40 input px in source pixels
+        entries.append({"id": k + 1, "file_name": f"{k}.png", "width": w, "height": h})
+        anns.append({"id": k + 1, "image_id": k + 1, "category_id": 1, "iscrowd": 0, "area": side * side,
+                     "bbox": [int(cx) + 0.5 - side / 2, int(cy) + 0.5 - side / 2, side, side]})  # fmt: skip
+        centres.append((cx, cy))
+    cats = [{"id": c, "name": n} for c, n in zip(COCO80_TO_91, COCO_CLASSES, strict=True)]
+    ann = tmp_path / "ann.json"
+    ann.write_text(json.dumps({"images": entries, "annotations": anns, "categories": cats}))
+    return ann, images, centres
+
+
+def test_oracle_pipeline_scores_perfectly(tmp_path: Path) -> None:
+    """Boxes that land exactly on the ground truth through letterbox and mapping score AP 1."""
+    ann, images, _ = _oracle_dataset(tmp_path)
+    cfg = _config(write_oracle_model(tmp_path / "oracle.onnx"), tmp_path)
+    result = evaluate(cfg, ann, images)  # type: ignore[arg-type]
+    assert result.images == 3 and result.detections == 3 and result.instances == 3
+    assert result.map > 0.9 and result.map50 == pytest.approx(1.0)
+    person = result.per_class[0]
+    assert (person.name, person.category_id, person.instances) == ("person", 1, 3)
+    assert all(math.isnan(row.ap) for row in result.per_class[1:])
+    table = format_table(result)
+    assert "mAP@[.5:.95]" in table and "person" in table and "bicycle" not in table
+
+
+def test_missing_images_are_refused(tmp_path: Path) -> None:
+    ann, images, _ = _oracle_dataset(tmp_path)
+    (images / "1.png").unlink()
+    cfg = _config(write_oracle_model(tmp_path / "oracle.onnx"), tmp_path)
+    with pytest.raises(EvalError, match="1 of the 3 images"):
+        evaluate(cfg, ann, images)  # type: ignore[arg-type]
+
+
+def test_cli_prints_the_table_and_writes_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    ann, images, _ = _oracle_dataset(tmp_path)
+    model = write_oracle_model(tmp_path / "oracle.onnx")
+    config = tmp_path / "c.yaml"
+    config.write_text(f"model:\n  onnx: {model}\nsources:\n  - id: x\n    url: x.mp4\n")
+    out = tmp_path / "r.json"
+    assert main(["eval", str(config), "--coco", str(ann), "--images", str(images), "--json", str(out)]) == 0
+    assert "mAP@.5        1.0000" in capsys.readouterr().out
+    data = json.loads(out.read_text())
+    assert data["map50"] == pytest.approx(1.0) and data["params"]["conf"] == 0.001
+    assert data["per_class"][1]["ap"] is None  # NaN (no ground truth) is null in JSON
+
+
+# --- the reference figures (../shared) -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("model", "split", "expected"),
+    [
+        ("yolov5s-coco.onnx", "val2017", 0.315),
+        ("yolov7-coco.onnx", "val2017", 0.482),
+        pytest.param("yolov7-coco.onnx", "train2017", 0.489, marks=pytest.mark.slow),  # ~30 s
+    ],
+)
+def test_reference_map(model: str, split: str, expected: float, tmp_path: Path) -> None:
+    """The whole pipeline reproduces the mAP measured at export, within ±0.005."""
+    ann, images = _tinycoco(split)
+    cfg = _config(shared_model(model), tmp_path)
+    result = evaluate(cfg, ann, images, EvalParams())  # type: ignore[arg-type]
+    assert abs(result.map - expected) <= 0.005, format_table(result)
+    assert result.map50 > result.map
