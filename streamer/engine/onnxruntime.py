@@ -30,6 +30,9 @@ class OnnxRuntimeEngine(Engine):
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if options.threads:
             so.intra_op_num_threads = options.threads
+        # Idle worker threads sleep instead of spinning: in the daemon the decoders and the
+        # pre/post-processing share the cores with inference, and spinning threads starve them.
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         providers = ["CPUExecutionProvider"]
         if options.device.startswith("cuda") or options.device == "auto":
             if "CUDAExecutionProvider" in ort.get_available_providers():

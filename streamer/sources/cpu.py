@@ -63,7 +63,13 @@ class PyAvSource:
         if stream.codec_context is None:
             container.close()
             raise SourceFormatError(self.stream_id, f"no decoder for codec {stream.codec_tag or 'unknown'!r}")
-        stream.thread_type = "AUTO"
+        # Each stream has its own process, so streams decode in parallel already; FFmpeg's frame
+        # threads would add CPU overhead for no gain up to 1080p. Larger pictures get them, so that one
+        # 4K stream keeps up in real time.
+        if stream.codec_context.width * stream.codec_context.height > 1920 * 1088:
+            stream.thread_type = "AUTO"
+        else:
+            stream.codec_context.thread_count = 1
         return container
 
     def open(self) -> SourceInfo:

@@ -28,7 +28,9 @@ log = logging.getLogger(__name__)
 
 # Exit code of a source worker that failed and already published its error event (no second report).
 EXIT_SOURCE_FAILED = 3
-_WAIT_SLOT_S = 0.001
+# A file source waiting for a free slot polls the ring, backing off from 1 ms to 20 ms: prompt when
+# inference is quick, and cheap (a few wake-ups per batch) when it is slow and the cores are shared.
+_WAIT_SLOT_S = (0.001, 0.02)
 
 
 class RingWriter:
@@ -127,10 +129,12 @@ def _hand_over(
     image = frame.image
     ring = writer.ring_for(image.nbytes)
     slot = ring.free_slot()
+    delay = _WAIT_SLOT_S[0]
     while slot is None:
         if live or stop.is_set():
             return False
-        time.sleep(_WAIT_SLOT_S)
+        time.sleep(delay)
+        delay = min(delay * 2, _WAIT_SLOT_S[1])
         slot = ring.free_slot()
     ring.view(slot, image.shape)[...] = image
     seq = ring.commit(slot)
