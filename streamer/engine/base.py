@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
+
+from streamer.errors import ModelError
 
 
 @dataclass(frozen=True)
@@ -37,6 +40,25 @@ class ModelSpec:
     @property
     def num_classes(self) -> int:
         return self.outputs_per_box - 5
+
+
+DEFAULT_INPUT = 640
+
+
+def resolve_input_size(
+    model: Path, model_hw: tuple[int | None, int | None], options: EngineOptions
+) -> tuple[int, int]:
+    """(height, width) to run `model` at: the config's, checked against the model's static dims (None:
+    dynamic), else the model's, else `DEFAULT_INPUT`. Raises ModelError on a conflict, naming the axis."""
+    if options.input_size is None:
+        return model_hw[0] or DEFAULT_INPUT, model_hw[1] or DEFAULT_INPUT
+    for want, have, axis in zip(options.input_size, model_hw, ("height", "width"), strict=True):
+        if have is not None and have != want:
+            raise ModelError(
+                f"{model}: the model's input {axis} is {have}, "
+                f"but the config's model.input_size asks for {want}"
+            )
+    return options.input_size
 
 
 class Engine(ABC):

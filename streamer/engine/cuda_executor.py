@@ -18,39 +18,22 @@ CUDA is reached through cuda-python (``cuda.bindings.runtime``), imported only h
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
-import os
 import queue
 import threading
 import time
-from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from streamer.engine.cuda import check, load_cudart
 from streamer.engine.device import DeviceEngine, TensorSpec
-from streamer.errors import EngineError
+from streamer.engine.executor import InflightSlots
 
-try:  # cuda-python >= 12.6 names the module cuda.bindings; older releases expose cuda.cudart
-    from cuda.bindings import runtime as cudart
-except ImportError:  # pragma: no cover - depends on the installed cuda-python
-    from cuda import cudart
-
+cudart = load_cudart()
 _DTYPES = {"float32": np.float32, "float16": np.float16, "int32": np.int32, "int64": np.int64}
-
-
-def check(result: Any, what: str) -> Any:
-    """Unpack a cuda-python ``(err, value...)`` result; raise EngineError naming `what` on failure."""
-    err, *values = result if isinstance(result, tuple) else (result,)
-    if err != cudart.cudaError_t.cudaSuccess:
-        name = cudart.cudaGetErrorName(err)[1].decode()
-        raise EngineError(f"CUDA {what} failed: {name}")
-    if not values:
-        return None
-    return values[0] if len(values) == 1 else tuple(values)
 
 
 class PinnedArray:
@@ -126,22 +109,16 @@ class _Slot:
         check(cudart.cudaStreamDestroy(self.stream), "cudaStreamDestroy")
 
 
-class CudaExecutor:
+class CudaExecutor(InflightSlots):
     """Up to `slots` batches in flight on their own CUDA streams (see the module docstring)."""
 
     def __init__(self, engine: DeviceEngine, slots: int = 2, device: int = 0) -> None:
-        if slots < 1:
-            raise ValueError(f"an executor needs at least one slot, got {slots}")
+        super().__init__(slots)
         check(cudart.cudaSetDevice(device), "cudaSetDevice")
         self.engine = engine
         self.max_batch = engine.spec.max_batch
         self._slots = [_Slot(engine, self.max_batch) for _ in range(slots)]
         self.buffers = [s.host_in.array for s in self._slots]
-        self._free: deque[int] = deque(range(slots))
-        self._inflight: deque[GpuBatch] = deque()
-        self._wake_r, self._wake_w = os.pipe()
-        os.set_blocking(self._wake_r, False)
-        os.set_blocking(self._wake_w, False)
         self._waits: queue.Queue[GpuBatch | None] = queue.Queue()
         self._waiter = threading.Thread(target=self._wait_loop, name="cuda-waiter", daemon=True)
         self._waiter.start()
@@ -152,22 +129,9 @@ class CudaExecutor:
         check(cudart.cudaEventSynchronize(self._clock_event), "cudaEventSynchronize")
         self._clock_cpu = time.perf_counter()  # the CPU time of _clock_event, to put GPU events on it
 
-    @property
-    def wake_fd(self) -> int:
-        return self._wake_r
-
-    @property
-    def inflight(self) -> int:
-        return len(self._inflight)
-
-    def free_slot(self) -> int | None:
-        return self._free[0] if self._free else None
-
     def submit(self, slot: int, items: Sequence[Any]) -> GpuBatch:
         """Enqueue copy-in, inference and copy-out of the first ``len(items)`` images of `slot`."""
-        if not self._free or self._free[0] != slot:
-            raise RuntimeError(f"slot {slot} is not the free slot")
-        self._free.popleft()
+        self._take(slot)
         s, n = self._slots[slot], len(items)
         batch = GpuBatch(slot, items)
         stream = s.stream
@@ -208,8 +172,7 @@ class CudaExecutor:
                 batch.error = exc
             batch.finished = time.perf_counter()
             batch.done.set()
-            with contextlib.suppress(BlockingIOError):
-                os.write(self._wake_w, b".")
+            self._wake()
 
     def done(self, timeout: float | None = 0.0) -> tuple[GpuBatch, dict[str, np.ndarray]] | None:
         """The oldest batch and views of its outputs once finished (waiting up to `timeout`), else None."""
@@ -244,13 +207,6 @@ class CudaExecutor:
             "finished": batch.finished,
         }
 
-    def clear_wake(self) -> None:
-        try:
-            while os.read(self._wake_r, 4096):
-                pass
-        except BlockingIOError:
-            pass
-
     def close(self) -> None:
         self._waits.put(None)
         self._waiter.join(10)
@@ -258,5 +214,4 @@ class CudaExecutor:
         for s in self._slots:
             s.close()
         check(cudart.cudaEventDestroy(self._clock_event), "cudaEventDestroy")
-        os.close(self._wake_r)
-        os.close(self._wake_w)
+        self._close_pipe()

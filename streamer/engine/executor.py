@@ -14,7 +14,7 @@ import os
 import time
 from collections import deque
 from collections.abc import Sequence
-from concurrent.futures import Future, ThreadPoolExecutor, wait
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,18 +37,18 @@ class Batch:
         return len(self.items)
 
 
-class Executor:
-    def __init__(self, engine: Engine, slots: int = 2) -> None:
+class InflightSlots:
+    """What every executor keeps: the free slots, the batches in flight (oldest first), a wake pipe.
+
+    Slots are handed out in order and come back in order; a finished batch writes a byte to the pipe
+    (`wake_fd`) so that the inference loop wakes for it in the same poll as for notifications.
+    """
+
+    def __init__(self, slots: int) -> None:
         if slots < 1:
             raise ValueError(f"an executor needs at least one slot, got {slots}")
-        spec = engine.spec
-        self.engine = engine
-        self.buffers = [
-            np.zeros((spec.max_batch, 3, spec.height, spec.width), np.float32) for _ in range(slots)
-        ]
         self._free: deque[int] = deque(range(slots))
-        self._inflight: deque[tuple[Batch, Future[np.ndarray]]] = deque()
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine")
+        self._inflight: deque[Any] = deque()
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
@@ -66,21 +66,47 @@ class Executor:
         """A slot whose buffer may be filled for the next batch, or None if every slot is in flight."""
         return self._free[0] if self._free else None
 
-    def submit(self, slot: int, items: Sequence[Any]) -> Batch:
-        """Run the engine on the first ``len(items)`` images of `slot`'s buffer."""
+    def _take(self, slot: int) -> None:
         if not self._free or self._free[0] != slot:
             raise RuntimeError(f"slot {slot} is not the free slot")
         self._free.popleft()
+
+    def _wake(self, *_args: object) -> None:
+        # A full pipe already says "something finished": never block the finishing thread on it.
+        with contextlib.suppress(BlockingIOError):
+            os.write(self._wake_w, b".")
+
+    def clear_wake(self) -> None:
+        """Empty the wake pipe (call after a poll said it was readable, then collect with `done`)."""
+        with contextlib.suppress(BlockingIOError):
+            while os.read(self._wake_r, 4096):
+                pass
+
+    def _close_pipe(self) -> None:
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+
+
+class Executor(InflightSlots):
+    """The CPU executor: the engine runs in one background thread, batches queue behind each other."""
+
+    def __init__(self, engine: Engine, slots: int = 2) -> None:
+        super().__init__(slots)
+        spec = engine.spec
+        self.engine = engine
+        self.buffers = [
+            np.zeros((spec.max_batch, 3, spec.height, spec.width), np.float32) for _ in range(slots)
+        ]
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine")
+
+    def submit(self, slot: int, items: Sequence[Any]) -> Batch:
+        """Run the engine on the first ``len(items)`` images of `slot`'s buffer."""
+        self._take(slot)
         batch = Batch(slot, items)
         future = self._pool.submit(self._run, batch)
         future.add_done_callback(self._wake)
         self._inflight.append((batch, future))
         return batch
-
-    def _wake(self, _future: Future[np.ndarray]) -> None:
-        # A full pipe already says "something finished": never block the engine thread on it.
-        with contextlib.suppress(BlockingIOError):
-            os.write(self._wake_w, b".")
 
     def _run(self, batch: Batch) -> np.ndarray:
         out = self.engine.infer(self.buffers[batch.slot][: batch.size])
@@ -101,15 +127,6 @@ class Executor:
         self._free.append(batch.slot)
         return batch, future.result()
 
-    def clear_wake(self) -> None:
-        """Empty the wake pipe (call after a poll said it was readable, then collect with `done`)."""
-        try:
-            while os.read(self._wake_r, 4096):
-                pass
-        except BlockingIOError:
-            pass
-
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
-        os.close(self._wake_r)
-        os.close(self._wake_w)
+        self._close_pipe()

@@ -8,12 +8,10 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from streamer.engine.base import Engine, EngineOptions, ModelSpec
+from streamer.engine.base import Engine, EngineOptions, ModelSpec, resolve_input_size
 from streamer.errors import EngineError, ModelError
 
 log = logging.getLogger(__name__)
-
-DEFAULT_INPUT = 640
 
 
 def _static(dim: object) -> int | None:
@@ -72,16 +70,7 @@ class OnnxRuntimeEngine(Engine):
         if _static(channels) not in (None, 3):
             raise ModelError(f"{model}: input has {channels} channels, expected 3")
         model_hw = (_static(h_dim), _static(w_dim))
-        if options.input_size is not None:
-            for want, have, axis in zip(options.input_size, model_hw, ("height", "width"), strict=True):
-                if have is not None and have != want:
-                    raise ModelError(
-                        f"{model}: the model's input {axis} is {have}, but the config's "
-                        f"model.input_size asks for {want}"
-                    )
-            height, width = options.input_size
-        else:
-            height, width = (d or DEFAULT_INPUT for d in model_hw)
+        height, width = resolve_input_size(model, model_hw, options)
         max_batch = _static(batch_dim) or options.max_batch
         if _static(batch_dim) and options.max_batch > max_batch:
             log.warning(

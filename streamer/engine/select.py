@@ -46,8 +46,9 @@ def _tensorrt_usable() -> str | None:
 def _cuda_usable() -> str | None:
     if importlib.util.find_spec("cuda") is None:
         return "cuda-python is not installed (pip install 'yolostream[gpu]')"
-    from streamer.engine.cuda_executor import cudart
+    from streamer.engine.cuda import load_cudart
 
+    cudart = load_cudart()
     err, count = cudart.cudaGetDeviceCount()
     if err != cudart.cudaError_t.cudaSuccess or count == 0:
         return "no CUDA GPU is visible"

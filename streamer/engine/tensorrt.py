@@ -26,8 +26,6 @@ is first filled with NaN on the stream so rows past the valid ones are recognisa
 from __future__ import annotations
 
 import contextlib
-import functools
-import importlib
 import logging
 import math
 import threading
@@ -35,14 +33,15 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, cast
 
 import cv2
 import numpy as np
 import onnx
 import tensorrt as trt
 
-from streamer.engine.base import EngineOptions, ModelSpec
+from streamer.engine.base import EngineOptions, ModelSpec, resolve_input_size
+from streamer.engine.cuda import check, load_cudart
 from streamer.engine.device import DeviceEngine, OutputLayout, TensorSpec
 from streamer.engine.layout import (
     ImageInput,
@@ -71,7 +70,6 @@ __all__ = ["TensorRTBuildOptions", "TensorRTEngine", "build_main", "build_plan"]
 
 log = logging.getLogger(__name__)
 
-DEFAULT_INPUT = 640
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 _DTYPE_NAMES = {
@@ -114,31 +112,6 @@ class TensorRTBuildOptions:
 # ------------------------------------------------------------------------------------------------- CUDA
 
 
-@functools.cache
-def _cudart() -> Any:
-    """cuda-python's runtime module: ``cuda.bindings.runtime`` (>= 12.6) or ``cuda.cudart`` (older)."""
-    try:
-        return importlib.import_module("cuda.bindings.runtime")
-    except ImportError:
-        try:
-            return importlib.import_module("cuda.cudart")
-        except ImportError as exc:
-            raise EngineError(
-                f"the TensorRT backend needs cuda-python ({exc}): pip install cuda-python"
-            ) from exc
-
-
-def _check(result: Any, what: str) -> Any:
-    """Unpack a cuda-python ``(err, value...)`` tuple; EngineError naming `what` on failure."""
-    cudart = _cudart()
-    err, *values = result if isinstance(result, tuple) else (result,)
-    if err != cudart.cudaError_t.cudaSuccess:
-        raise EngineError(f"CUDA {what} failed: {cudart.cudaGetErrorName(err)[1].decode()}")
-    if not values:
-        return None
-    return values[0] if len(values) == 1 else tuple(values)
-
-
 def _device_index(device: str) -> int:
     if device in ("auto", "cuda"):
         return 0
@@ -149,9 +122,9 @@ def _device_index(device: str) -> int:
 
 def _gpu(index: int) -> tuple[str, str]:
     """(name, ``"major.minor"`` compute capability) of CUDA device `index`, made current."""
-    cudart = _cudart()
-    _check(cudart.cudaSetDevice(index), f"cudaSetDevice({index})")
-    prop = _check(cudart.cudaGetDeviceProperties(index), "cudaGetDeviceProperties")
+    cudart = load_cudart()
+    check(cudart.cudaSetDevice(index), f"cudaSetDevice({index})")
+    prop = check(cudart.cudaGetDeviceProperties(index), "cudaGetDeviceProperties")
     raw = prop.name
     name = raw.split(b"\0", 1)[0].decode() if isinstance(raw, bytes) else str(raw)
     return name, f"{prop.major}.{prop.minor}"
@@ -250,11 +223,11 @@ class _EntropyCalibrator(trt.IInt8EntropyCalibrator2):
                 return []
             for i in range(self._batch):  # a short last batch is filled by repeating its images
                 to_input_tensor(batch[i % len(batch)], swap_rb=self._swap_rb, out=self._host[i])
-            cudart = _cudart()
+            cudart = load_cudart()
             if not self._device:
-                self._device = int(_check(cudart.cudaMalloc(self._host.nbytes), "cudaMalloc"))
+                self._device = int(check(cudart.cudaMalloc(self._host.nbytes), "cudaMalloc"))
             kind = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice
-            _check(cudart.cudaMemcpy(self._device, self._host.ctypes.data, self._host.nbytes, kind), "copy")
+            check(cudart.cudaMemcpy(self._device, self._host.ctypes.data, self._host.nbytes, kind), "copy")
             self._done += len(batch)
             log.info("INT8 calibration: %d/%d images", self._done, len(self._images))
             return [self._device for _ in names]
@@ -283,7 +256,7 @@ class _EntropyCalibrator(trt.IInt8EntropyCalibrator2):
 
     def close(self) -> None:
         if self._device:
-            _check(_cudart().cudaFree(self._device), "cudaFree")
+            check(load_cudart().cudaFree(self._device), "cudaFree")
             self._device = 0
 
 
@@ -358,17 +331,7 @@ def _read_model(path: Path, options: EngineOptions) -> _Model:
         raise ModelError(f"cannot read ONNX model {path}: {exc}") from exc
     inp = image_input(proto)
     layout, outputs = detect_layout(proto)
-    if options.input_size is not None:
-        for want, have, axis in zip(
-            options.input_size, (inp.height, inp.width), ("height", "width"), strict=True
-        ):
-            if have is not None and have != want:
-                raise ModelError(
-                    f"{path}: the model's input {axis} is {have}, but model.input_size asks for {want}"
-                )
-        height, width = options.input_size
-    else:
-        height, width = inp.height or DEFAULT_INPUT, inp.width or DEFAULT_INPUT
+    height, width = resolve_input_size(path, (inp.height, inp.width), options)
     max_batch = options.max_batch
     if inp.batch is not None and inp.batch != max_batch:
         log.warning(
@@ -693,7 +656,7 @@ class TensorRTEngine(DeviceEngine):
             if allocator is not None:
                 allocator.ptr = ptr
                 nbytes = math.prod(spec.shape_for(batch)) * _ITEMSIZE[spec.dtype]
-                _check(_cudart().cudaMemsetAsync(ptr, 0xFF, nbytes, stream), "cudaMemsetAsync")
+                check(load_cudart().cudaMemsetAsync(ptr, 0xFF, nbytes, stream), "cudaMemsetAsync")
             if not ctx.set_tensor_address(spec.name, ptr):
                 raise EngineError(f"TensorRT refused the address of {spec.name!r}")
         if not ctx.execute_async_v3(stream):

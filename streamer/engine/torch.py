@@ -28,13 +28,12 @@ from typing import Any
 import numpy as np
 import onnx
 
-from streamer.engine.base import Engine, EngineOptions, ModelSpec
+from streamer.engine.base import Engine, EngineOptions, ModelSpec, resolve_input_size
 from streamer.engine.onnxgraph import fp16_nodes, widen_to_fp32
 from streamer.errors import EngineError, ModelError
 
 log = logging.getLogger(__name__)
 
-DEFAULT_INPUT = 640
 _INSTALL_HINT = "install the parity extra: pip install 'yolostream[parity]'"
 
 
@@ -201,16 +200,7 @@ class TorchEngine(Engine):
         batch, channels, h_dim, w_dim = (_static(d) for d in dims)
         if channels not in (None, 3):
             raise ModelError(f"{model}: input has {channels} channels, expected 3")
-        if options.input_size is not None:
-            for want, have, axis in zip(options.input_size, (h_dim, w_dim), ("height", "width"), strict=True):
-                if have is not None and have != want:
-                    raise ModelError(
-                        f"{model}: the model's input {axis} is {have}, but the config's "
-                        f"model.input_size asks for {want}"
-                    )
-            height, width = options.input_size
-        else:
-            height, width = h_dim or DEFAULT_INPUT, w_dim or DEFAULT_INPUT
+        height, width = resolve_input_size(model, (h_dim, w_dim), options)
         return height, width, batch
 
     def _forward(self, batch: np.ndarray) -> np.ndarray:
