@@ -6,7 +6,8 @@ reproduces ``utils.general.non_max_suppression`` of WongKinYiu/yolov7 step for s
 PyTorch original, so boxes, scores, classes and their order come out identical:
 
 1. candidates: objectness > ``conf_thres``;
-2. scores = class scores × objectness;
+2. scores = class scores × objectness; for a one-class model, objectness alone (yolov7's current rule:
+   such a model has no class loss, so its class score is a constant 0.5);
 3. cx, cy, w, h → x1, y1, x2, y2;
 4. ``multi_label``: one row per (box, class) pair with score > ``conf_thres``, in row-major order (what
    ``torch.nonzero`` returns); otherwise the best class per box (first index on ties), kept when its
@@ -245,7 +246,9 @@ def _detect(x: np.ndarray, params: NmsParams) -> np.ndarray:
     x = x.take(np.flatnonzero(x[:, 4] > conf), axis=0)  # 1. candidates by objectness (take: faster)
     if x.shape[0] == 0:
         return _EMPTY.copy()
-    scores = x[:, 5:] * x[:, 4:5]  # 2. score = class score × objectness (float32)
+    # 2. score = class score × objectness (float32); a one-class model scores by objectness alone, as
+    # yolov7 does since commit be1109c (its class score is a constant 0.5 for lack of a class loss)
+    scores = x[:, 4:5].copy() if nc == 1 else x[:, 5:] * x[:, 4:5]
     box = xywh2xyxy(x[:, :4])  # 3.
 
     if params.multi_label and nc > 1:  # 4. every (box, class) pair above the threshold, row-major

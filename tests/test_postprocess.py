@@ -117,7 +117,8 @@ def ref_non_max_suppression(
         rows = []
         for row in x:
             cx, cy, w, h, obj = row[:5]
-            conf = [f32(c * obj) for c in row[5:]]
+            # yolov7 (since be1109c): a one-class model scores by objectness alone
+            conf = [obj] if nc == 1 else [f32(c * obj) for c in row[5:]]
             box = [f32(cx - f32(w / 2)), f32(cy - f32(h / 2)), f32(cx + f32(w / 2)), f32(cy + f32(h / 2))]
             rows.append((box, conf))
         dets: list[tuple[list[float], float, int]] = []
@@ -164,6 +165,9 @@ def row(x1: float, y1: float, x2: float, y2: float, obj: float, *cls: float) -> 
 
 
 def pred(*rows: list[float]) -> np.ndarray:
+    """Rows with a single class score get a second, zero one: the score is then class × objectness, as
+    for any real multi-class model (one-class models score by objectness alone; tested apart)."""
+    rows = tuple([*r, 0.0] if len(r) == 6 else r for r in rows)
     return np.array(rows, dtype=np.float32).reshape(len(rows), -1)
 
 
@@ -172,6 +176,14 @@ def run(p: np.ndarray, **kw: object) -> np.ndarray:
 
 
 # --- hand-built cases -----------------------------------------------------------------------------------
+
+
+def test_a_one_class_model_scores_by_objectness_alone() -> None:
+    # yolov7 since be1109c: `if nc == 1: x[:, 5:] = x[:, 4:5]` (a one-class model learns no class score)
+    p = np.array([row(0, 0, 10, 10, 0.8, 0.5), row(100, 0, 110, 10, 0.3, 0.9)], dtype=np.float32)
+    out = run(p)
+    np.testing.assert_array_equal(out[:, 4], np.float32([0.8, 0.3]))
+    np.testing.assert_array_equal(out[:, 5], [0, 0])
 
 
 def test_objectness_prefilter() -> None:
