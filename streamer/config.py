@@ -38,6 +38,7 @@ from streamer.yamlfile import KeyPath, data_path, format_key, load_yaml
 
 __all__ = [
     "Config",
+    "CurveConfig",
     "DetectionConfig",
     "EngineConfig",
     "LoggingConfig",
@@ -359,6 +360,50 @@ class SourceConfig(_Section):
 # ---------------------------------------------------------------------------------------- publish, logging
 
 
+def _path_list(value: Any) -> Any:
+    return [value] if isinstance(value, (str, Path)) else value
+
+
+class CurveConfig(_Section):
+    """ZeroMQ CURVE: encrypt the published messages and admit only subscribers with an authorised key.
+
+    The key files are read when the publisher starts (errors name the file), not when validating.
+    """
+
+    server_secret_key_file: Path = Field(
+        description="The publisher's secret certificate (server.key_secret from `yolostream keys`)."
+    )
+    authorized_clients: Annotated[tuple[Path, ...], BeforeValidator(_path_list)] = Field(
+        default=(),
+        description="Public certificates of the subscribers admitted: directories (every *.key in them) "
+        "or files; re-read when they change.",
+    )
+    allow_any_client: StrictBool = Field(
+        default=False, description="Admit any CURVE client (encryption without client authentication)."
+    )
+
+    @field_validator("server_secret_key_file", "authorized_clients")
+    @classmethod
+    def _resolve_keys(cls, value: Any, info: ValidationInfo) -> Any:
+        if isinstance(value, Path):
+            return value if value.is_absolute() else _base_dir(info) / value
+        return tuple(p if p.is_absolute() else _base_dir(info) / p for p in value)
+
+    @model_validator(mode="after")
+    def _who_is_admitted(self) -> CurveConfig:
+        if self.allow_any_client and self.authorized_clients:
+            _fail((("allow_any_client",), "give authorized_clients or allow_any_client: true, not both"))
+        if not self.allow_any_client and not self.authorized_clients:
+            _fail(
+                (
+                    ("authorized_clients",),
+                    "missing: the directory (or files) of the subscribers' public keys, or set "
+                    "allow_any_client: true to admit any subscriber that has the server's public key",
+                )
+            )
+        return self
+
+
 class PublishConfig(_Section):
     """Where and how detections are published over ZeroMQ."""
 
@@ -369,6 +414,9 @@ class PublishConfig(_Section):
     send_hwm: StrictInt = Field(
         default=1000, ge=1, description="Messages queued per subscriber before dropping."
     )
+    curve: CurveConfig | None = Field(
+        default=None, description="ZeroMQ CURVE encryption and subscriber authentication; None: off."
+    )
 
     @field_validator("endpoint")
     @classmethod
@@ -378,6 +426,27 @@ class PublishConfig(_Section):
                 f"must be a ZeroMQ endpoint starting with tcp://, ipc:// or inproc://, got {value!r}"
             )
         return value
+
+
+class SupervisorConfig(_Section):
+    """How crashed workers are restarted, and when healthy ones are recycled."""
+
+    restart_initial_s: StrictFloat = Field(
+        default=0.5, gt=0, description="Delay before restarting a worker that crashed; doubles each time."
+    )
+    restart_max_s: StrictFloat = Field(
+        default=30.0, gt=0, description="Longest delay between restarts (and the run time that resets it)."
+    )
+    max_restarts: StrictInt = Field(
+        default=5, ge=1, description="At most this many restarts of one worker within restart_window_s."
+    )
+    restart_window_s: StrictFloat = Field(default=60.0, gt=0, description="The window of max_restarts.")
+    source_rss_limit_mb: StrictInt | None = Field(
+        default=None, ge=1, description="Recycle a source worker whose memory (RSS) exceeds this."
+    )
+    inference_rss_limit_mb: StrictInt | None = Field(
+        default=None, ge=1, description="Recycle the inference worker when its memory (RSS) exceeds this."
+    )
 
 
 class LoggingConfig(_Section):
@@ -411,6 +480,9 @@ class Config(_Section):
     sources: tuple[SourceConfig, ...] = Field(min_length=1, description="The video streams (at least one).")
     publish: PublishConfig = Field(default_factory=PublishConfig, description="ZeroMQ output.")
     logging: LoggingConfig = Field(default_factory=LoggingConfig, description="Logging.")
+    supervisor: SupervisorConfig = Field(
+        default_factory=SupervisorConfig, description="Worker restarts and recycling."
+    )
 
     _source_path: Path | None = PrivateAttr(None)
 
@@ -520,8 +592,8 @@ def parse_config(
     Raises:
         ConfigError: listing every problem, each with its key path and line.
     """
-    doc = load_yaml(text, filename, os.environ if env is None else env)
     base = Path.cwd() if base_dir is None else Path(base_dir).absolute()
+    doc = load_yaml(text, filename, os.environ if env is None else env, base_dir=base)
     try:
         config = Config.model_validate(doc.data, context={"base_dir": base})
     except ValidationError as exc:

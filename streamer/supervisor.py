@@ -1,10 +1,22 @@
-"""The supervisor: starts the inference worker and one source worker per stream, watches them, stops them.
+"""The supervisor: starts the workers, restarts what crashes, reloads on SIGHUP, talks to systemd, stops.
 
-Signal handlers only record the signal (through `signal.set_wakeup_fd`); the main loop acts on it.
-Stopping is orderly: sources are told to stop and joined, then the inference worker is told to finish
-the frames already decoded, publish them and exit; finally the run directory (frame rings, sockets) is
-removed, so nothing is left in ``/dev/shm``. A source worker that dies is reported as an ``error`` event
-of its stream and the other streams go on. The daemon exits by itself when every stream has ended.
+Signal handlers only record the signal (through `signal.set_wakeup_fd`); the main loop acts on it:
+
+- SIGINT/SIGTERM: orderly stop — sources are told to stop and joined, the inference worker finishes the
+  frames already decoded and exits, the run directory (frame rings, sockets) is removed: nothing is left
+  in ``/dev/shm``; exit 0.
+- SIGHUP: the config file is read again. Invalid: logged, the running config stays. Valid: streams that
+  were added start, removed ones stop, changed ones restart, unchanged ones are not touched; a change of
+  model, engine, detection or publish settings restarts the inference worker.
+
+A worker that crashes is restarted with exponential backoff, at most `supervisor.max_restarts` times per
+`restart_window_s` (`streamer.restart`); a source that gives up is an ``error`` event of its stream and the
+others go on. When the inference worker restarts, the sources are told (the shared *epoch*) to take back
+the frame slots the dead worker held. A worker whose memory exceeds its configured limit is recycled
+between frames. The daemon exits by itself when every stream has ended.
+
+Under systemd (``Type=notify``) it sends READY=1 once the workers are up, STATUS= with the streams' states,
+WATCHDOG=1 only while the pipeline makes progress, RELOADING=1 and STOPPING=1 (`streamer.sdnotify`).
 """
 
 from __future__ import annotations
@@ -20,47 +32,34 @@ import signal
 import socket
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from streamer.errors import EXIT_FAILURE, EXIT_OK, ModelError
+from streamer.errors import EXIT_FAILURE, EXIT_OK, ConfigError, ModelError
 from streamer.logs import setup_main
 from streamer.messages import EVENT_ERROR, Shutdown, StreamEvent
 from streamer.models.registry import ensure_model
+from streamer.processes import (
+    SOURCE_JOIN_S,
+    InferenceProcess,
+    SourceProcess,
+    describe_exit,
+    policy_of,
+    rss_mb,
+)
+from streamer.sdnotify import SystemdNotifier
+from streamer.status import RunStatus, read_status
 from streamer.transport.notify import NotifySender
 from streamer.workers.common import WorkerContext
-from streamer.workers.inference import run_inference
-from streamer.workers.source import EXIT_SOURCE_FAILED, run_source
 
 if TYPE_CHECKING:
-    from multiprocessing.process import BaseProcess
-
-    from streamer.config import Config, SourceConfig
+    from streamer.config import Config
 
 log = logging.getLogger(__name__)
 
 RUN_DIR_PREFIX = "yolostream-"
-SOURCE_JOIN_S = 5.0
-INFERENCE_DRAIN_S = 60.0
-
-
-def _source_entry(cfg: SourceConfig, ctx: WorkerContext) -> None:
-    raise SystemExit(run_source(cfg, ctx))
-
-
-def _inference_entry(cfg: Config, model: Path, ctx: WorkerContext, ready: Any) -> None:
-    raise SystemExit(run_inference(cfg, model, ctx, ready))
-
-
-def _describe_exit(code: int | None) -> str:
-    if code is None:
-        return "still running"
-    if code < 0:
-        with contextlib.suppress(ValueError):
-            return f"killed by {signal.Signals(-code).name}"
-        return f"killed by signal {-code}"
-    return f"exit code {code}"
+MEMORY_CHECK_S = 5.0
+STATUS_EVERY_S = 5.0
 
 
 def shm_root() -> Path:
@@ -78,21 +77,26 @@ def remove_stale_run_dirs(root: Path) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
-@dataclass
-class _SourceProc:
-    cfg: SourceConfig
-    proc: BaseProcess
-
-
 class Supervisor:
-    def __init__(self, cfg: Config) -> None:
+    def __init__(self, cfg: Config, notifier: SystemdNotifier | None = None) -> None:
         self.cfg = cfg
         self._mp = mp.get_context("spawn")
         self._signals: list[int] = []
-        self._sources: dict[str, _SourceProc] = {}
-        self._failed: set[str] = set()
-        self._ended: set[str] = set()
-        self._said_exit: set[str] = set()  # workers that exited on their own, so sent their SourceExit
+        self._notifier = notifier or SystemdNotifier()
+        self._sources: dict[str, SourceProcess] = {}
+        self._inference: InferenceProcess | None = None
+        self._model: Path | None = None
+        self._ctx: WorkerContext | None = None
+        self._notify: NotifySender | None = None
+        self._wake: socket.socket | None = None
+        self._status_path: Path | None = None
+        self._last_status: RunStatus | None = None
+        self._status_sent_at = 0.0
+        self._watchdog_at = 0.0
+        self._watchdog_published = -1
+        self._memory_at = 0.0
+
+    # -- set-up and tear-down ----------------------------------------------------------------------
 
     def run(self) -> int:
         handler = setup_main(self.cfg.logging.level, self.cfg.logging.format)
@@ -106,18 +110,22 @@ class Supervisor:
         wake_r.setblocking(False)
         wake_w.setblocking(False)
         old_wakeup = signal.set_wakeup_fd(wake_w.fileno())
-        old_handlers = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
-        notify: NotifySender | None = None
+        signals = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+        old_handlers = {sig: signal.signal(sig, self._on_signal) for sig in signals}
         try:
             endpoint = f"ipc://{run_dir}/notify.sock"
-            notify = NotifySender(endpoint)
-            ctx = WorkerContext(
-                str(run_dir), endpoint, log_queue, self.cfg.logging.level, self._mp.Event(), os.getpid()
+            self._notify = NotifySender(endpoint)
+            self._wake = wake_r
+            self._status_path = run_dir / "status.json"
+            epoch = self._mp.Value("i", 0)
+            self._ctx = WorkerContext(
+                str(run_dir), endpoint, log_queue, self.cfg.logging.level, None, os.getpid(), epoch
             )
-            return self._supervise(ctx, notify, wake_r)
+            return self._supervise()
         finally:
-            if notify is not None:
-                notify.close()
+            self._notifier.stopping()
+            if self._notify is not None:
+                self._notify.close()
             signal.set_wakeup_fd(old_wakeup)
             for sig, old in old_handlers.items():
                 signal.signal(sig, old)
@@ -126,131 +134,299 @@ class Supervisor:
             shutil.rmtree(run_dir, ignore_errors=True)
             listener.stop()
             log_queue.close()
+            self._notifier.close()
 
     def _on_signal(self, signum: int, _frame: object) -> None:
         self._signals.append(signum)
 
-    def _supervise(self, ctx: WorkerContext, notify: NotifySender, wake: socket.socket) -> int:
+    def _take_signals(self) -> list[int]:
+        if self._wake is not None:
+            with contextlib.suppress(BlockingIOError):
+                while self._wake.recv(64):
+                    pass
+        got, self._signals = self._signals, []
+        return got
+
+    # -- the main loop -----------------------------------------------------------------------------
+
+    def _supervise(self) -> int:
         cfg = self.cfg
         try:
-            model = cfg.model.onnx if cfg.model.onnx is not None else ensure_model(cfg.model.name or "")
+            self._model = cfg.model.onnx if cfg.model.onnx is not None else ensure_model(cfg.model.name or "")
         except ModelError as exc:
             log.error("%s", exc)
             return EXIT_FAILURE
+        streams = ", ".join(f"{s.id}={s.display_url}" for s in cfg.sources)
         log.info(
             "yolostream starting: model %s, backend %s, %d stream(s): %s",
-            model,
+            self._model,
             cfg.engine.backend,
             len(cfg.sources),
-            ", ".join(f"{s.id}={s.display_url}" for s in cfg.sources),
+            streams,
         )
-        # The inference worker has its own stop event: it must outlive the sources to drain their frames.
-        infer_ctx = WorkerContext(
-            ctx.run_dir, ctx.notify_endpoint, ctx.log_queue, ctx.log_level, self._mp.Event(), ctx.parent_pid
+        if not self._start_inference():
+            return EXIT_FAILURE if not self._stopping_signal() else EXIT_OK
+        log.info(
+            "inference worker ready (pid %s); starting %d source worker(s)",
+            self._inference.pid,  # type: ignore[union-attr]
+            len(cfg.sources),
         )
-        ready = self._mp.Event()
-        inference = self._mp.Process(
-            target=_inference_entry, args=(cfg, model, infer_ctx, ready), name="inference"
-        )
-        inference.start()
-        while not ready.wait(0.1):
-            if not inference.is_alive():
-                log.error(
-                    "the inference worker failed to start (%s); see the error above",
-                    _describe_exit(inference.exitcode),
-                )
-                return EXIT_FAILURE
-            if self._take_signals(wake):
-                log.info("stopped before the model was loaded")
-                infer_ctx.stop.set()
-                inference.join(10)
-                _kill(inference)
-                return EXIT_OK
-        log.info("inference worker ready; starting %d source worker(s)", len(cfg.sources))
         for scfg in cfg.sources:
-            proc = self._mp.Process(target=_source_entry, args=(scfg, ctx), name=f"source:{scfg.id}")
-            proc.start()
-            self._sources[scfg.id] = _SourceProc(scfg, proc)
+            self._add_source(scfg)
+        self._notifier.ready(f"{len(cfg.sources)} stream(s) starting")
 
         exit_code = EXIT_OK
         while True:
-            sentinels: list[int | socket.socket] = [p.proc.sentinel for p in self._sources.values()]
-            sentinels += [inference.sentinel, wake]
-            mp.connection.wait(sentinels, timeout=1.0)
-            if self._take_signals(wake):
+            self._wait()
+            signals = self._take_signals()
+            if any(s in (signal.SIGINT, signal.SIGTERM) for s in signals):
                 log.info("signal received: stopping")
                 break
-            self._reap_sources(notify)
-            if not inference.is_alive():
-                log.error("the inference worker died (%s); stopping", _describe_exit(inference.exitcode))
+            if signal.SIGHUP in signals:
+                self._reload()
+            self._reap_sources()
+            if not self._reap_inference():
                 exit_code = EXIT_FAILURE
                 break
-            if not self._sources:
-                if self._failed and not self._ended:
+            self._start_due()
+            self._check_memory()
+            self._report()
+            if all(s.done for s in self._sources.values()):
+                if self._sources and all(s.done and s.failed for s in self._sources.values()):
                     log.error("every stream failed; nothing left to do")
                     exit_code = EXIT_FAILURE
                 else:
                     log.info("all streams have ended")
                 break
-        self._stop_sources(ctx, notify)
-        self._stop_inference(inference, infer_ctx, notify)
+        self._notifier.stopping()
+        self._stop_sources(list(self._sources.values()))
+        self._stop_inference()
         log.info("yolostream stopped")
         return exit_code
 
-    def _take_signals(self, wake: socket.socket) -> bool:
-        with contextlib.suppress(BlockingIOError):
-            while wake.recv(64):
-                pass
-        got = bool(self._signals)
-        self._signals.clear()
-        return got
+    def _wait(self) -> None:
+        timeout = 1.0
+        now = time.monotonic()
+        dues = [s.restart_at for s in self._sources.values()]
+        dues.append(self._inference.restart_at if self._inference else None)
+        for due in dues:
+            if due is not None:
+                timeout = min(timeout, max(0.0, due - now))
+        if self._notifier.watchdog_interval:
+            timeout = min(timeout, self._notifier.watchdog_interval / 2)
+        waitables: list[Any] = [s.proc.sentinel for s in self._sources.values() if s.proc is not None]
+        if self._inference is not None and self._inference.proc is not None:
+            waitables.append(self._inference.proc.sentinel)
+        waitables.append(self._wake)
+        mp.connection.wait(waitables, timeout=timeout)
 
-    def _reap_sources(self, notify: NotifySender) -> None:
-        for sid, sp in list(self._sources.items()):
-            code = sp.proc.exitcode
+    def _stopping_signal(self) -> bool:
+        return any(s in (signal.SIGINT, signal.SIGTERM) for s in self._signals)
+
+    # -- inference worker --------------------------------------------------------------------------
+
+    def _start_inference(self) -> bool:
+        """Start (or restart) the inference worker and wait for its model; False if it failed or we stop."""
+        if self._inference is None:
+            self._inference = InferenceProcess(self._mp, self._ctx, policy_of(self.cfg))  # type: ignore[arg-type]
+        inference = self._inference
+        inference.start(self.cfg, self._model)  # type: ignore[arg-type]
+        if inference.wait_ready(self._stopping_signal):
+            return True
+        if inference.alive():  # a stop signal came while the model was loading
+            log.info("stopped before the model was loaded")
+            inference.stop_event.set()
+            inference.proc.join(10)  # type: ignore[union-attr]
+            return False
+        log.error("the inference worker failed to start (%s); see the error above",
+                  describe_exit(inference.proc.exitcode if inference.proc else None))  # fmt: skip
+        return False
+
+    def _reap_inference(self) -> bool:
+        """Handle an exited inference worker; False if the daemon must stop (it cannot be restarted)."""
+        inference = self._inference
+        if inference is None:
+            return False
+        code = inference.exited()
+        if code is not None:
+            if inference.planned and code == EXIT_OK:
+                inference.restart_at = time.monotonic()
+            else:
+                delay = inference.tracker.crashed()
+                if delay is None:
+                    log.error("the inference worker died (%s) and was restarted too often; stopping",
+                              describe_exit(code))  # fmt: skip
+                    return False
+                log.error("the inference worker died (%s); restarting it in %.1f s; the sources keep going",
+                          describe_exit(code), delay)  # fmt: skip
+                inference.restart_at = time.monotonic() + delay
+            self._bump_epoch()
+        if inference.restart_at is not None and time.monotonic() >= inference.restart_at:
+            if not self._start_inference():
+                return self._stopping_signal()
+            log.info("inference worker restarted (pid %s)", inference.pid)
+        return True
+
+    def _bump_epoch(self) -> None:
+        """Tell the source workers that frames announced to the old inference worker will never be read."""
+        epoch = self._ctx.inference_epoch  # type: ignore[union-attr]
+        with epoch.get_lock():
+            epoch.value += 1
+
+    def _stop_inference(self) -> None:
+        if self._inference is None or self._notify is None:
+            return
+        # Sources that exited on their own sent a SourceExit on their own connection: the inference
+        # worker waits (bounded) for those so that no frame announced before it is lost.
+        said_exit = sorted(s.cfg.id for s in self._sources.values() if s.exit_was_clean)
+        notify = self._notify
+        self._inference.drain_and_join(lambda: notify.send(Shutdown(expect_exits=said_exit)))
+
+    # -- source workers ----------------------------------------------------------------------------
+
+    def _add_source(self, scfg: Any) -> None:
+        worker = SourceProcess(self._mp, scfg, self._ctx, policy_of(self.cfg))  # type: ignore[arg-type]
+        self._sources[scfg.id] = worker
+        worker.start()
+
+    def _reap_sources(self) -> None:
+        for sid, worker in list(self._sources.items()):
+            code = worker.exited()
             if code is None:
                 continue
-            sp.proc.join()
-            del self._sources[sid]
-            if code >= 0:
-                self._said_exit.add(sid)
-            if code == EXIT_OK:
-                self._ended.add(sid)
-                continue
-            self._failed.add(sid)
-            if code == EXIT_SOURCE_FAILED:
-                continue  # it published its own error event
-            reason = f"source worker {_describe_exit(code)}"
-            log.error("stream %s: %s; the other streams go on", sid, reason)
-            notify.send(StreamEvent(sid, EVENT_ERROR, reason, detail={"exitcode": code}))
+            worker.exit_was_clean = code >= 0
+            self._remove_rings(sid)
+            reason = worker.on_exit(code)
+            if reason is not None:
+                log.error("stream %s: %s; the other streams go on", sid, reason)
+                if self._notify is not None:
+                    self._notify.send(StreamEvent(sid, EVENT_ERROR, reason, detail={"exitcode": code}))
+            if worker.removed:
+                del self._sources[sid]
 
-    def _stop_sources(self, ctx: WorkerContext, notify: NotifySender) -> None:
-        ctx.stop.set()
-        deadline = time.monotonic() + SOURCE_JOIN_S
-        for sp in self._sources.values():
-            sp.proc.join(max(0.0, deadline - time.monotonic()))
-            if sp.proc.is_alive():
-                log.warning(
-                    "stream %s: source worker did not stop in %.0f s; killing it", sp.cfg.id, SOURCE_JOIN_S
-                )
-                _kill(sp.proc)
-        self._reap_sources(notify)
-
-    def _stop_inference(self, inference: BaseProcess, ctx: WorkerContext, notify: NotifySender) -> None:
-        if not inference.is_alive():
+    def _remove_rings(self, sid: str) -> None:
+        """Delete the ring files of a stream's exited worker (the inference worker keeps its mappings)."""
+        if self._ctx is None:
             return
-        # Sources that exited normally sent a SourceExit on their own connection; the inference worker
-        # waits (bounded) for those so that no frame announced before it is lost.
-        notify.send(Shutdown(expect_exits=sorted(self._said_exit)))
-        inference.join(INFERENCE_DRAIN_S)
-        if inference.is_alive():
-            log.warning("the inference worker did not finish in %.0f s; stopping it", INFERENCE_DRAIN_S)
-            ctx.stop.set()
-            inference.join(5)
-            _kill(inference)
+        for path in Path(self._ctx.run_dir).glob(f"{sid}.*.ring"):
+            with contextlib.suppress(OSError):
+                owner = int(path.name.split(".")[1])
+                if not Path(f"/proc/{owner}").exists():
+                    path.unlink()
 
+    def _start_due(self) -> None:
+        now = time.monotonic()
+        for worker in self._sources.values():
+            if worker.restart_at is not None and now >= worker.restart_at and not worker.alive():
+                worker.start()
+                log.info("stream %s: source worker restarted", worker.cfg.id)
 
-def _kill(proc: BaseProcess) -> None:
-    if proc.is_alive():
-        proc.kill()
-        proc.join(5)
+    def _stop_sources(self, workers: list[SourceProcess]) -> None:
+        for worker in workers:
+            worker.ask_to_stop(planned=False)
+        deadline = time.monotonic() + SOURCE_JOIN_S
+        for worker in workers:
+            worker.join(max(0.0, deadline - time.monotonic()))
+        self._reap_sources()
+
+    # -- memory, status, watchdog ------------------------------------------------------------------
+
+    def _check_memory(self) -> None:
+        now = time.monotonic()
+        if now - self._memory_at < MEMORY_CHECK_S:
+            return
+        self._memory_at = now
+        limits = self.cfg.supervisor
+        if limits.source_rss_limit_mb:
+            for worker in self._sources.values():
+                used = rss_mb(worker.pid)
+                if worker.alive() and used is not None and used > limits.source_rss_limit_mb:
+                    log.warning(
+                        "stream %s: source worker uses %.0f MiB > %d MiB: recycling it",
+                        worker.cfg.id,
+                        used,
+                        limits.source_rss_limit_mb,
+                    )
+                    worker.ask_to_stop(planned=True)
+        inference = self._inference
+        used = rss_mb(inference.pid) if inference else None
+        if inference and limits.inference_rss_limit_mb and used and used > limits.inference_rss_limit_mb:
+            log.warning(
+                "inference worker uses %.0f MiB > %d MiB: recycling it", used, limits.inference_rss_limit_mb
+            )
+            inference.planned = True
+            if self._notify is not None:
+                self._notify.send(Shutdown())
+
+    def _report(self) -> None:
+        """STATUS= every few seconds, WATCHDOG=1 while frames are being published (or none are expected)."""
+        status = read_status(self._status_path) if self._status_path else None
+        now = time.monotonic()
+        if status is not None:
+            self._last_status = status
+        if self._notifier.enabled and status is not None and now - self._status_sent_at >= STATUS_EVERY_S:
+            self._notifier.status(status.summary())
+            self._status_sent_at = now
+        interval = self._notifier.watchdog_interval
+        if not interval or now - self._watchdog_at < interval:
+            return
+        fresh = status is not None and time.time() - status.time < 3 * max(1.0, interval)
+        idle = status is not None and not any(s.state == "running" for s in status.streams.values())
+        if fresh and status is not None and (status.published > self._watchdog_published or idle):
+            self._notifier.watchdog()
+            self._watchdog_at = now
+            self._watchdog_published = status.published
+
+    # -- SIGHUP ------------------------------------------------------------------------------------
+
+    def _reload(self) -> None:
+        from streamer.config import load_config
+
+        path = self.cfg.source_path
+        if path is None:
+            log.error("SIGHUP: this config was not read from a file; nothing to reload")
+            return
+        self._notifier.reloading()
+        try:
+            new = load_config(path)
+        except ConfigError as exc:
+            log.error("SIGHUP: %s is invalid; keeping the running config:\n%s", path, exc)
+            self._notifier.ready("reload rejected: invalid config")
+            return
+        old_sources = {s.id: s for s in self.cfg.sources}
+        new_sources = {s.id: s for s in new.sources}
+        removed = [sid for sid in old_sources if sid not in new_sources]
+        added = [sid for sid in new_sources if sid not in old_sources]
+        changed = [sid for sid in new_sources if sid in old_sources and new_sources[sid] != old_sources[sid]]
+        pipeline_changed = any(
+            getattr(new, section) != getattr(self.cfg, section)
+            for section in ("model", "engine", "detection", "publish")
+        )
+        self.cfg = new
+        restarts = "; the inference worker restarts for the new settings" if pipeline_changed else ""
+        log.info(
+            "SIGHUP: reloaded %s: %d added, %d removed, %d changed%s",
+            path,
+            len(added),
+            len(removed),
+            len(changed),
+            restarts,
+        )
+        logging.getLogger().setLevel(new.logging.level)
+        for sid in removed + changed:
+            self._sources[sid].removed = sid in removed
+        self._stop_sources([self._sources[sid] for sid in removed + changed])
+        for sid in changed + added:
+            self._sources.pop(sid, None)
+            self._add_source(new_sources[sid])
+        if pipeline_changed and self._inference is not None:
+            self._inference.planned = True
+            try:
+                self._model = (
+                    new.model.onnx if new.model.onnx is not None else ensure_model(new.model.name or "")
+                )
+            except ModelError as exc:
+                log.error("SIGHUP: %s; the inference worker keeps the previous model", exc)
+            if self._notify is not None:
+                self._notify.send(Shutdown())
+        self._notifier.ready(f"reloaded: {len(new.sources)} stream(s)")

@@ -6,7 +6,6 @@ they run on a fresh clone; the tinycoco test needs the real YOLOv5s model from .
 
 from __future__ import annotations
 
-import os
 import signal
 import time
 from pathlib import Path
@@ -20,7 +19,7 @@ from streamer.postprocess import NmsParams, box_iou, detect_image, to_source_fra
 from streamer.preprocess import letterbox, to_input_tensor
 from streamer.protocol import DetectionsMessage, EventMessage
 from tests.support.daemon import alive, child_pids, run_dirs, start_daemon
-from tests.support.media import bright_spot_clip, corrupt_file, decode_frames, tinycoco_clip, write_clip
+from tests.support.media import bright_spot_clip, corrupt_file, decode_frames, tinycoco_clip
 from tests.support.models import write_oracle_model
 from tests.support.paths import shared_model, tinycoco_images
 
@@ -203,20 +202,3 @@ def test_bad_streams_beside_a_good_one(tmp_path: Path) -> None:
         daemon.close()
     log = daemon.log()
     assert "stream 'missing'" in log and "stream 'garbage'" in log and "stream 'audio'" in log
-
-
-def test_a_killed_source_worker_is_reported_and_the_rest_go_on(tmp_path: Path) -> None:
-    model = write_oracle_model(tmp_path / "oracle.onnx")
-    write_clip(tmp_path / "a.mp4", [np.full((240, 320, 3), 40, np.uint8)] * 25)
-    daemon = start_daemon(tmp_path, _spot_config(tmp_path, model, {"victim": "a.mp4", "other": "a.mp4"}))
-    try:
-        daemon.receive_until(lambda ms: len(daemon.events("victim", "started")) == 1)
-        os.kill(int(daemon.events("victim", "started")[0].detail["pid"]), signal.SIGKILL)
-        daemon.receive_until(lambda ms: len(daemon.events("victim", "error")) == 1)
-        assert "killed by SIGKILL" in daemon.events("victim", "error")[0].message
-        before = len(daemon.detections("other"))
-        daemon.receive_until(lambda ms: len(daemon.detections("other")) >= before + 10)
-        assert daemon.stop() == 0, daemon.log()
-    finally:
-        daemon.close()
-    assert not run_dirs(daemon.pid)

@@ -23,6 +23,9 @@ class WorkerContext:
     stop: Any
     """multiprocessing.Event: set by the supervisor when the worker should finish."""
     parent_pid: int
+    inference_epoch: Any = None
+    """multiprocessing.Value('i'): bumped by the supervisor when the inference worker is replaced, so that
+    source workers take back the ring slots of frames the old one will never read."""
 
 
 class StopFlag:

@@ -35,6 +35,7 @@ from streamer.postprocess_end2end import decode_end2end
 from streamer.preprocess import LetterboxGeometry, letterbox, letterbox_geometry, to_input_tensor
 from streamer.protocol import DetectionsMessage, detections_from_array, event_message
 from streamer.publish import Publisher
+from streamer.status import STATE_OF_EVENT, RunStatus, StreamStatus, write_status
 from streamer.transport.notify import NotifyReceiver
 from streamer.transport.ring import FrameRing, StaleSlotError
 from streamer.workers.common import StopFlag, WorkerContext, start_worker
@@ -61,6 +62,8 @@ class _Stream:
     dropped: int = 0
     dropped_reported: int = 0
     exited: bool = False
+    state: str = "starting"
+    last_frame_time: float = 0.0
 
     def frames_waiting(self) -> int:
         """Frames at the head of the queue, before any event (events wait for the frames before them)."""
@@ -95,12 +98,15 @@ class InferenceLoop:
         publisher: Publisher,
         executor: Executor,
         stop: StopFlag | None = None,
+        status_path: Path | None = None,
     ) -> None:
         self.cfg = cfg
         self.receiver = receiver
         self.publisher = publisher
         self.executor = executor
         self.stop = stop
+        self.status_path = status_path
+        self._status_at = 0.0
         spec = executor.engine.spec
         self.input_w, self.input_h = spec.width, spec.height
         self.max_batch = spec.max_batch
@@ -144,6 +150,7 @@ class InferenceLoop:
             self._dispatch()
             self._publish_events()
             self._maybe_log_stats()
+            self._maybe_write_status()
             if self._finished():
                 return
 
@@ -285,6 +292,7 @@ class InferenceLoop:
                 stream = self.streams[note.stream]
                 stream.inflight -= 1
                 stream.published += 1
+                stream.last_frame_time = msg.publish_ts
 
     def _decode(self, outputs: np.ndarray | dict[str, np.ndarray], n: int) -> list[np.ndarray]:
         """Per image of a finished batch: ``[K, 6]`` detections in model-input pixels."""
@@ -299,7 +307,9 @@ class InferenceLoop:
         """Publish events whose earlier frames have all been published; close rings of exited streams."""
         for stream in self.streams.values():
             while stream.queue and isinstance(stream.queue[0], StreamEvent) and stream.inflight == 0:
-                self.publisher.publish(event_message(stream.queue.popleft()))  # type: ignore[arg-type]
+                event: StreamEvent = stream.queue.popleft()  # type: ignore[assignment]
+                stream.state = STATE_OF_EVENT.get(event.kind, stream.state)
+                self.publisher.publish(event_message(event))
             if stream.dropped > stream.dropped_reported and self._stats_due():
                 n = stream.dropped - stream.dropped_reported
                 stream.dropped_reported = stream.dropped
@@ -335,6 +345,22 @@ class InferenceLoop:
             return False
         busy = self.executor.inflight or any(s.queue for s in self.streams.values())
         return not busy
+
+    def _maybe_write_status(self) -> None:
+        """Every second, the state of every stream for the supervisor (`streamer.status`)."""
+        now = time.monotonic()
+        if self.status_path is None or now - self._status_at < 1.0:
+            return
+        self._status_at = now
+        streams = {
+            s.id: StreamStatus(s.state, s.published, s.dropped, s.last_frame_time)
+            for s in self.streams.values()
+        }
+        published = sum(s.published for s in self.streams.values())
+        write_status(
+            self.status_path,
+            RunStatus(published=published, batches=sum(self.batch_sizes.values()), streams=streams),
+        )
 
     def _stats_due(self) -> bool:
         interval = self.cfg.logging.stats_interval_s
@@ -393,7 +419,7 @@ def run_inference(cfg: Config, model: Path, ctx: WorkerContext, ready: object) -
             cfg.publish.endpoint, encoding=cfg.publish.encoding, send_hwm=cfg.publish.send_hwm
         )
         executor = open_executor(cfg, model)
-        loop = InferenceLoop(cfg, receiver, publisher, executor, stop)
+        loop = InferenceLoop(cfg, receiver, publisher, executor, stop, Path(ctx.run_dir) / "status.json")
         ready.set()  # type: ignore[attr-defined]
         loop.run()
         log.info(

@@ -1,0 +1,67 @@
+"""The pipeline's state, written by the inference worker for the supervisor (systemd STATUS, watchdog,
+metrics, `yolostream status`): a small JSON file in the run directory, replaced atomically every second.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import msgspec
+
+# What the inference worker last heard of a stream, from its events (see streamer.messages).
+STATE_OF_EVENT = {
+    "started": "running",
+    "up": "running",
+    "reconnecting": "reconnecting",
+    "down": "down",
+    "frozen": "frozen",
+    "eos": "ended",
+    "error": "failed",
+}
+
+
+class StreamStatus(msgspec.Struct):
+    state: str = "starting"
+    published: int = 0
+    dropped: int = 0
+    last_frame_time: float = 0.0
+    """Unix time at which the stream's last frame was published (0: none yet)."""
+
+
+class RunStatus(msgspec.Struct):
+    time: float = 0.0
+    """When the inference worker wrote this (Unix time): a stale file means a stuck worker."""
+    published: int = 0
+    batches: int = 0
+    streams: dict[str, StreamStatus] = msgspec.field(default_factory=dict)
+
+    def summary(self) -> str:
+        """One line for systemd's STATUS=, e.g. ``3 streams: 2 running, 1 down; 1520 frames published``."""
+        counts: dict[str, int] = {}
+        for s in self.streams.values():
+            counts[s.state] = counts.get(s.state, 0) + 1
+        states = ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
+        return f"{len(self.streams)} stream(s): {states or 'none yet'}; {self.published} frames published"
+
+
+_encoder = msgspec.json.Encoder()
+_decoder = msgspec.json.Decoder(RunStatus)
+
+
+def write_status(path: Path, status: RunStatus) -> None:
+    status.time = time.time()
+    tmp = path.with_suffix(".tmp")
+    tmp.write_bytes(_encoder.encode(status))
+    os.replace(tmp, path)
+
+
+def read_status(path: Path) -> RunStatus | None:
+    try:
+        return _decoder.decode(path.read_bytes())
+    except (OSError, msgspec.DecodeError):
+        return None
+
+
+__all__ = ["STATE_OF_EVENT", "RunStatus", "StreamStatus", "read_status", "write_status"]
