@@ -56,7 +56,16 @@ def _cmd_subscribe(args: argparse.Namespace) -> int:
     endpoint = args.endpoint
     if args.config:
         endpoint = _load(args.config).publish.endpoint
-    return subscribe_main(endpoint, args.stream or None, args.json, args.count, args.timeout)
+    return subscribe_main(
+        endpoint, args.stream or None, args.json, args.count, args.timeout,
+        server_key=args.server_key, client_key=args.client_key,
+    )  # fmt: skip
+
+
+def _cmd_keys(args: argparse.Namespace) -> int:
+    from streamer.security import keys_main
+
+    return keys_main(args.out, args.name or [], args.force)
 
 
 def _cmd_models_fetch(args: argparse.Namespace) -> int:
@@ -204,7 +213,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print each message as one JSON line")
     p.add_argument("--count", type=int, metavar="N", help="exit after N messages")
     p.add_argument("--timeout", type=float, metavar="S", help="exit (code 1) when nothing arrives for S s")
+    p.add_argument("--server-key", metavar="FILE", help="CURVE: the publisher's public key file (server.key)")
+    p.add_argument(
+        "--client-key", metavar="FILE", help="CURVE: this subscriber's secret key file (NAME.key_secret)"
+    )
     p.set_defaults(func=_cmd_subscribe)
+
+    p = sub.add_parser("keys", help="generate CURVE key pairs for an encrypted, authenticated publisher")
+    p.add_argument("--out", type=Path, default=Path("."), metavar="DIR", help="where to write them [.]")
+    p.add_argument(
+        "--name", action="append", metavar="NAME",
+        help="make a key pair for this subscriber (repeatable); without it: the server's pair and one "
+        "subscriber's, named client",
+    )  # fmt: skip
+    p.add_argument("--force", action="store_true", help="replace existing key files")
+    p.set_defaults(func=_cmd_keys)
 
     _add_models_commands(sub)
     _add_accuracy_commands(sub)

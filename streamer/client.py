@@ -12,6 +12,14 @@ Example::
             else:
                 print(msg.stream, "event", msg.event, msg.message)
 
+With CURVE (a publisher whose config sets ``publish.curve``), pass the keys::
+
+    from streamer.client import CurveClient, Subscriber
+
+    curve = CurveClient.from_files("server.key", "client.key_secret")
+    with Subscriber("tcp://10.0.0.5:5555", curve=curve) as sub:
+        ...
+
 `subscribe_main` is the body of the ``yolostream subscribe`` command.
 """
 
@@ -26,6 +34,7 @@ from types import TracebackType
 from typing import TextIO
 
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 from streamer.errors import EXIT_FAILURE, EXIT_OK, YolostreamError
 from streamer.protocol import (
@@ -39,8 +48,10 @@ from streamer.protocol import (
     to_json,
     topic_for,
 )
+from streamer.security import CurveClient, KeyFileError
 
 __all__ = [
+    "CurveClient",
     "DetectionsMessage",
     "EventMessage",
     "ProtocolError",
@@ -48,12 +59,21 @@ __all__ = [
     "SubscribeError",
     "Subscriber",
     "format_message",
+    "handshake_problem",
     "subscribe_main",
 ]
 
 log = logging.getLogger(__name__)
 
 EXIT_USAGE = 2  # (as argparse: invalid arguments)
+
+_HANDSHAKE_EVENTS = (
+    zmq.EVENT_HANDSHAKE_SUCCEEDED
+    | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+    | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+)
+_MECHANISM_MISMATCH = 0x11000002  # ZMQ_PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH
 
 
 class ReceiveTimeout(YolostreamError, TimeoutError):
@@ -64,6 +84,43 @@ class SubscribeError(YolostreamError, OSError):
     """The subscriber socket could not connect to the endpoint or failed while receiving."""
 
 
+def handshake_problem(event: int, value: int, curve: bool) -> str | None:
+    """What a failed handshake (a socket monitor `event` and its `value`) means, for a person; None when
+    `event` is not a handshake failure.
+
+    Parameters:
+        event: a ``zmq.EVENT_HANDSHAKE_*`` value.
+        value: the event's value (an HTTP-like status, a protocol error or an errno).
+        curve: whether this side used CURVE.
+    """
+    if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+        return (
+            f"the publisher refused this subscriber's CURVE key (status {value}): its public key is not "
+            "among the publisher's authorised clients"
+        )
+    if event == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL and value == _MECHANISM_MISMATCH:
+        if curve:
+            return "the publisher does not use CURVE: connect without keys"
+        return (
+            "the publisher requires CURVE: give its public key and a client key "
+            "(--server-key FILE --client-key FILE)"
+        )
+    if event == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL:
+        return f"ZeroMQ protocol error {value:#x} in the handshake with the publisher"
+    if event == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL:
+        if curve:
+            return (
+                "the CURVE handshake failed: is the server key the publisher's (its server.key), "
+                "and does the publisher use CURVE?"
+            )
+        why = os.strerror(value) if value else "no detail"
+        return (
+            f"the publisher closed the connection during the handshake ({why}): it probably requires CURVE; "
+            "give its public key and a client key (--server-key FILE --client-key FILE)"
+        )
+    return None
+
+
 class Subscriber:
     """Receives the messages of a yolostream publisher.
 
@@ -71,8 +128,10 @@ class Subscriber:
     are given the subscriber also checks each topic exactly and skips the others.
 
     ZeroMQ connects in the background: a publisher that is not running yet is not an error, and messages
-    published before the connection is made are not received. Not thread-safe (one thread per
-    `Subscriber`).
+    published before the connection is made are not received. A handshake that fails (a CURVE key the
+    publisher refuses, a wrong server key, keys missing or given in vain) is not an error either, since the
+    subscriber keeps trying: it is logged once as a warning, kept in `handshake_error`, and named in the
+    `ReceiveTimeout` that `recv` raises. Not thread-safe (one thread per `Subscriber`).
     """
 
     def __init__(
@@ -84,6 +143,10 @@ class Subscriber:
         detections: bool = True,
         context: zmq.Context[zmq.Socket[bytes]] | None = None,
         rcv_hwm: int = 10000,
+        curve: CurveClient | None = None,
+        server_public_key: bytes | str | None = None,
+        client_secret_key: bytes | str | None = None,
+        client_public_key: bytes | str | None = None,
     ) -> None:
         """Connect to a publisher.
 
@@ -94,13 +157,29 @@ class Subscriber:
             detections: receive ``det.<stream>`` messages.
             context: ZeroMQ context; the process-wide one by default.
             rcv_hwm: messages queued on this side before the publisher starts skipping this subscriber.
+            curve: CURVE keys, for a publisher that uses CURVE (`CurveClient.from_files`).
+            server_public_key: instead of `curve`, the keys as Z85 text: the publisher's public key...
+            client_secret_key: ...this subscriber's secret key (None: a throwaway key pair, which only a
+                publisher with ``allow_any_client`` admits)...
+            client_public_key: ...and its public key (derived from the secret key when None).
 
         Raises:
-            ValueError: an invalid stream id, or neither events nor detections asked for.
+            ValueError: an invalid stream id, neither events nor detections asked for, both `curve` and
+                keys given, client keys without the server's, or a malformed key.
             SubscribeError: the endpoint is malformed or its transport unsupported.
         """
         if not (events or detections):
             raise ValueError("subscribe to events, detections or both")
+        if server_public_key is not None:
+            if curve is not None:
+                raise ValueError("give either curve or the keys (server_public_key, ...), not both")
+            curve = CurveClient.from_keys(server_public_key, client_secret_key, client_public_key)
+        elif client_secret_key is not None or client_public_key is not None:
+            raise ValueError("client keys without server_public_key: CURVE needs the publisher's public key")
+        self.curve = curve
+        """The CURVE keys in use, or None."""
+        self.handshake_error: str | None = None
+        """Why the last handshake with the publisher failed; None once one has succeeded (or none failed)."""
         prefixes = [p for p, wanted in ((DET_PREFIX, detections), (EVT_PREFIX, events)) if wanted]
         self.streams: tuple[str, ...] | None = None if streams is None else tuple(dict.fromkeys(streams))
         if self.streams is None:
@@ -124,16 +203,30 @@ class Subscriber:
         self.endpoint = endpoint
         ctx = context if context is not None else zmq.Context.instance()
         sock = ctx.socket(zmq.SUB)
+        monitor = None
         try:
             sock.setsockopt(zmq.LINGER, 0)
             sock.setsockopt(zmq.RCVHWM, rcv_hwm)
+            if curve is not None:
+                curve.apply(sock)
             for topic in subscriptions:
                 sock.setsockopt(zmq.SUBSCRIBE, topic)
+            monitor = sock.get_monitor_socket(_HANDSHAKE_EVENTS)
+            monitor.setsockopt(zmq.LINGER, 0)
             sock.connect(endpoint)
         except zmq.ZMQError as exc:
+            if monitor is not None:
+                sock.disable_monitor()
+                monitor.close(linger=0)
             sock.close(linger=0)
             raise SubscribeError(exc.errno, f"cannot connect to {endpoint}: {exc.strerror}") from None
         self._sock = sock
+        self._monitor = monitor
+        self._poller = zmq.Poller()
+        self._poller.register(sock, zmq.POLLIN)
+        self._poller.register(monitor, zmq.POLLIN)
+        self._warned: set[str] = set()
+        self._vague = 0
         self._closed = False
 
     def recv(self, timeout: float | None = None) -> Message:
@@ -157,12 +250,18 @@ class Subscriber:
         while True:
             try:
                 if deadline is None:
-                    parts = sock.recv_multipart()
+                    ready = dict(self._poller.poll())
                 else:
                     left = deadline - time.monotonic()
-                    if left <= 0 or not sock.poll(max(1, round(left * 1000)), zmq.POLLIN):
-                        raise ReceiveTimeout(f"no message from {self.endpoint} within {timeout:g} s")
-                    parts = sock.recv_multipart(zmq.NOBLOCK)
+                    ready = dict(self._poller.poll(max(1, round(left * 1000)))) if left > 0 else {}
+                if self._monitor in ready:
+                    self._read_monitor()
+                if sock not in ready:
+                    if deadline is not None and time.monotonic() >= deadline:
+                        why = f": {self.handshake_error}" if self.handshake_error else ""
+                        raise ReceiveTimeout(f"no message from {self.endpoint} within {timeout:g} s{why}")
+                    continue
+                parts = sock.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 continue
             except zmq.ZMQError as exc:
@@ -177,6 +276,36 @@ class Subscriber:
             self._track(msg)
             self.received += 1
             return msg
+
+    def _read_monitor(self) -> None:
+        """Note the handshake events of the socket monitor (a failure is logged once per kind)."""
+        while True:
+            try:
+                event = recv_monitor_message(self._monitor, zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if event["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                if self.handshake_error is not None:
+                    log.info("connected to %s", self.endpoint)
+                self.handshake_error = None
+                self._vague = 0
+                continue
+            problem = handshake_problem(event["event"], event["value"], self.curve is not None)
+            if problem is None:
+                continue
+            if event["event"] == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL:
+                # Vague, and often just before a precise reason: never replaces one, and is logged only
+                # when it repeats.
+                self._vague += 1
+                if self.handshake_error is None:
+                    self.handshake_error = problem
+                if self.handshake_error != problem or self._vague < 3:
+                    continue
+            else:
+                self.handshake_error = problem
+            if problem not in self._warned:
+                self._warned.add(problem)
+                log.warning("%s: %s", self.endpoint, problem)
 
     def _track(self, msg: Message) -> None:
         stream, seq = msg.stream, msg.seq
@@ -202,6 +331,8 @@ class Subscriber:
         """Close the socket at once. Safe to call twice."""
         if not self._closed:
             self._closed = True
+            self._sock.disable_monitor()
+            self._monitor.close(linger=0)
             self._sock.close(linger=0)
 
     def __enter__(self) -> Subscriber:
@@ -251,6 +382,8 @@ def subscribe_main(
     limit: int | None,
     timeout: float | None,
     out: TextIO = sys.stdout,
+    server_key: str | os.PathLike[str] | None = None,
+    client_key: str | os.PathLike[str] | None = None,
 ) -> int:
     """Print the messages of a publisher, one line each (the ``yolostream subscribe`` command).
 
@@ -261,6 +394,9 @@ def subscribe_main(
         limit: stop after this many messages; None for no limit.
         timeout: stop when no message arrives for this many seconds; None waits for ever.
         out: where the lines go.
+        server_key: the publisher's public CURVE certificate (``server.key``), for a CURVE publisher.
+        client_key: this subscriber's secret CURVE certificate (``NAME.key_secret``); without it a
+            throwaway key pair is used (admitted only by a publisher with ``allow_any_client``).
 
     Returns:
         The exit code: 0 after `limit` messages or on Ctrl-C (or when `out` is a closed pipe), 1 on
@@ -269,11 +405,15 @@ def subscribe_main(
     if (limit is not None and limit < 0) or (timeout is not None and timeout <= 0):
         print("yolostream subscribe: the limit must be >= 0 and the timeout > 0", file=sys.stderr)
         return EXIT_USAGE
+    if client_key is not None and server_key is None:
+        print("yolostream subscribe: --client-key needs --server-key (the publisher's key)", file=sys.stderr)
+        return EXIT_USAGE
     try:
-        sub = Subscriber(endpoint, streams=streams or None)
-    except (ValueError, SubscribeError) as exc:
+        curve = None if server_key is None else CurveClient.from_files(server_key, client_key)
+        sub = Subscriber(endpoint, streams=streams or None, curve=curve)
+    except (ValueError, KeyFileError, SubscribeError) as exc:
         print(f"yolostream subscribe: {exc}", file=sys.stderr)
-        return EXIT_USAGE if isinstance(exc, ValueError) else EXIT_FAILURE
+        return EXIT_USAGE if isinstance(exc, (ValueError, KeyFileError)) else EXIT_FAILURE
     try:
         with sub:
             while limit is None or sub.received < limit:
@@ -287,7 +427,8 @@ def subscribe_main(
     except KeyboardInterrupt:
         return EXIT_OK
     except ReceiveTimeout:
-        print(f"yolostream subscribe: no message from {endpoint} for {timeout:g} s", file=sys.stderr)
+        why = f": {sub.handshake_error}" if sub.handshake_error else ""
+        print(f"yolostream subscribe: no message from {endpoint} for {timeout:g} s{why}", file=sys.stderr)
         return EXIT_FAILURE
     except SubscribeError as exc:
         print(f"yolostream subscribe: {exc}", file=sys.stderr)

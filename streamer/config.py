@@ -44,6 +44,7 @@ __all__ = [
     "LoggingConfig",
     "ModelConfig",
     "PublishConfig",
+    "ReconnectConfig",
     "SourceConfig",
     "load_config",
     "parse_config",
@@ -263,6 +264,27 @@ def _scheme(url: str) -> str:
     return match.group(1).lower() if match else ""
 
 
+class ReconnectConfig(_Section):
+    """How a live stream is retried after it failed: exponential backoff with jitter, then a slow rate."""
+
+    initial_s: StrictFloat = Field(default=1.0, gt=0, description="Delay before the first retry.")
+    max_s: StrictFloat = Field(default=30.0, gt=0, description="Longest delay while backing off.")
+    multiplier: StrictFloat = Field(default=2.0, ge=1, description="Each delay is the last one times this.")
+    jitter: StrictFloat = Field(
+        default=0.2, ge=0, lt=1, description="Each delay is randomised by up to ± this fraction."
+    )
+    down_after: StrictInt = Field(
+        default=5, ge=1, description="Failures in a row after which the stream is reported down."
+    )
+    down_retry_s: StrictFloat = Field(default=60.0, gt=0, description="Delay between retries once down.")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> ReconnectConfig:
+        if self.max_s < self.initial_s:
+            _fail((("max_s",), f"must be >= initial_s ({self.initial_s:g}), got {self.max_s:g}"))
+        return self
+
+
 class SourceConfig(_Section):
     """One video stream: a camera URL or a file."""
 
@@ -290,6 +312,24 @@ class SourceConfig(_Section):
     )
     ring_slots: StrictInt = Field(
         default=4, ge=2, le=64, description="Frame slots of the stream's shared-memory ring."
+    )
+    transport: Literal["tcp", "udp"] = Field(
+        default="tcp", description="RTSP only: carry the media over the RTSP connection (tcp) or over UDP."
+    )
+    open_timeout_s: StrictFloat = Field(
+        default=10.0, gt=0, description="Give up connecting (and probing the stream) after this long."
+    )
+    read_timeout_s: StrictFloat = Field(
+        default=5.0, gt=0, description="A live stream that delivers nothing for this long has stalled."
+    )
+    reconnect: ReconnectConfig = Field(
+        default_factory=ReconnectConfig, description="Live streams: retrying after a failure."
+    )
+    frozen_after_s: StrictFloat | None = Field(
+        default=None,
+        gt=0,
+        description="Live streams: the same picture for this long means a frozen camera (reconnect); "
+        "None: off.",
     )
 
     @property
@@ -350,10 +390,26 @@ class SourceConfig(_Section):
         path = Path(value)
         return str(path if path.is_absolute() else _base_dir(info) / path)
 
+    @field_validator("reconnect", mode="before")
+    @classmethod
+    def _empty_reconnect(cls, value: Any) -> Any:
+        return {} if value is None else value
+
     @model_validator(mode="after")
     def _loop_files_only(self) -> SourceConfig:
         if self.loop and self.is_live:
             _fail((("loop",), "loop is only for files; a live stream cannot be restarted from the beginning"))
+        problems: list[tuple[KeyPath, str]] = []
+        if not self.is_live:
+            problems += [
+                ((key,), "only for live streams (rtsp://, http://, ...): a file is not reconnected")
+                for key in ("reconnect", "frozen_after_s")
+                if key in self.model_fields_set
+            ]
+        if "transport" in self.model_fields_set and _scheme(self.url) not in ("rtsp", "rtsps"):
+            problems.append((("transport",), "only for rtsp:// and rtsps:// URLs"))
+        if problems:
+            _fail(*problems)
         return self
 
 

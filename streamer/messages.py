@@ -17,7 +17,14 @@ EVENT_STARTED = "started"  # the source opened; detail carries codec, size and r
 EVENT_EOS = "eos"  # the source ended normally (end of file, not looping); no more frames will follow
 EVENT_ERROR = "error"  # the source failed (missing file, corrupt data, unsupported codec, worker died)
 EVENT_DROPPED = "dropped"  # frames of a live stream were dropped because inference fell behind
-EVENT_KINDS = (EVENT_STARTED, EVENT_EOS, EVENT_ERROR, EVENT_DROPPED)
+EVENT_RECONNECTING = "reconnecting"  # a live stream failed (or froze); detail: attempt, delay_s, reason
+EVENT_DOWN = "down"  # reconnect.down_after failures in a row: retried at the slow rate from now on
+EVENT_UP = "up"  # frames flow again after failures; detail: downtime_s, attempts
+EVENT_FROZEN = "frozen"  # the same picture for frozen_after_s: the stream is reconnected
+EVENT_KINDS = (
+    EVENT_STARTED, EVENT_EOS, EVENT_ERROR, EVENT_DROPPED,
+    EVENT_RECONNECTING, EVENT_DOWN, EVENT_UP, EVENT_FROZEN,
+)  # fmt: skip
 
 
 class FrameReady(msgspec.Struct, frozen=True, tag="frame", array_like=True):

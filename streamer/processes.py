@@ -19,7 +19,7 @@ from streamer.errors import EXIT_OK
 from streamer.restart import RestartPolicy, RestartTracker
 from streamer.workers.common import WorkerContext
 from streamer.workers.inference import run_inference
-from streamer.workers.source import EXIT_SOURCE_FAILED, run_source
+from streamer.workers.source import EXIT_SOURCE_FAILED, EXIT_SOURCE_STALLED, run_source
 
 if TYPE_CHECKING:
     from multiprocessing.context import SpawnContext
@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-SOURCE_JOIN_S = 5.0
+SOURCE_JOIN_S = 10.0  # > a source's read timeout (5 s by default): a silent camera may hold it that long
 INFERENCE_DRAIN_S = 60.0
 
 
@@ -143,6 +143,11 @@ class SourceProcess:
         if self.planned and code == EXIT_OK:
             self.restart_at = time.monotonic()  # recycle or reconfigure: straight back
             return None
+        if code == EXIT_SOURCE_STALLED:
+            # The decoder hung on a camera and the worker's watchdog ended it: a camera problem, not a
+            # crash of ours. Restart at once (the hang itself took read_timeout + 10 s) without counting it.
+            self.restart_at = time.monotonic() + self.tracker.policy.initial_s
+            return f"source worker {describe_exit(code)} (the decoder hung); restarting it"
         if code in (EXIT_OK, EXIT_SOURCE_FAILED):
             self.done = True  # ended (end of file), or failed and said why itself
             self.failed = code == EXIT_SOURCE_FAILED

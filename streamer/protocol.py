@@ -3,7 +3,8 @@
 Every message is a two-part ZeroMQ message ``[topic, payload]``:
 
 - ``det.<stream>`` carries a `DetectionsMessage` (one per frame),
-- ``evt.<stream>`` carries an `EventMessage` (the stream started, ended, failed or dropped frames).
+- ``evt.<stream>`` carries an `EventMessage` (the stream started, ended, failed, dropped frames, lost its
+  connection, came back or froze).
 
 Payloads are JSON (the default) or MessagePack, encoded from the msgspec structs below; `decode` tells
 the two apart by the first byte. Within a stream, detections and events share one sequence number
@@ -93,7 +94,8 @@ class EventMessage(msgspec.Struct, kw_only=True, tag_field="type", tag="evt"):
     stream: str
     seq: int = 0
     event: str
-    """One of ``started``, ``eos``, ``error``, ``dropped`` (`streamer.messages.EVENT_KINDS`)."""
+    """One of `streamer.messages.EVENT_KINDS`: ``started``, ``eos``, ``error``, ``dropped``,
+    ``reconnecting``, ``down``, ``up``, ``frozen``."""
     message: str = ""
     ts: float
     """Unix time (seconds) at which the event happened."""

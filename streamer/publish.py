@@ -21,6 +21,11 @@ the exact number as gaps in ``seq`` (`streamer.client.Subscriber.gaps`).
 
 The XPUB socket also receives the subscribers' (un)subscriptions. `Publisher` reads them without blocking
 whenever it publishes (so they never pile up), keeps a count of the active subscriptions and logs them.
+
+With CURVE (`curve=`, or ``publish.curve`` in the config through `Publisher.from_config`) the socket is a
+CURVE server, and a ZAP handler in the publisher's own ZeroMQ context admits only authorised subscriber
+keys (`streamer.security`). Without CURVE, binding an address that other hosts can reach is logged as a
+warning: anyone who can connect receives the detections, unencrypted.
 """
 
 from __future__ import annotations
@@ -29,12 +34,18 @@ import logging
 import time
 from collections import Counter
 from types import TracebackType
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
 import zmq
 
 from streamer.errors import YolostreamError
 from streamer.protocol import ENCODINGS, DetectionsMessage, Message, encode
+from streamer.security import CurveServer, is_local_endpoint, start_authenticator
+
+if TYPE_CHECKING:
+    from zmq.auth.thread import ThreadAuthenticator
+
+    from streamer.config import PublishConfig
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +84,7 @@ class Publisher:
         encoding: str = "json",
         send_hwm: int = 1000,
         context: zmq.Context[zmq.Socket[bytes]] | None = None,
+        curve: CurveServer | None = None,
     ) -> None:
         """Bind a publisher.
 
@@ -81,11 +93,14 @@ class Publisher:
                 ``ipc:///run/yolostream.sock``; ``tcp://127.0.0.1:*`` picks a free port (see `endpoint`).
             encoding: payload encoding, ``"json"`` or ``"msgpack"``.
             send_hwm: messages queued per subscriber before that subscriber starts missing messages.
-            context: ZeroMQ context; the process-wide one by default.
+            context: ZeroMQ context; the process-wide one by default. With `curve` the publisher starts
+                the context's ZAP handler (one per context), so by default it makes a context of its own.
+            curve: CURVE keys and policy (`CurveServer.from_config`); None publishes in plaintext.
 
         Raises:
             ValueError: unknown encoding or a non-positive `send_hwm`.
-            PublishError: the endpoint cannot be bound (address in use, malformed endpoint, ...).
+            PublishError: the endpoint cannot be bound (address in use, malformed endpoint, ...), or the
+                context given already has a ZAP handler.
         """
         if encoding not in ENCODINGS:
             raise ValueError(f"unknown encoding {encoding!r}; expected one of {', '.join(ENCODINGS)}")
@@ -98,24 +113,74 @@ class Publisher:
         self._dropped = 0
         self._drop_logged = -_DROP_LOG_INTERVAL
         self._closed = False
-        ctx = context if context is not None else zmq.Context.instance()
-        sock = ctx.socket(zmq.XPUB)
+        self.curve = curve
+        """The CURVE keys and policy, or None (plaintext)."""
+        self._own_context: zmq.Context[zmq.Socket[bytes]] | None = None
+        self._auth: ThreadAuthenticator | None = None
+        if context is not None:
+            ctx = context
+        elif curve is not None:
+            ctx = self._own_context = zmq.Context()
+        else:
+            ctx = zmq.Context.instance()
+        sock = None
         try:
+            if curve is not None:
+                self._auth = start_authenticator(ctx, curve)
+            sock = ctx.socket(zmq.XPUB)
             sock.setsockopt(zmq.LINGER, 0)
             sock.setsockopt(zmq.SNDHWM, send_hwm)
             sock.setsockopt(zmq.XPUB_NODROP, 1)
             # Pass every subscribe and unsubscribe up (also duplicates, and those of a subscriber that
             # disconnects), so that the count of active subscriptions is exact.
             sock.setsockopt(zmq.XPUB_VERBOSER, 1)
+            if curve is not None:
+                curve.apply(sock)
             sock.bind(endpoint)
         except zmq.ZMQError as exc:
-            sock.close(linger=0)
-            raise PublishError(endpoint, f"cannot bind: {exc.strerror}", exc.errno) from None
+            if sock is None:  # the ZAP handler could not start
+                message = f"cannot start the CURVE authenticator: {exc.strerror}"
+                if exc.errno == zmq.EADDRINUSE:
+                    message += " (this ZeroMQ context already has one: give the publisher its own)"
+            else:
+                sock.close(linger=0)
+                message = f"cannot bind: {exc.strerror}"
+            self._close_security()
+            raise PublishError(endpoint, message, exc.errno) from None
         self._sock = sock
         last = sock.getsockopt(zmq.LAST_ENDPOINT)
         self.endpoint: str = last.decode() if isinstance(last, bytes) and last else endpoint
         """The bound endpoint, with the port ZeroMQ chose for a ``*`` port."""
-        log.info("publishing %s messages on %s", encoding, self.endpoint)
+        if curve is None:
+            log.info("publishing %s messages on %s", encoding, self.endpoint)
+            if not is_local_endpoint(self.endpoint):
+                log.warning(
+                    "%s can be reached from other hosts and publish.curve is not set: anyone who can "
+                    "connect receives the detections, unencrypted (see docs/security.md)",
+                    self.endpoint,
+                )
+        else:
+            admitted = (
+                "any subscriber with the server key"
+                if curve.clients is None
+                else f"{len(curve.clients.keys)} authorised subscriber key(s)"
+            )
+            log.info(
+                "publishing %s messages on %s with CURVE, admitting %s", encoding, self.endpoint, admitted
+            )
+
+    @classmethod
+    def from_config(
+        cls, cfg: PublishConfig, *, context: zmq.Context[zmq.Socket[bytes]] | None = None
+    ) -> Publisher:
+        """Bind the publisher that a config's ``publish`` section describes (reading its CURVE key files).
+
+        Raises:
+            KeyFileError: a CURVE key file is missing, unreadable or invalid (the message names it).
+            PublishError: as the constructor.
+        """
+        curve = CurveServer.from_config(cfg.curve) if cfg.curve is not None else None
+        return cls(cfg.endpoint, encoding=cfg.encoding, send_hwm=cfg.send_hwm, context=context, curve=curve)
 
     # ------------------------------------------------------------------------------------------ state
 
@@ -302,7 +367,16 @@ class Publisher:
             return
         self._closed = True
         self._sock.close(linger=0)
+        self._close_security()
         log.debug("publisher on %s closed (%d sent, %d dropped)", self.endpoint, self._sent, self._dropped)
+
+    def _close_security(self) -> None:
+        if self._auth is not None:
+            self._auth.stop()
+            self._auth = None
+        if self._own_context is not None:
+            self._own_context.term()
+            self._own_context = None
 
     def __enter__(self) -> Publisher:
         return self

@@ -35,7 +35,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from streamer.errors import EXIT_FAILURE, EXIT_OK, ConfigError, ModelError
+from streamer.errors import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, ConfigError, ModelError
 from streamer.logs import setup_main
 from streamer.messages import EVENT_ERROR, Shutdown, StreamEvent
 from streamer.models.registry import ensure_model
@@ -75,6 +75,19 @@ def remove_stale_run_dirs(root: Path) -> None:
             continue
         log.info("removing %s, left behind by a daemon that was killed", path)
         shutil.rmtree(path, ignore_errors=True)
+
+
+def check_key_files(cfg: Config) -> str | None:
+    """Read the CURVE key files the config names (before any worker starts): what is wrong, or None."""
+    if cfg.publish.curve is None:
+        return None
+    from streamer.security import CurveServer, KeyFileError
+
+    try:
+        CurveServer.from_config(cfg.publish.curve)
+    except KeyFileError as exc:
+        return f"publish.curve: {exc}"
+    return None
 
 
 class Supervisor:
@@ -151,6 +164,10 @@ class Supervisor:
 
     def _supervise(self) -> int:
         cfg = self.cfg
+        problem = check_key_files(cfg)
+        if problem is not None:
+            log.error("%s", problem)
+            return EXIT_CONFIG
         try:
             self._model = cfg.model.onnx if cfg.model.onnx is not None else ensure_model(cfg.model.name or "")
         except ModelError as exc:
@@ -392,6 +409,11 @@ class Supervisor:
         except ConfigError as exc:
             log.error("SIGHUP: %s is invalid; keeping the running config:\n%s", path, exc)
             self._notifier.ready("reload rejected: invalid config")
+            return
+        problem = check_key_files(new)
+        if problem is not None:
+            log.error("SIGHUP: %s; keeping the running config", problem)
+            self._notifier.ready("reload rejected: bad key file")
             return
         old_sources = {s.id: s for s in self.cfg.sources}
         new_sources = {s.id: s for s in new.sources}

@@ -6,9 +6,10 @@ the document is *composed* into nodes (which carry their position) and converted
 * `YamlDocument.lines` maps each key path, e.g. ``("sources", 1, "fps_limit")``, to its 1-based line
   (the key's line for a mapping entry, the item's line for a list item);
 * a key repeated in one mapping is a `ConfigProblem`, not a silent override;
-* `${VAR}` and `${VAR:-default}` in string scalars are replaced from the environment, and `$${` gives a
-  literal `${`. A plain (unquoted) scalar that is exactly one `${...}` is re-typed after the substitution,
-  so `fps_limit: ${FPS}` gives a number. An undefined variable without a default is a `ConfigProblem`.
+* `${VAR}` and `${VAR:-default}` in string scalars are replaced from the environment, `${file:PATH}` by
+  the contents of a (secret) file, and `$${` gives a literal `${`. A plain (unquoted) scalar that is
+  exactly one `${...}` is re-typed after the substitution, so `fps_limit: ${FPS}` gives a number. An
+  undefined variable without a default, or a file that cannot be read, is a `ConfigProblem`.
 
 Problems that do not stop the conversion are collected in `YamlDocument.problems`; a syntax error, an
 empty document or a top level that is not a mapping raise `ConfigError` at once.
@@ -16,9 +17,11 @@ empty document or a top level that is not a mapping raise `ConfigError` at once.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -33,6 +36,8 @@ _STR_TAG = "tag:yaml.org,2002:str"
 _REFERENCE = re.compile(r"\$\$\{|\$\{([^}]*)\}|\$\{")
 _VARIABLE = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)(?::-(.*))?", re.DOTALL)
 _WHOLE_REFERENCE = re.compile(r"\$\{[^}]*\}")
+_FILE_PREFIX = "file:"
+_SECRET_FILE_LIMIT = 64 * 1024  # bytes: a secret file holds one value (a password, a token)
 
 
 def format_key(path: KeyPath) -> str:
@@ -78,9 +83,10 @@ class YamlDocument:
         return None
 
 
-def load_yaml(text: str, filename: str, env: Mapping[str, str]) -> YamlDocument:
+def load_yaml(text: str, filename: str, env: Mapping[str, str], base_dir: Path | None = None) -> YamlDocument:
     """Parse `text` (the contents of `filename`) into a `YamlDocument`, substituting variables from `env`.
 
+    `base_dir` is the directory that a relative `${file:PATH}` is relative to (the current one if None).
     Raises `ConfigError` for a YAML syntax error, an empty document or a top level that is not a mapping.
     """
     try:
@@ -117,7 +123,7 @@ def load_yaml(text: str, filename: str, env: Mapping[str, str]) -> YamlDocument:
                 )
             ],
         )
-    converter = _Converter(env)
+    converter = _Converter(env, base_dir if base_dir is not None else Path.cwd())
     data = converter.convert(root, ())
     return YamlDocument(data, converter.lines, converter.problems)
 
@@ -129,8 +135,9 @@ def _line(node: yaml.Node) -> int:
 class _Converter:
     """Turns composed nodes into plain data, recording lines and problems as it goes."""
 
-    def __init__(self, env: Mapping[str, str]) -> None:
+    def __init__(self, env: Mapping[str, str], base_dir: Path) -> None:
         self.env = env
+        self.base_dir = base_dir
         self.lines: dict[KeyPath, int] = {}
         self.problems: list[ConfigProblem] = []
         self._constructor = yaml.SafeLoader("")  # only used to build scalars from their resolved tag
@@ -217,12 +224,15 @@ class _Converter:
             if match.group(0) == "$${":
                 return "${"
             inner = match.group(1)
+            if inner is not None and inner.startswith(_FILE_PREFIX):
+                return self._read_secret(inner[len(_FILE_PREFIX) :].strip(), path, line)
             parsed = _VARIABLE.fullmatch(inner) if inner is not None else None
             if parsed is None:
                 self.problem(
                     path,
                     line,
-                    f"bad variable reference {match.group(0)!r}: use ${{NAME}} or ${{NAME:-default}}",
+                    f"bad variable reference {match.group(0)!r}: use ${{NAME}}, ${{NAME:-default}} "
+                    "or ${file:PATH}",
                 )
                 return match.group(0)
             name, default = parsed.group(1), parsed.group(2)
@@ -238,3 +248,40 @@ class _Converter:
             return ""
 
         return _REFERENCE.sub(replace, text)
+
+    def _read_secret(self, name: str, path: KeyPath, line: int) -> str:
+        """The contents of the file `name` for `${file:...}`, without its trailing newline.
+
+        Reading a file while validating breaks the rule that validation does no I/O, on purpose: this is
+        loading (like reading the environment), the file is small, and a secret that cannot be read must
+        be reported with the key and line that ask for it, as an unset variable is.
+        """
+        if not name:
+            self.problem(path, line, "${file:} names no file: use ${file:/path/to/secret}")
+            return ""
+        file = Path(os.path.expanduser(name))
+        if not file.is_absolute():
+            file = self.base_dir / file
+        try:
+            with open(file, "rb") as f:
+                data = f.read(_SECRET_FILE_LIMIT + 1)
+        except OSError as exc:
+            self.problem(path, line, f"cannot read the secret file {file} (${{file:{name}}}): {exc.strerror}")
+            return ""
+        if len(data) > _SECRET_FILE_LIMIT:
+            self.problem(
+                path,
+                line,
+                f"the secret file {file} is larger than {_SECRET_FILE_LIMIT // 1024} KiB: ${{file:...}} "
+                "reads one value, such as a password",
+            )
+            return ""
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            self.problem(path, line, f"the secret file {file} is not UTF-8 text")
+            return ""
+        text = text.rstrip("\r\n")
+        if not text:
+            self.problem(path, line, f"the secret file {file} is empty")
+        return text

@@ -16,7 +16,15 @@ from pathlib import Path
 import pytest
 import zmq
 
-from streamer.client import ReceiveTimeout, SubscribeError, Subscriber, format_message, subscribe_main
+from streamer.client import (
+    CurveClient,
+    ReceiveTimeout,
+    SubscribeError,
+    Subscriber,
+    format_message,
+    handshake_problem,
+    subscribe_main,
+)
 from streamer.messages import EVENT_DROPPED, EVENT_EOS, EVENT_ERROR, EVENT_STARTED
 from streamer.protocol import Detection, DetectionsMessage, EventMessage, ProtocolError, encode
 from streamer.publish import Publisher
@@ -203,6 +211,48 @@ def test_invalid_arguments() -> None:
     sub.close()
     with pytest.raises(SubscribeError, match="closed"):
         sub.recv(0.1)
+
+
+def test_curve_arguments() -> None:
+    server_public, _ = zmq.curve_keypair()
+    client_public, client_secret = zmq.curve_keypair()
+    with pytest.raises(ValueError, match="not both"):
+        Subscriber(
+            "tcp://127.0.0.1:1", curve=CurveClient.from_keys(server_public), server_public_key=server_public
+        )
+    with pytest.raises(ValueError, match="without server_public_key"):
+        Subscriber("tcp://127.0.0.1:1", client_secret_key=client_secret)
+    with pytest.raises(ValueError, match="40-character Z85"):
+        Subscriber("tcp://127.0.0.1:1", server_public_key="short")
+    other_public, _ = zmq.curve_keypair()
+    with pytest.raises(ValueError, match="does not belong"):
+        CurveClient.from_keys(server_public, client_secret, other_public)
+    with Subscriber(
+        "tcp://127.0.0.1:1", server_public_key=server_public, client_secret_key=client_secret
+    ) as sub:
+        assert sub.curve == CurveClient(server_public, client_public, client_secret)
+        assert sub._sock.getsockopt(zmq.MECHANISM) == zmq.CURVE
+        assert sub.handshake_error is None
+    throwaway = CurveClient.from_keys(server_public.decode())  # a key pair of its own, for allow_any_client
+    assert (
+        throwaway.public_key != client_public
+        and zmq.curve_public(throwaway.secret_key) == throwaway.public_key
+    )
+    assert client_secret.decode() not in repr(CurveClient(server_public, client_public, client_secret))
+
+
+def test_handshake_problems_are_explained() -> None:
+    def explain(event: int, value: int = 0, curve: bool = True) -> str:
+        return handshake_problem(event, value, curve) or ""
+
+    assert "refused this subscriber's CURVE key" in explain(zmq.EVENT_HANDSHAKE_FAILED_AUTH, 400)
+    mismatch = 0x11000002
+    assert "requires CURVE" in explain(zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL, mismatch, curve=False)
+    assert "does not use CURVE" in explain(zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL, mismatch)
+    assert "server key" in explain(zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL, 32)
+    # What a plaintext subscriber of a CURVE publisher usually sees: the server hangs up.
+    assert "probably requires CURVE" in explain(zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL, 32, curve=False)
+    assert handshake_problem(zmq.EVENT_CONNECTED, 0, True) is None
 
 
 def test_format_message() -> None:

@@ -84,6 +84,7 @@ def test_minimal_config_has_all_defaults(tmp_path: Path) -> None:
         "endpoint": "tcp://127.0.0.1:5555",
         "encoding": "json",
         "send_hwm": 1000,
+        "curve": None,
     }
     assert cfg.logging.model_dump() == {"level": "INFO", "format": "text", "stats_interval_s": 5.0}
     assert cfg.source_path is None

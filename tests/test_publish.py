@@ -171,6 +171,18 @@ def test_ipc_endpoint(tmp_path: Path) -> None:
     assert isinstance(msg, EventMessage) and msg.message == "done"
 
 
+def test_from_config_without_curve() -> None:
+    from streamer.config import PublishConfig
+
+    cfg = PublishConfig(endpoint="tcp://127.0.0.1:*", encoding="msgpack", send_hwm=7)
+    with Publisher.from_config(cfg) as p, subscribe(p) as sub:
+        assert p.curve is None and p.encoding == "msgpack"
+        assert p._sock.getsockopt(zmq.SNDHWM) == 7
+        assert p._sock.getsockopt(zmq.MECHANISM) == zmq.NULL
+        p.publish(det("cam1", 0))
+        assert sub.recv(TIMEOUT).stream == "cam1"
+
+
 def test_closed_publisher() -> None:
     p = Publisher("tcp://127.0.0.1:*")
     p.close()

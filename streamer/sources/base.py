@@ -2,12 +2,38 @@
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
+from urllib.parse import unquote, urlsplit
 
 import numpy as np
+
+# `scheme://user:password@` anywhere in a text; the password may contain anything but blanks and quotes.
+_USERINFO = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://[^\s:/@'\"]*):[^\s'\"]*@")
+
+
+def redact(text: str, url: str) -> str:
+    """`text` (an FFmpeg error or log line, which may echo the URL) without the credentials of `url`.
+
+    The URL is replaced by its redacted form (`streamer.config.redact_url`), then any other
+    ``scheme://user:password@`` and any remaining occurrence of the password itself are masked.
+    """
+    from streamer.config import redact_url
+
+    for variant in dict.fromkeys((url, unquote(url))):
+        text = text.replace(variant, redact_url(variant))
+    text = _USERINFO.sub(r"\1:***@", text)
+    try:
+        password = urlsplit(url).password
+    except ValueError:
+        password = None
+    for secret in dict.fromkeys((password, unquote(password or ""))):
+        if secret and len(secret) >= 3:
+            text = text.replace(secret, "***")
+    return text
 
 
 @dataclass

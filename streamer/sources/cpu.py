@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator
+from typing import NoReturn
 from urllib.parse import unquote, urlsplit
 
 import av
@@ -12,14 +13,14 @@ import av.error
 
 from streamer.errors import SourceError, SourceFormatError
 from streamer.samples import sample_path
-from streamer.sources.base import DecodedFrame, SourceInfo
+from streamer.sources.base import DecodedFrame, SourceInfo, redact
 
 log = logging.getLogger(__name__)
 
 # A stream whose packets fail to decode this many times in a row is considered undecodable.
 MAX_CONSECUTIVE_DECODE_ERRORS = 50
 OPEN_TIMEOUT_S = 10.0
-READ_TIMEOUT_S = 10.0
+READ_TIMEOUT_S = 5.0
 
 
 def _ffmpeg_target(url: str) -> str:
@@ -31,38 +32,83 @@ def _ffmpeg_target(url: str) -> str:
 
 
 class PyAvSource:
-    """Decodes one stream with PyAV. `loop` replays a file forever, continuing index and pts."""
+    """Decodes one stream with PyAV. `loop` replays a file forever, continuing index and pts.
 
-    def __init__(self, stream_id: str, url: str, *, loop: bool = False, live: bool = False) -> None:
+    A `live` stream (a network URL) fails with a retryable `SourceError` for every problem, its end
+    included (a camera does not end: the server went away); the worker reconnects. A file fails with a
+    `SourceFormatError` when its data is bad. Error messages never contain the URL's password.
+
+    Timeouts (measured with PyAV 18 against a GStreamer RTSP server): a server that accepts the connection
+    and says nothing fails the open after `open_timeout_s`; a killed server ends the stream at once
+    (TCP reset); a server that stops sending makes FFmpeg's first interrupted read hand out the frame its
+    RTP depacketiser was holding and the second fail, so FFmpeg is armed with half of `read_timeout_s`
+    for live streams: a stall is detected within `read_timeout_s` of the last packet.
+    """
+
+    def __init__(
+        self,
+        stream_id: str,
+        url: str,
+        *,
+        loop: bool = False,
+        live: bool = False,
+        transport: str = "tcp",
+        open_timeout_s: float = OPEN_TIMEOUT_S,
+        read_timeout_s: float = READ_TIMEOUT_S,
+    ) -> None:
         self.stream_id = stream_id
         self.url = url
         self.loop = loop
         self.live = live
+        self.transport = transport
+        self.open_timeout_s = open_timeout_s
+        self.read_timeout_s = read_timeout_s
         self.info: SourceInfo | None = None
         self.decode_errors = 0
         self._container: av.container.InputContainer | None = None
 
+    def _fail(self, message: str, exc: BaseException, fmt: bool = False) -> NoReturn:
+        """Raise a `SourceError` (`SourceFormatError` if `fmt`, for files) whose text has no credentials.
+
+        For live URLs it is raised without its cause: FFmpeg's exceptions carry the URL as their filename.
+        """
+        text = redact(f"{message}: {getattr(exc, 'strerror', None) or exc}", self.url)
+        if self.live:
+            raise SourceError(self.stream_id, text) from None
+        raise (SourceFormatError if fmt else SourceError)(self.stream_id, text) from exc
+
     def _open_container(self) -> av.container.InputContainer:
-        options = {"rtsp_transport": "tcp"} if self.url.startswith(("rtsp://", "rtsps://")) else {}
+        options = {"rtsp_transport": self.transport} if self.url.startswith(("rtsp://", "rtsps://")) else {}
+        read_timeout = self.read_timeout_s / 2 if self.live else self.read_timeout_s
+        started = time.monotonic()
         try:
             container = av.open(
-                _ffmpeg_target(self.url), options=options, timeout=(OPEN_TIMEOUT_S, READ_TIMEOUT_S)
+                _ffmpeg_target(self.url), options=options, timeout=(self.open_timeout_s, read_timeout)
             )
         except FileNotFoundError as exc:
+            if self.live:
+                self._fail("cannot open", exc)
             raise SourceFormatError(self.stream_id, f"file not found: {_ffmpeg_target(self.url)}") from exc
-        except av.error.InvalidDataError as exc:
-            raise SourceFormatError(
-                self.stream_id, f"not a readable video (corrupt or unknown container): {exc}"
-            ) from exc
         except (av.error.FFmpegError, OSError) as exc:
-            raise SourceError(self.stream_id, f"cannot open: {exc}") from exc
+            if self.live and time.monotonic() - started >= self.open_timeout_s * 0.95:
+                # FFmpeg reports an interrupted open as "invalid data": say what happened instead.
+                raise SourceError(
+                    self.stream_id, f"no answer from the server in {self.open_timeout_s:g} s (open_timeout_s)"
+                ) from None
+            if isinstance(exc, av.error.InvalidDataError):
+                self._fail("not a readable video (corrupt or unknown container)", exc, fmt=True)
+            self._fail("cannot open", exc)
         if not container.streams.video:
             container.close()
-            raise SourceFormatError(self.stream_id, "no video track in the input")
+            raise (SourceError if self.live else SourceFormatError)(
+                self.stream_id, "no video track in the input"
+            )
         stream = container.streams.video[0]
         if stream.codec_context is None:
             container.close()
-            raise SourceFormatError(self.stream_id, f"no decoder for codec {stream.codec_tag or 'unknown'!r}")
+            raise (SourceError if self.live else SourceFormatError)(
+                self.stream_id, f"no decoder for codec {stream.codec_tag or 'unknown'!r}"
+            )
         # Each stream has its own process, so streams decode in parallel already; FFmpeg's frame
         # threads would add CPU overhead for no gain up to 1080p. Larger pictures get them, so that one
         # 4K stream keeps up in real time.
@@ -94,6 +140,8 @@ class PyAvSource:
                 yield DecodedFrame(frame.to_ndarray(format="rgb24"), index, pts, time.time())
                 index += 1
                 last_pts = pts
+            if self.live:
+                raise SourceError(self.stream_id, "the stream ended (the server closed the connection)")
             if not self.loop:
                 return
             if index == 0:
@@ -121,21 +169,25 @@ class PyAvSource:
                         "stream %s: undecodable packet (%d so far): %s",
                         self.stream_id,
                         self.decode_errors,
-                        exc,
+                        redact(str(exc), self.url),
                     )
                     if consecutive >= MAX_CONSECUTIVE_DECODE_ERRORS:
-                        raise SourceFormatError(
-                            self.stream_id, f"{consecutive} packets in a row failed to decode"
-                        ) from exc
+                        message = f"{consecutive} packets in a row failed to decode"
+                        self._fail(message, exc, fmt=True)
                     continue
                 consecutive = 0
                 yield from frames
         except av.error.EOFError:
             pass
-        except av.error.FFmpegError as exc:
+        except av.error.ExitError as exc:  # PyAV's read timeout interrupted FFmpeg
             if self.live:
-                raise SourceError(self.stream_id, f"read failed: {exc}") from exc
-            raise SourceFormatError(self.stream_id, f"read failed: {exc}") from exc
+                raise SourceError(
+                    self.stream_id,
+                    f"no data for {self.read_timeout_s:g} s (read_timeout_s): the stream stalled",
+                ) from None
+            self._fail("read timed out", exc, fmt=True)
+        except av.error.FFmpegError as exc:
+            self._fail("read failed", exc, fmt=True)
         if truncated and not self.live:
             raise SourceFormatError(self.stream_id, "the file is truncated: its last packet is incomplete")
 

@@ -415,9 +415,7 @@ def run_inference(cfg: Config, model: Path, ctx: WorkerContext, ready: object) -
     receiver = publisher = executor = loop = None
     try:
         receiver = NotifyReceiver(ctx.notify_endpoint)
-        publisher = Publisher(
-            cfg.publish.endpoint, encoding=cfg.publish.encoding, send_hwm=cfg.publish.send_hwm
-        )
+        publisher = Publisher.from_config(cfg.publish)  # (reads the CURVE key files, if any)
         executor = open_executor(cfg, model)
         loop = InferenceLoop(cfg, receiver, publisher, executor, stop, Path(ctx.run_dir) / "status.json")
         ready.set()  # type: ignore[attr-defined]

@@ -3,52 +3,109 @@
 File sources that are not paced block when the ring is full, so no frame is skipped. Live (and paced)
 sources never wait for the inference worker: when every slot is busy, the new frame is dropped and
 counted, and the inference worker itself keeps only the newest frame of a live stream when it lags.
+
+A live stream (a network URL) does not end the worker when it fails: every failure (cannot connect, the
+server closed the stream, no data for ``read_timeout_s``, a frozen picture) becomes a `reconnecting`
+event and a retry after a backoff delay (`streamer.sources.reconnect`); ``reconnect.down_after`` failures
+in a row give a `down` event and retries at the slow rate; the first frame after failures an `up` event.
+Frame indices keep counting across reconnects. Every decoder call of a live stream runs under a watchdog:
+one that blocks past FFmpeg's own timeouts ends the worker with `EXIT_SOURCE_STALLED` (restart it).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import threading
 import time
+import traceback
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from streamer.errors import EXIT_FAILURE, EXIT_OK, SourceError
-from streamer.messages import EVENT_EOS, EVENT_ERROR, EVENT_STARTED, FrameReady, SourceExit, StreamEvent
-from streamer.sources import Pacer, open_source
+from streamer.messages import (
+    EVENT_DOWN,
+    EVENT_EOS,
+    EVENT_ERROR,
+    EVENT_FROZEN,
+    EVENT_RECONNECTING,
+    EVENT_STARTED,
+    EVENT_UP,
+    FrameReady,
+    SourceExit,
+    StreamEvent,
+)
+from streamer.sources import Pacer, open_source, redact
+from streamer.sources.frozen import FrozenDetector
+from streamer.sources.reconnect import Backoff, BackoffPolicy
+from streamer.sources.watchdog import Watchdog
 from streamer.transport.notify import NotifySender
 from streamer.transport.ring import FrameRing
 from streamer.workers.common import StopFlag, WorkerContext, start_worker
 
 if TYPE_CHECKING:
     from streamer.config import SourceConfig
-    from streamer.sources.base import DecodedFrame, FrameSource
+    from streamer.sources.base import DecodedFrame, FrameSource, SourceInfo
 
 log = logging.getLogger(__name__)
 
 # Exit code of a source worker that failed and already published its error event (no second report).
 EXIT_SOURCE_FAILED = 3
+# Exit code of a source worker whose decoder blocked past its timeouts (the watchdog ended it): a stuck
+# network call, not a bug in the stream. Retryable: restart the worker.
+EXIT_SOURCE_STALLED = 4
+# How much longer than its own timeout a decoder call may take before the watchdog ends the worker.
+WATCHDOG_GRACE_S = 10.0
+# A reconnect delay is slept in steps of this, so that a stop request is noticed promptly.
+_STOP_POLL_S = 0.1
 # A file source waiting for a free slot polls the ring, backing off from 1 ms to 20 ms: prompt when
 # inference is quick, and cheap (a few wake-ups per batch) when it is slow and the cores are shared.
 _WAIT_SLOT_S = (0.001, 0.02)
 
 
 class RingWriter:
-    """Owns the stream's ring; re-creates it (a new generation) when a frame no longer fits."""
+    """Owns the stream's ring; re-creates it (a new generation) when a frame no longer fits.
 
-    def __init__(self, run_dir: str, stream_id: str, slots: int) -> None:
+    `epoch` (the supervisor's ``inference_epoch``, a shared integer) goes up when the inference worker is
+    replaced: the frames announced to the dead one will never be released, so their slots are taken back.
+    """
+
+    def __init__(self, run_dir: str, stream_id: str, slots: int, epoch: Any = None) -> None:
         self._dir = Path(run_dir)
         self._stream = stream_id
         self._slots = slots
         self._generation = 0
+        self._epoch = epoch
+        self._epoch_seen = epoch.value if epoch is not None else 0
         self.ring: FrameRing | None = None
 
+    def reclaim_if_reader_replaced(self) -> int:
+        """Free the slots held by a replaced inference worker; how many held a frame."""
+        if self._epoch is None or self._epoch.value == self._epoch_seen:
+            return 0
+        self._epoch_seen = self._epoch.value
+        if self.ring is None:
+            return 0
+        held = self.ring.busy()
+        for slot in range(self.ring.slots):
+            self.ring.abandon(slot)  # (a frame announced to the new worker meanwhile fails its seq check)
+        if held:
+            log.info(
+                "stream %s: took back %d frame slot(s) from the replaced inference worker", self._stream, held
+            )
+        return held
+
     def ring_for(self, nbytes: int) -> FrameRing:
+        self.reclaim_if_reader_replaced()
         if self.ring is None or self.ring.slot_bytes < nbytes:
             if self.ring is not None:
                 self.ring.close()  # its file stays until the supervisor removes the run directory
             self._generation += 1
-            path = self._dir / f"{self._stream}.{self._generation}.ring"
+            # The pid makes every worker's rings new files: a restarted worker never truncates a file
+            # that the inference worker still has mapped, and the supervisor can tell whose rings are dead.
+            path = self._dir / f"{self._stream}.{os.getpid()}.{self._generation}.ring"
             self.ring = FrameRing.create(path, self._slots, nbytes)
         return self.ring
 
@@ -62,29 +119,254 @@ def run_source(cfg: SourceConfig, ctx: WorkerContext) -> int:
     """Process entry point: returns the exit code."""
     stop = start_worker(ctx)
     sender = NotifySender(ctx.notify_endpoint)
-    writer = RingWriter(ctx.run_dir, cfg.id, cfg.ring_slots)
+    writer = RingWriter(ctx.run_dir, cfg.id, cfg.ring_slots, ctx.inference_epoch)
     source = open_source(cfg)
+    watchdog = Watchdog(lambda what, limit: _stalled(cfg.id, ctx, what, limit))
     try:
-        return _run(cfg, source, sender, writer, stop)
+        return _run(cfg, source, sender, writer, stop, watchdog)
     except SourceError as exc:
-        log.error("%s", exc)
-        sender.send(StreamEvent(cfg.id, EVENT_ERROR, str(exc)))
+        message = redact(str(exc), cfg.url)
+        log.error("%s", message)
+        sender.send(StreamEvent(cfg.id, EVENT_ERROR, message))
         return EXIT_SOURCE_FAILED
     except Exception as exc:
-        log.exception("stream %r: source worker failed", cfg.id)
-        sender.send(StreamEvent(cfg.id, EVENT_ERROR, f"source worker failed: {exc!r}"))
+        log.error("stream %r: source worker failed:\n%s", cfg.id, redact(traceback.format_exc(), cfg.url))
+        sender.send(StreamEvent(cfg.id, EVENT_ERROR, redact(f"source worker failed: {exc!r}", cfg.url)))
         return EXIT_FAILURE
     finally:
-        source.close()
+        with (watchdog.guard if cfg.is_live else _unguarded)(
+            "closing", cfg.open_timeout_s + WATCHDOG_GRACE_S
+        ):
+            source.close()
+        watchdog.close()
         writer.close()
         sender.send(SourceExit(cfg.id))
         sender.close()
 
 
+def _stalled(stream: str, ctx: WorkerContext, what: str, limit_s: float) -> None:
+    """The watchdog's verdict: the decoder is stuck in a call that cannot be interrupted. Exit now."""
+    log.error(
+        "stream %s: %s took more than %.0f s, past FFmpeg's own timeout; ending the source worker "
+        "(exit code %d) for the supervisor to restart it",
+        stream,
+        what,
+        limit_s,
+        EXIT_SOURCE_STALLED,
+    )
+    # Let the log record reach the supervisor (the queue's feeder thread), but never wait long for it.
+    flush = threading.Thread(target=_flush_log_queue, args=(ctx.log_queue,), daemon=True)
+    flush.start()
+    flush.join(2.0)
+    os._exit(EXIT_SOURCE_STALLED)
+
+
+def _flush_log_queue(queue: Any) -> None:
+    with contextlib.suppress(Exception):
+        queue.close()
+        queue.join_thread()
+
+
+class _Output:
+    """Hands decoded frames over to the ring, counting those produced and dropped."""
+
+    def __init__(
+        self, cfg: SourceConfig, writer: RingWriter, sender: NotifySender, stop: StopFlag, live: bool
+    ) -> None:
+        self.cfg, self.writer, self.sender, self.stop, self.live = cfg, writer, sender, stop, live
+        self.produced = self.dropped = 0
+
+    def send(self, frame: DecodedFrame) -> None:
+        if _hand_over(self.cfg.id, frame, self.writer, self.sender, self.live, self.stop):
+            self.produced += 1
+            return
+        self.dropped += 1
+        if self.dropped in (1, 10, 100) or self.dropped % 1000 == 0:
+            log.warning(
+                "stream %s: %d frame(s) dropped because the inference worker is behind",
+                self.cfg.id,
+                self.dropped,
+            )
+
+    def event(self, kind: str, message: str, **detail: str | int | float) -> None:
+        self.sender.send(StreamEvent(self.cfg.id, kind, message, detail=detail))
+
+
 def _run(
-    cfg: SourceConfig, source: FrameSource, sender: NotifySender, writer: RingWriter, stop: StopFlag
+    cfg: SourceConfig,
+    source: FrameSource,
+    sender: NotifySender,
+    writer: RingWriter,
+    stop: StopFlag,
+    watchdog: Watchdog | None = None,
 ) -> int:
+    out = _Output(cfg, writer, sender, stop, cfg.is_live or cfg.paced)
+    if cfg.is_live:
+        return _Live(cfg, source, out, stop, watchdog).run()
     info = source.open()
+    _log_opened(cfg, info)
+    out.event(EVENT_STARTED, _describe(info), **info.as_detail(), pid=os.getpid())
+    pacer = Pacer(cfg.paced, cfg.fps_limit)
+    for frame in source.frames():
+        if stop.is_set():
+            log.info("stream %s: stopping after %d frames", cfg.id, out.produced)
+            return EXIT_OK
+        if not pacer.admit(frame.pts):
+            continue
+        pacer.wait(frame.pts, stop)
+        out.send(frame)
+    log.info("stream %s: end of stream after %d frames", cfg.id, out.produced)
+    out.event(EVENT_EOS, f"end of stream after {out.produced} frames", frames=out.produced)
+    return EXIT_OK
+
+
+class _Frozen(Exception):
+    """The picture has not changed for `held_s` seconds (raised inside the live loop only)."""
+
+    def __init__(self, held_s: float) -> None:
+        super().__init__(f"frozen picture: unchanged for {held_s:.1f} s (frozen_after_s)")
+        self.held_s = held_s
+
+
+class _Live:
+    """A network stream across its connections: reconnects with backoff, reports down, up and frozen."""
+
+    def __init__(
+        self, cfg: SourceConfig, source: FrameSource, out: _Output, stop: StopFlag, watchdog: Watchdog | None
+    ) -> None:
+        self.cfg, self.source, self.out, self.stop = cfg, source, out, stop
+        self.guard: Callable[[str, float], contextlib.AbstractContextManager[None]] = (
+            watchdog.guard if watchdog is not None else _unguarded
+        )
+        self.backoff = Backoff(BackoffPolicy.from_config(cfg.reconnect))
+        self.frozen = FrozenDetector(cfg.frozen_after_s) if cfg.frozen_after_s else None
+        self.started = False
+        self.next_index = 0
+        """Index of the next frame: keeps counting across connections."""
+
+    def run(self) -> int:
+        log.info("stream %s: connecting to %s", self.cfg.id, self.cfg.display_url)
+        while not self.stop.is_set():
+            try:
+                self._connection()
+            except (SourceError, _Frozen) as exc:
+                self._close()
+                _sleep(self._failed(exc), self.stop)
+        log.info("stream %s: stopping after %d frames", self.cfg.id, self.out.produced)
+        return EXIT_OK
+
+    def _connection(self) -> None:
+        """Open the stream and hand its frames over until told to stop; raises when it fails."""
+        cfg = self.cfg
+        with self.guard("opening the stream", cfg.open_timeout_s + WATCHDOG_GRACE_S):
+            info = self.source.open()
+        _log_opened(cfg, info)
+        if not self.started:
+            self.out.event(EVENT_STARTED, _describe(info), **info.as_detail(), pid=os.getpid())
+            self.started = True
+        frames = self.source.frames()
+        try:
+            self._pass_frames(frames, info, first=self.next_index)
+        finally:
+            close = getattr(frames, "close", None)  # a generator: end it before its container is closed
+            if close is not None:
+                close()
+
+    def _pass_frames(self, frames: Iterator[DecodedFrame], info: SourceInfo, first: int) -> None:
+        cfg = self.cfg
+        # A camera delivers at its own rate: its frames are never delayed (that would only add latency),
+        # only thinned to fps_limit. A new connection may restart the stream's clock: a new pacer.
+        pacer = Pacer(False, cfg.fps_limit)
+        while not self.stop.is_set():
+            with self.guard("reading the stream", cfg.read_timeout_s + WATCHDOG_GRACE_S):
+                frame = next(frames, None)
+            if frame is None:
+                raise SourceError(cfg.id, "the stream ended")
+            frame.index += first
+            self.next_index = frame.index + 1
+            held = None
+            if self.frozen is not None:
+                held = self.frozen.update(frame.image, frame.pts)
+            if self.backoff.failures and not (self.frozen is not None and self.frozen.carried):
+                self._recovered(info)
+            if held is not None:
+                raise _Frozen(held)
+            if pacer.admit(frame.pts):
+                self.out.send(frame)
+
+    def _close(self) -> None:
+        with self.guard("closing the stream", self.cfg.open_timeout_s + WATCHDOG_GRACE_S):
+            self.source.close()
+
+    def _failed(self, exc: Exception) -> float:
+        """Report a failure; the delay before the next attempt."""
+        cfg = self.cfg
+        reason = redact(str(exc), cfg.url).removeprefix(f"stream {cfg.id!r}: ")
+        frozen = isinstance(exc, _Frozen)
+        if isinstance(exc, _Frozen):
+            log.warning("stream %s: %s", cfg.id, reason)
+            self.out.event(
+                EVENT_FROZEN,
+                f"the picture has not changed for {exc.held_s:.1f} s",
+                frozen_s=round(exc.held_s, 2),
+            )
+        if self.frozen is not None:
+            # Until a new picture comes, a frozen stream has not recovered, even if frames flow again.
+            self.frozen.reset(keep_picture=frozen or self.frozen.carried)
+        retry = self.backoff.failed()
+        if retry.went_down:
+            log.error(
+                "stream %s: down after %d failures in a row (%s); retrying every %g s",
+                cfg.id, retry.attempt, reason, cfg.reconnect.down_retry_s,
+            )  # fmt: skip
+            self.out.event(
+                EVENT_DOWN,
+                f"down after {retry.attempt} failures in a row: {reason}",
+                failures=retry.attempt, retry_s=cfg.reconnect.down_retry_s, reason=reason,
+            )  # fmt: skip
+        log.warning(
+            "stream %s: %s; reconnecting in %.3g s (attempt %d)", cfg.id, reason, retry.delay_s, retry.attempt
+        )
+        self.out.event(
+            EVENT_RECONNECTING,
+            f"{reason}; reconnecting in {retry.delay_s:.3g} s (attempt {retry.attempt})",
+            attempt=retry.attempt, delay_s=round(retry.delay_s, 3), reason=reason,
+        )  # fmt: skip
+        return retry.delay_s
+
+    def _recovered(self, info: SourceInfo) -> None:
+        recovery = self.backoff.succeeded()
+        if recovery is None:
+            return
+        log.info(
+            "stream %s: up again after %.1f s (%d failed attempt(s))",
+            self.cfg.id, recovery.downtime_s, recovery.failures,
+        )  # fmt: skip
+        self.out.event(
+            EVENT_UP,
+            f"up again after {recovery.downtime_s:.1f} s ({recovery.failures} failed attempt(s))",
+            downtime_s=round(recovery.downtime_s, 3), attempts=recovery.failures,
+            was_down=int(recovery.was_down), **info.as_detail(),
+        )  # fmt: skip
+
+
+@contextlib.contextmanager
+def _unguarded(what: str, limit_s: float) -> Iterator[None]:
+    yield
+
+
+def _sleep(seconds: float, stop: StopFlag) -> None:
+    """Sleep, but return as soon as `stop` is set."""
+    deadline = time.monotonic() + seconds
+    while not stop.is_set() and (left := deadline - time.monotonic()) > 0:
+        time.sleep(min(left, _STOP_POLL_S))
+
+
+def _describe(info: SourceInfo) -> str:
+    return f"{info.codec} {info.width}x{info.height}"
+
+
+def _log_opened(cfg: SourceConfig, info: SourceInfo) -> None:
     log.info(
         "stream %s: opened %s (%s %dx%d%s, decoder %s)",
         cfg.id,
@@ -95,31 +377,6 @@ def _run(
         f" {info.fps:.2f} fps" if info.fps else "",
         info.decoder,
     )
-    detail = {**info.as_detail(), "pid": os.getpid()}
-    sender.send(StreamEvent(cfg.id, EVENT_STARTED, f"{info.codec} {info.width}x{info.height}", detail=detail))
-    pacer = Pacer(cfg.paced, cfg.fps_limit)
-    live = cfg.is_live or cfg.paced
-    produced = dropped = 0
-    for frame in source.frames():
-        if stop.is_set():
-            log.info("stream %s: stopping after %d frames", cfg.id, produced)
-            return EXIT_OK
-        if not pacer.admit(frame.pts):
-            continue
-        pacer.wait(frame.pts, stop)
-        if _hand_over(cfg.id, frame, writer, sender, live, stop):
-            produced += 1
-        else:
-            dropped += 1
-            if dropped in (1, 10, 100) or dropped % 1000 == 0:
-                log.warning(
-                    "stream %s: %d frame(s) dropped because the inference worker is behind", cfg.id, dropped
-                )
-    log.info("stream %s: end of stream after %d frames", cfg.id, produced)
-    sender.send(
-        StreamEvent(cfg.id, EVENT_EOS, f"end of stream after {produced} frames", detail={"frames": produced})
-    )
-    return EXIT_OK
 
 
 def _hand_over(
@@ -135,6 +392,7 @@ def _hand_over(
             return False
         time.sleep(delay)
         delay = min(delay * 2, _WAIT_SLOT_S[1])
+        writer.reclaim_if_reader_replaced()  # (the reader holding the slots may have died)
         slot = ring.free_slot()
     ring.view(slot, image.shape)[...] = image
     seq = ring.commit(slot)
