@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 
 def _tensorrt_usable() -> str | None:
     """Why TensorRT cannot be used here, or None if it can."""
+    if not _nvidia_driver():
+        return "no NVIDIA driver is loaded"
     if importlib.util.find_spec("tensorrt") is None:
         return "tensorrt is not installed"
     try:
@@ -55,7 +57,14 @@ def _cuda_usable() -> str | None:
     return None
 
 
+def _nvidia_driver() -> bool:
+    """Whether an NVIDIA driver is loaded: checked before importing torch (hundreds of MiB) to ask CUDA."""
+    return Path("/proc/driver/nvidia/version").exists() or any(Path("/dev").glob("nvidia[0-9]*"))
+
+
 def _torch_cuda_usable() -> str | None:
+    if not _nvidia_driver():
+        return "no NVIDIA driver is loaded"
     for package in ("torch", "onnx2torch"):
         if importlib.util.find_spec(package) is None:
             return f"{package} is not installed"
