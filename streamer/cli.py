@@ -62,6 +62,18 @@ def _cmd_subscribe(args: argparse.Namespace) -> int:
     )  # fmt: skip
 
 
+def _cmd_status(args: argparse.Namespace) -> int:
+    from streamer.status_command import status_main, url_of_listen
+
+    url = args.url
+    if args.config:
+        metrics = _load(args.config).metrics
+        if metrics.address is None:
+            raise YolostreamError(f"{args.config}: metrics are off (metrics.enabled / metrics.listen)")
+        url = url_of_listen(metrics.listen or "")
+    return status_main(url, interval=args.interval, timeout=args.timeout)
+
+
 def _cmd_keys(args: argparse.Namespace) -> int:
     from streamer.security import keys_main
 
@@ -218,6 +230,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--client-key", metavar="FILE", help="CURVE: this subscriber's secret key file (NAME.key_secret)"
     )
     p.set_defaults(func=_cmd_subscribe)
+
+    p = sub.add_parser("status", help="show a running daemon's streams and workers (from its metrics)")
+    p.add_argument(
+        "--url", default="http://127.0.0.1:9464", help="the metrics endpoint [http://127.0.0.1:9464]"
+    )
+    p.add_argument("--config", help="take the address from this config file's metrics.listen instead")
+    p.add_argument(
+        "--interval", type=float, default=1.0, metavar="S",
+        help="measure frames/s and latency over S seconds; 0: totals since the start [1]",
+    )  # fmt: skip
+    p.add_argument("--timeout", type=float, default=5.0, metavar="S", help="HTTP timeout [5]")
+    p.set_defaults(func=_cmd_status)
 
     p = sub.add_parser("keys", help="generate CURVE key pairs for an encrypted, authenticated publisher")
     p.add_argument("--out", type=Path, default=Path("."), metavar="DIR", help="where to write them [.]")

@@ -42,6 +42,7 @@ __all__ = [
     "DetectionConfig",
     "EngineConfig",
     "LoggingConfig",
+    "MetricsConfig",
     "ModelConfig",
     "PublishConfig",
     "ReconnectConfig",
@@ -300,7 +301,9 @@ class SourceConfig(_Section):
         "normalised to an absolute path, relative to the config file.",
     )
     decoder: Literal["auto", "cpu", "nvdec"] = Field(
-        default="auto", description="Video decoder: cpu, nvdec (GPU), or auto."
+        default="auto",
+        description="Video decoder: cpu, nvdec (GPU), or auto (nvdec where a GPU and PyNvVideoCodec are "
+        "present); a stream NVDEC cannot decode falls back to the CPU decoder.",
     )
     fps_limit: StrictFloat | None = Field(
         default=None, gt=0, description="Most frames per second sent to the detector."
@@ -524,6 +527,43 @@ class LoggingConfig(_Section):
         return value.upper() if isinstance(value, str) else value
 
 
+def parse_listen(value: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[v6]:PORT`` for IPv6) → ``(host, port)``; raises ValueError saying what is wrong."""
+    host, sep, port = value.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"must be HOST:PORT (such as 127.0.0.1:9464 or [::1]:9464), got {value!r}")
+    return host, int(port)
+
+
+class MetricsConfig(_Section):
+    """The HTTP endpoint with Prometheus metrics and health checks (docs/metrics.md)."""
+
+    enabled: StrictBool = Field(default=True, description="Serve /metrics, /healthz and /readyz.")
+    listen: str | None = Field(
+        default="127.0.0.1:9464",
+        description="HOST:PORT to listen on (127.0.0.1: this host only; port 0: any free port); null: off.",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _empty(cls, value: Any) -> Any:
+        return {} if value is None else value  # `metrics:` with everything commented out: all defaults
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_listen(value)
+        return value
+
+    @property
+    def address(self) -> tuple[str, int] | None:
+        """``(host, port)`` to listen on, or None when metrics are off."""
+        return parse_listen(self.listen) if self.enabled and self.listen is not None else None
+
+
 # --------------------------------------------------------------------------------------------------- config
 
 
@@ -538,6 +578,9 @@ class Config(_Section):
     logging: LoggingConfig = Field(default_factory=LoggingConfig, description="Logging.")
     supervisor: SupervisorConfig = Field(
         default_factory=SupervisorConfig, description="Worker restarts and recycling."
+    )
+    metrics: MetricsConfig = Field(
+        default_factory=MetricsConfig, description="Prometheus metrics and health checks over HTTP."
     )
 
     _source_path: Path | None = PrivateAttr(None)

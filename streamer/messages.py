@@ -21,9 +21,10 @@ EVENT_RECONNECTING = "reconnecting"  # a live stream failed (or froze); detail: 
 EVENT_DOWN = "down"  # reconnect.down_after failures in a row: retried at the slow rate from now on
 EVENT_UP = "up"  # frames flow again after failures; detail: downtime_s, attempts
 EVENT_FROZEN = "frozen"  # the same picture for frozen_after_s: the stream is reconnected
+EVENT_FALLBACK = "fallback"  # NVDEC could not decode the stream: it goes on with the CPU decoder
 EVENT_KINDS = (
     EVENT_STARTED, EVENT_EOS, EVENT_ERROR, EVENT_DROPPED,
-    EVENT_RECONNECTING, EVENT_DOWN, EVENT_UP, EVENT_FROZEN,
+    EVENT_RECONNECTING, EVENT_DOWN, EVENT_UP, EVENT_FROZEN, EVENT_FALLBACK,
 )  # fmt: skip
 
 
@@ -46,6 +47,36 @@ class FrameReady(msgspec.Struct, frozen=True, tag="frame", array_like=True):
     height: int
     live: bool = False
     """True for sources whose old frames may be dropped in favour of the newest when inference lags."""
+    layout: str = "rgb24"
+    """``rgb24``: ``HxWx3`` RGB in the shared-memory ring at `ring`; ``nv12``: NV12 in the device memory
+    of the CUDA ring whose control block is `ring` (announced by a `RingExport`)."""
+    colorspace: int = 2
+    """nv12 only: the frame's AVColorSpace code (2: unspecified, converted as BT.601, as FFmpeg does)."""
+    color_range: int = 0
+    """nv12 only: the frame's AVColorRange code (2: full range; 0, 1: limited)."""
+
+
+class RingExport(msgspec.Struct, frozen=True, tag="ring", array_like=True):
+    """A source worker's CUDA frame ring, sent once (and again when the ring or the reader changes).
+
+    The device memory of all slots is one allocation exported with ``cudaIpcGetMemHandle``; slot ``k``
+    starts at ``k * slot_bytes``: the Y plane (`height` rows of `pitch` bytes) then the interleaved UV
+    plane (``ceil(height / 2)`` rows). Each slot has an interprocess event, recorded after the frame was
+    copied in; the reader's stream waits on it. Which slots are free lives in the control block at
+    `ring` (a `streamer.transport.ring.FrameRing` file without pixels), with its sequence guard.
+    """
+
+    stream: str
+    ring: str
+    """Path of the control block; `FrameReady.ring` names it for every frame of this ring."""
+    device: int
+    mem_handle: bytes
+    event_handles: list[bytes]
+    slot_bytes: int
+    pitch: int
+    width: int
+    height: int
+    pid: int
 
 
 class StreamEvent(msgspec.Struct, frozen=True, tag="event", array_like=True):
@@ -71,4 +102,4 @@ class Shutdown(msgspec.Struct, frozen=True, tag="shutdown", array_like=True):
     """Streams whose `SourceExit` may still be in flight on other connections: wait for them (bounded)."""
 
 
-Notification = FrameReady | StreamEvent | SourceExit | Shutdown
+Notification = FrameReady | RingExport | StreamEvent | SourceExit | Shutdown

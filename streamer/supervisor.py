@@ -32,10 +32,12 @@ import signal
 import socket
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from streamer.errors import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, ConfigError, ModelError
+from streamer.health import MetricsServer, Snapshot, build_snapshot
 from streamer.logs import setup_main
 from streamer.messages import EVENT_ERROR, Shutdown, StreamEvent
 from streamer.models.registry import ensure_model
@@ -58,6 +60,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 RUN_DIR_PREFIX = "yolostream-"
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 MEMORY_CHECK_S = 5.0
 STATUS_EVERY_S = 5.0
 
@@ -108,6 +111,14 @@ class Supervisor:
         self._watchdog_at = 0.0
         self._watchdog_published = -1
         self._memory_at = 0.0
+        self._metrics: MetricsServer | None = None
+        self._env_before: str | None = None
+        self._health = Snapshot()
+        """What /healthz, /readyz and /metrics report: replaced (never changed) by the main loop."""
+        self._phase = "starting"
+        self._loading = False
+        self._ready_at = 0.0
+        self._restarts: Counter[tuple[str, str]] = Counter()
 
     # -- set-up and tear-down ----------------------------------------------------------------------
 
@@ -134,8 +145,10 @@ class Supervisor:
             self._ctx = WorkerContext(
                 str(run_dir), endpoint, log_queue, self.cfg.logging.level, None, os.getpid(), epoch
             )
+            self._start_metrics(run_dir)  # before any worker is spawned: they inherit its environment
             return self._supervise()
         finally:
+            self._stop_metrics()
             self._notifier.stopping()
             if self._notify is not None:
                 self._notify.close()
@@ -190,6 +203,7 @@ class Supervisor:
         )
         for scfg in cfg.sources:
             self._add_source(scfg)
+        self._phase = "running"
         self._notifier.ready(f"{len(cfg.sources)} stream(s) starting")
 
         exit_code = EXIT_OK
@@ -215,6 +229,8 @@ class Supervisor:
                 else:
                     log.info("all streams have ended")
                 break
+        self._phase = "stopping"
+        self._publish_health()
         self._notifier.stopping()
         self._stop_sources(list(self._sources.values()))
         self._stop_inference()
@@ -248,7 +264,13 @@ class Supervisor:
             self._inference = InferenceProcess(self._mp, self._ctx, policy_of(self.cfg))  # type: ignore[arg-type]
         inference = self._inference
         inference.start(self.cfg, self._model)  # type: ignore[arg-type]
-        if inference.wait_ready(self._stopping_signal):
+        self._loading = True
+        try:
+            ready = inference.wait_ready(self._waiting_for_model)
+        finally:
+            self._loading = False
+        if ready:
+            self._ready_at = time.monotonic()
             return True
         if inference.alive():  # a stop signal came while the model was loading
             log.info("stopped before the model was loaded")
@@ -264,8 +286,10 @@ class Supervisor:
         inference = self._inference
         if inference is None:
             return False
+        pid = inference.pid
         code = inference.exited()
         if code is not None:
+            self._process_exited(pid)
             if inference.planned and code == EXIT_OK:
                 inference.restart_at = time.monotonic()
             else:
@@ -282,6 +306,7 @@ class Supervisor:
             if not self._start_inference():
                 return self._stopping_signal()
             log.info("inference worker restarted (pid %s)", inference.pid)
+            self._restarts["inference", ""] += 1
         return True
 
     def _bump_epoch(self) -> None:
@@ -308,9 +333,11 @@ class Supervisor:
 
     def _reap_sources(self) -> None:
         for sid, worker in list(self._sources.items()):
+            pid = worker.pid
             code = worker.exited()
             if code is None:
                 continue
+            self._process_exited(pid)
             worker.exit_was_clean = code >= 0
             self._remove_rings(sid)
             reason = worker.on_exit(code)
@@ -337,6 +364,7 @@ class Supervisor:
             if worker.restart_at is not None and now >= worker.restart_at and not worker.alive():
                 worker.start()
                 log.info("stream %s: source worker restarted", worker.cfg.id)
+                self._restarts["source", worker.cfg.id] += 1
 
     def _stop_sources(self, workers: list[SourceProcess]) -> None:
         for worker in workers:
@@ -381,6 +409,7 @@ class Supervisor:
         now = time.monotonic()
         if status is not None:
             self._last_status = status
+        self._publish_health()
         if self._notifier.enabled and status is not None and now - self._status_sent_at >= STATUS_EVERY_S:
             self._notifier.status(status.summary())
             self._status_sent_at = now
@@ -393,6 +422,67 @@ class Supervisor:
             self._notifier.watchdog()
             self._watchdog_at = now
             self._watchdog_published = status.published
+
+    # -- metrics and health ------------------------------------------------------------------------
+
+    def _start_metrics(self, run_dir: Path) -> None:
+        """Serve /metrics, /healthz and /readyz, and point the workers' metrics at ``run_dir/metrics``.
+
+        prometheus-client picks its multiprocess mode when a process imports it: the variable must be in
+        the environment before the workers are spawned (they inherit it). Without a server, it is removed,
+        so that no worker writes metrics files that nobody reads.
+        """
+        self._env_before = os.environ.pop(MULTIPROC_ENV, None)
+        address = self.cfg.metrics.address
+        if address is None:
+            return
+        directory = run_dir / "metrics"
+        directory.mkdir()
+        try:
+            self._metrics = MetricsServer(*address, directory, lambda: self._health)
+        except OSError as exc:
+            log.error(
+                "metrics: cannot listen on %s (metrics.listen): %s; running without metrics and health "
+                "checks",
+                self.cfg.metrics.listen,
+                exc.strerror or exc,
+            )
+            return
+        os.environ[MULTIPROC_ENV] = str(directory)
+        log.info("metrics and health checks on %s (/metrics, /healthz, /readyz)", self._metrics.url)
+
+    def _stop_metrics(self) -> None:
+        if self._metrics is not None:
+            self._metrics.close()
+            self._metrics = None
+        os.environ.pop(MULTIPROC_ENV, None)
+        if self._env_before is not None:
+            os.environ[MULTIPROC_ENV] = self._env_before
+
+    def _process_exited(self, pid: int | None) -> None:
+        if self._metrics is not None:
+            self._metrics.process_exited(pid)
+
+    def _waiting_for_model(self) -> bool:
+        """`wait_ready`'s poll (every 0.1 s): /healthz keeps answering while the model loads."""
+        self._publish_health()
+        return self._stopping_signal()
+
+    def _publish_health(self) -> None:
+        if self._metrics is None:
+            return
+        self._health = build_snapshot(
+            self._health,
+            phase=self._phase,
+            inference=self._inference,
+            loading=self._loading,
+            ready_at=self._ready_at,
+            sources=self._sources,
+            stream_ids=[s.id for s in self.cfg.sources],
+            status=self._last_status,
+            restarts=self._restarts,
+            supervisor_pid=os.getpid(),
+        )
 
     # -- SIGHUP ------------------------------------------------------------------------------------
 
@@ -424,6 +514,8 @@ class Supervisor:
             getattr(new, section) != getattr(self.cfg, section)
             for section in ("model", "engine", "detection", "publish")
         )
+        if new.metrics != self.cfg.metrics:
+            log.warning("SIGHUP: a change of the metrics section takes effect at the next start")
         self.cfg = new
         restarts = "; the inference worker restarts for the new settings" if pipeline_changed else ""
         log.info(

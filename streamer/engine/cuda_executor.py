@@ -22,7 +22,7 @@ import ctypes
 import queue
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -129,20 +129,48 @@ class CudaExecutor(InflightSlots):
         check(cudart.cudaEventSynchronize(self._clock_event), "cudaEventSynchronize")
         self._clock_cpu = time.perf_counter()  # the CPU time of _clock_event, to put GPU events on it
 
-    def submit(self, slot: int, items: Sequence[Any]) -> GpuBatch:
-        """Enqueue copy-in, inference and copy-out of the first ``len(items)`` images of `slot`."""
+    @property
+    def input_dtype(self) -> str:
+        """The engine input's dtype name (``float32`` or ``float16``)."""
+        return self.engine.input.dtype
+
+    def device_input(self, slot: int) -> tuple[int, Any]:
+        """(device address of `slot`'s input batch, its CUDA stream): for writing inputs on the GPU.
+
+        Work enqueued on that stream before `submit` (e.g. the letterbox kernel of frames decoded by
+        NVDEC) runs before the slot's inference; pass those items' indices as `on_device`.
+        """
+        s = self._slots[slot]
+        return s.dev_in.ptr, s.stream
+
+    def submit(self, slot: int, items: Sequence[Any], on_device: Collection[int] = ()) -> GpuBatch:
+        """Enqueue copy-in, inference and copy-out of the first ``len(items)`` images of `slot`.
+
+        Items whose index is in `on_device` are already in the device input buffer (written on the
+        slot's stream): only the others are copied from the pinned host buffer.
+        """
         self._take(slot)
         s, n = self._slots[slot], len(items)
         batch = GpuBatch(slot, items)
         stream = s.stream
-        nbytes_in = s.host_in.nbytes // self.max_batch * n
+        item_bytes = s.host_in.nbytes // self.max_batch
         check(cudart.cudaEventRecord(s.events[0], stream), "cudaEventRecord")
-        check(
-            cudart.cudaMemcpyAsync(
-                s.dev_in.ptr, s.host_in.ptr, nbytes_in, cudart.cudaMemcpyKind.cudaMemcpyHostToDevice, stream
-            ),
-            "copy to device",
-        )
+        to_device = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice
+        if not on_device:
+            check(
+                cudart.cudaMemcpyAsync(s.dev_in.ptr, s.host_in.ptr, item_bytes * n, to_device, stream),
+                "copy to device",
+            )
+        else:
+            for i in range(n):
+                if i not in on_device:
+                    offset = i * item_bytes
+                    check(
+                        cudart.cudaMemcpyAsync(
+                            s.dev_in.ptr + offset, s.host_in.ptr + offset, item_bytes, to_device, stream
+                        ),
+                        "copy to device",
+                    )
         check(cudart.cudaEventRecord(s.events[1], stream), "cudaEventRecord")
         self.engine.enqueue(s.context, n, s.dev_in.ptr, {k: v.ptr for k, v in s.dev_out.items()}, int(stream))
         check(cudart.cudaEventRecord(s.events[2], stream), "cudaEventRecord")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 from urllib.parse import unquote, urlsplit
@@ -48,6 +48,36 @@ class DecodedFrame:
     capture_time: float = field(default_factory=time.time)
 
 
+@dataclass
+class DeviceFrame:
+    """One decoded picture in GPU memory (NVDEC path): NV12 planes valid until the source's next frame.
+
+    The planes are ready once the work queued on `stream` so far has run: copy them out on that stream.
+    """
+
+    index: int
+    pts: float | None
+    width: int
+    height: int
+    y_ptr: int
+    """Device address of the Y plane (`height` rows of `pitch` bytes)."""
+    uv_ptr: int
+    """Device address of the interleaved UV plane (``ceil(height / 2)`` rows of `pitch` bytes)."""
+    pitch: int
+    stream: int
+    """The ``cudaStream_t`` (as an int) the decoder wrote the planes on."""
+    colorspace: int = 2
+    """AVColorSpace code of the stream (2: unspecified → BT.601, as FFmpeg)."""
+    color_range: int = 0
+    """AVColorRange code (2: full range)."""
+    capture_time: float = field(default_factory=time.time)
+    luma_sample: Callable[[], np.ndarray] | None = None
+    """A small host copy of the picture's luma (every few rows), for frozen-picture detection."""
+
+
+Frame = DecodedFrame | DeviceFrame
+
+
 @dataclass(frozen=True)
 class SourceInfo:
     """What a stream turned out to be once opened, for the `started` event and logs."""
@@ -75,8 +105,10 @@ class FrameSource(Protocol):
 
     def open(self) -> SourceInfo: ...
 
-    def frames(self) -> Iterator[DecodedFrame]:
-        """Decoded frames until the stream ends (or forever when looping a file / for live streams)."""
+    def frames(self) -> Iterator[Frame]:
+        """Decoded frames until the stream ends (or forever when looping a file / for live streams).
+
+        `DeviceFrame`s from the NVDEC source, `DecodedFrame`s from the CPU decoder."""
         ...
 
     def close(self) -> None: ...

@@ -29,7 +29,17 @@ from streamer.engine.device import OutputLayout
 from streamer.engine.executor import Executor
 from streamer.engine.select import open_executor
 from streamer.errors import EXIT_FAILURE, EXIT_OK, YolostreamError
-from streamer.messages import EVENT_DROPPED, FrameReady, Notification, Shutdown, SourceExit, StreamEvent
+from streamer.messages import (
+    EVENT_DROPPED,
+    EVENT_ERROR,
+    FrameReady,
+    Notification,
+    RingExport,
+    Shutdown,
+    SourceExit,
+    StreamEvent,
+)
+from streamer.metrics import StreamMetrics, gpu_memory, gpu_memory_gauges, inference_metrics
 from streamer.postprocess import NmsParams, detect_image, to_source_frame
 from streamer.postprocess_end2end import decode_end2end
 from streamer.preprocess import LetterboxGeometry, letterbox, letterbox_geometry, to_input_tensor
@@ -64,6 +74,10 @@ class _Stream:
     exited: bool = False
     state: str = "starting"
     last_frame_time: float = 0.0
+    metrics: StreamMetrics = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.metrics = inference_metrics().stream(self.id)
 
     def frames_waiting(self) -> int:
         """Frames at the head of the queue, before any event (events wait for the frames before them)."""
@@ -123,6 +137,8 @@ class InferenceLoop:
             multi_label=det.multi_label,
         )
         self.streams: dict[str, _Stream] = {}
+        self.gpu_frames: Any = None
+        """`GpuFrames` once a source sends frames in GPU memory (NVDEC); None on the CPU path."""
         self._canvas = np.empty((spec.height, spec.width, 3), np.uint8)
         self._geometries: dict[tuple[int, int], LetterboxGeometry] = {}
         self._shutdown: Shutdown | None = None
@@ -132,6 +148,9 @@ class InferenceLoop:
         self.batch_sizes: Counter[int] = Counter()
         """How many batches of each size were submitted (since start)."""
         self._stats_batches: Counter[int] = Counter()
+        self.metrics = inference_metrics()
+        self._overflows_counted = 0
+        self._gpu = gpu_memory() is not None
 
     # -- main loop ---------------------------------------------------------------------------------
 
@@ -147,8 +166,11 @@ class InferenceLoop:
                 self._accept(msg)
             self._drop_stale_live_frames()  # at once, so that live sources get their slots back
             self._collect()
+            if self.gpu_frames is not None:
+                self.gpu_frames.poll()  # give back the CUDA-ring slots whose kernels have run
             self._dispatch()
             self._publish_events()
+            self._count_overflows()
             self._maybe_log_stats()
             self._maybe_write_status()
             if self._finished():
@@ -166,6 +188,9 @@ class InferenceLoop:
         if isinstance(msg, Shutdown):
             log.info("draining: finishing the frames already decoded")
             self._shutdown, self._shutdown_at = msg, time.monotonic()
+            return
+        if isinstance(msg, RingExport):  # a source's CUDA frame ring (NVDEC): mapped once
+            self._gpu_frames().accept_export(msg)
             return
         stream = self.streams.get(msg.stream)
         if stream is None:
@@ -195,8 +220,14 @@ class InferenceLoop:
                 return
             items = self._fill(slot, self._take(min(waiting, self.max_batch)))
             if items:
-                self.executor.submit(slot, items)
+                on_device = self.gpu_frames.take_batch(slot) if self.gpu_frames is not None else []
+                if on_device:  # frames letterboxed on the GPU by the CUDA kernel (from NVDEC)
+                    gpu_executor: Any = self.executor  # (the CudaExecutor: only it has device inputs)
+                    gpu_executor.submit(slot, items, on_device=on_device)
+                else:
+                    self.executor.submit(slot, items)
                 self.batch_sizes[len(items)] += 1
+                self.metrics.batch_size.observe(len(items))
 
     def _take(self, n: int) -> list[tuple[_Stream, FrameReady]]:
         """The `n` oldest waiting frames across streams (each stream's frames stay in order)."""
@@ -223,12 +254,28 @@ class InferenceLoop:
                 stream.arrivals.popleft()
                 self._release(stream, note)  # type: ignore[arg-type]
                 stream.dropped += 1
+                stream.metrics.dropped_behind.inc()
 
     def _fill(self, slot: int, taken: list[tuple[_Stream, FrameReady]]) -> list[_Item]:
         """Letterbox each frame from its ring slot into the batch buffer; release the slots."""
         buffer = self.executor.buffers[slot]
         items: list[_Item] = []
+        clock, preprocess = time.perf_counter, self.metrics.preprocess_seconds
         for stream, note in taken:
+            start = clock()
+            if note.layout == "nv12":  # in GPU memory: the CUDA kernel (or the host, for a CPU engine)
+                geometry = self._geometry(note.width, note.height)
+                try:
+                    self._gpu_frames().fill(slot, len(items), note, geometry, buffer[len(items)])
+                except StaleSlotError as exc:
+                    log.warning("stream %s: frame %d lost: %s", note.stream, note.index, exc)
+                    stream.dropped += 1
+                    stream.metrics.dropped_stale.inc()
+                    continue
+                preprocess.observe(clock() - start)
+                stream.inflight += 1
+                items.append(_Item(note, geometry))
+                continue
             ring = self._ring(stream, note)
             try:
                 if ring is None:
@@ -243,10 +290,12 @@ class InferenceLoop:
             except StaleSlotError as exc:
                 log.warning("stream %s: frame %d lost: %s", note.stream, note.index, exc)
                 stream.dropped += 1
+                stream.metrics.dropped_stale.inc()
                 continue
             finally:
                 if ring is not None:
                     ring.release(note.slot, note.seq)
+            preprocess.observe(clock() - start)
             stream.inflight += 1
             items.append(_Item(note, geometry))
         return items
@@ -269,7 +318,18 @@ class InferenceLoop:
             )
         return g
 
+    def _gpu_frames(self) -> Any:
+        """The CUDA-ring side (`streamer.workers.gpu_frames`), created for the first NVDEC stream."""
+        if self.gpu_frames is None:
+            from streamer.workers.gpu_frames import GpuFrames
+
+            self.gpu_frames = GpuFrames(self.executor, self.input_w, self.input_h, self.swap_rb)
+        return self.gpu_frames
+
     def _release(self, stream: _Stream, note: FrameReady) -> None:
+        if note.layout == "nv12":
+            self._gpu_frames().release(note)
+            return
         ring = self._ring(stream, note)
         if ring is not None:
             ring.release(note.slot, note.seq)
@@ -278,9 +338,17 @@ class InferenceLoop:
 
     def _collect(self) -> None:
         """Post-process and publish every finished batch, oldest first."""
+        m, clock = self.metrics, time.perf_counter
         while (done := self.executor.done(timeout=0.0)) is not None:
             batch, outputs = done
-            for item, found in zip(batch.items, self._decode(outputs, batch.size), strict=True):
+            if batch.finished:
+                m.infer_seconds.observe(batch.finished - batch.submitted)
+            start = clock()
+            found_all = self._decode(outputs, batch.size)
+            decoded = clock()
+            nms_share = (decoded - start) / max(1, batch.size)  # the batch's NMS, per frame
+            start = decoded
+            for item, found in zip(batch.items, found_all, strict=True):
                 dets = to_source_frame(found, item.geometry)
                 note = item.note
                 msg = DetectionsMessage(
@@ -288,11 +356,18 @@ class InferenceLoop:
                     width=note.width, height=note.height,
                     detections=detections_from_array(dets, self.class_names),
                 )  # fmt: skip
+                built = clock()
                 self.publisher.publish(msg)
+                sent = clock()
+                m.postprocess_seconds.observe(nms_share + built - start)
+                m.publish_seconds.observe(sent - built)
+                start = sent
                 stream = self.streams[note.stream]
                 stream.inflight -= 1
                 stream.published += 1
                 stream.last_frame_time = msg.publish_ts
+                stream.metrics.published.inc()
+                stream.metrics.latency.observe(msg.publish_ts - note.capture_time)
 
     def _decode(self, outputs: np.ndarray | dict[str, np.ndarray], n: int) -> list[np.ndarray]:
         """Per image of a finished batch: ``[K, 6]`` detections in model-input pixels."""
@@ -310,6 +385,8 @@ class InferenceLoop:
                 event: StreamEvent = stream.queue.popleft()  # type: ignore[assignment]
                 stream.state = STATE_OF_EVENT.get(event.kind, stream.state)
                 self.publisher.publish(event_message(event))
+                if event.kind == EVENT_ERROR and self.gpu_frames is not None:
+                    self.gpu_frames.stream_gone(stream.id)  # its worker died: unmap its CUDA ring
             if stream.dropped > stream.dropped_reported and self._stats_due():
                 n = stream.dropped - stream.dropped_reported
                 stream.dropped_reported = stream.dropped
@@ -325,6 +402,8 @@ class InferenceLoop:
                 )
             if stream.exited and not stream.queue and stream.inflight == 0 and stream.rings:
                 stream.close_rings()
+            if stream.exited and not stream.queue and stream.inflight == 0 and self.gpu_frames is not None:
+                self.gpu_frames.stream_gone(stream.id)
 
     # -- shutdown and stats ------------------------------------------------------------------------
 
@@ -346,12 +425,29 @@ class InferenceLoop:
         busy = self.executor.inflight or any(s.queue for s in self.streams.values())
         return not busy
 
+    def _count_overflows(self) -> None:
+        """Add the publisher's new overflows (messages some subscriber missed) to their metric."""
+        overflows = self.publisher.dropped
+        if overflows != self._overflows_counted:
+            self.metrics.publish_overflows.inc(overflows - self._overflows_counted)
+            self._overflows_counted = overflows
+
+    def _sample_gauges(self) -> None:
+        self.metrics.subscriptions.set(self.publisher.subscribers)
+        if self._gpu and (memory := gpu_memory()) is not None:
+            used, total = gpu_memory_gauges()
+            used.set(memory[0])
+            total.set(memory[1])
+
     def _maybe_write_status(self) -> None:
-        """Every second, the state of every stream for the supervisor (`streamer.status`)."""
+        """Every second, the state of every stream for the supervisor (`streamer.status`), and the gauges."""
         now = time.monotonic()
-        if self.status_path is None or now - self._status_at < 1.0:
+        if now - self._status_at < 1.0:
             return
         self._status_at = now
+        self._sample_gauges()
+        if self.status_path is None:
+            return
         streams = {
             s.id: StreamStatus(s.state, s.published, s.dropped, s.last_frame_time)
             for s in self.streams.values()
@@ -389,8 +485,11 @@ class InferenceLoop:
         self._stats_batches = self.batch_sizes.copy()
 
     def close(self) -> None:
+        self._count_overflows()
         for stream in self.streams.values():
             stream.close_rings()
+        if self.gpu_frames is not None:
+            self.gpu_frames.close()
 
 
 def _class_names(cfg: Config, num_classes: int) -> tuple[str, ...]:

@@ -29,6 +29,7 @@ from streamer.messages import (
     EVENT_DOWN,
     EVENT_EOS,
     EVENT_ERROR,
+    EVENT_FALLBACK,
     EVENT_FROZEN,
     EVENT_RECONNECTING,
     EVENT_STARTED,
@@ -37,7 +38,8 @@ from streamer.messages import (
     SourceExit,
     StreamEvent,
 )
-from streamer.sources import Pacer, open_source, redact
+from streamer.metrics import SourceMetrics, source_metrics
+from streamer.sources import DeviceFrame, Pacer, open_source, redact
 from streamer.sources.frozen import FrozenDetector
 from streamer.sources.reconnect import Backoff, BackoffPolicy
 from streamer.sources.watchdog import Watchdog
@@ -47,7 +49,8 @@ from streamer.workers.common import StopFlag, WorkerContext, start_worker
 
 if TYPE_CHECKING:
     from streamer.config import SourceConfig
-    from streamer.sources.base import DecodedFrame, FrameSource, SourceInfo
+    from streamer.sources.base import Frame, FrameSource, SourceInfo
+    from streamer.workers.device_ring import DeviceRing
 
 log = logging.getLogger(__name__)
 
@@ -80,12 +83,16 @@ class RingWriter:
         self._epoch = epoch
         self._epoch_seen = epoch.value if epoch is not None else 0
         self.ring: FrameRing | None = None
+        self.device: DeviceRing | None = None
+        """The CUDA ring, for frames decoded by NVDEC (created on the first one)."""
 
     def reclaim_if_reader_replaced(self) -> int:
         """Free the slots held by a replaced inference worker; how many held a frame."""
         if self._epoch is None or self._epoch.value == self._epoch_seen:
             return 0
         self._epoch_seen = self._epoch.value
+        if self.device is not None:
+            self.device.reader_replaced()
         if self.ring is None:
             return 0
         held = self.ring.busy()
@@ -109,10 +116,20 @@ class RingWriter:
             self.ring = FrameRing.create(path, self._slots, nbytes)
         return self.ring
 
+    def device_ring(self) -> DeviceRing:
+        if self.device is None:
+            from streamer.workers.device_ring import DeviceRing
+
+            self.device = DeviceRing(str(self._dir), self._stream, self._slots)
+        return self.device
+
     def close(self) -> None:
         if self.ring is not None:
             self.ring.close()
             self.ring = None
+        if self.device is not None:
+            self.device.close()
+            self.device = None
 
 
 def run_source(cfg: SourceConfig, ctx: WorkerContext) -> int:
@@ -120,7 +137,7 @@ def run_source(cfg: SourceConfig, ctx: WorkerContext) -> int:
     stop = start_worker(ctx)
     sender = NotifySender(ctx.notify_endpoint)
     writer = RingWriter(ctx.run_dir, cfg.id, cfg.ring_slots, ctx.inference_epoch)
-    source = open_source(cfg)
+    source = open_source(cfg, on_fallback=lambda exc, frames: _fell_back(cfg, sender, exc, frames))
     watchdog = Watchdog(lambda what, limit: _stalled(cfg.id, ctx, what, limit))
     try:
         return _run(cfg, source, sender, writer, stop, watchdog)
@@ -139,9 +156,23 @@ def run_source(cfg: SourceConfig, ctx: WorkerContext) -> int:
         ):
             source.close()
         watchdog.close()
+        sender.send(SourceExit(cfg.id))  # first: a CUDA ring is freed only once the reader has unmapped it
         writer.close()
-        sender.send(SourceExit(cfg.id))
         sender.close()
+
+
+def _fell_back(cfg: SourceConfig, sender: NotifySender, exc: Exception, frames: int) -> None:
+    """NVDEC gave up on the stream: say so (the source already switched to the CPU decoder)."""
+    reason = redact(str(exc), cfg.url).removeprefix(f"stream {cfg.id!r}: ")
+    log.warning("stream %s: falling back to the CPU decoder after %d frame(s): %s", cfg.id, frames, reason)
+    sender.send(
+        StreamEvent(
+            cfg.id,
+            EVENT_FALLBACK,
+            f"NVDEC cannot decode this stream ({reason}): decoding on the CPU",
+            detail={"from": "nvdec", "to": "cpu", "reason": reason, "frames": frames},
+        )
+    )
 
 
 def _stalled(stream: str, ctx: WorkerContext, what: str, limit_s: float) -> None:
@@ -175,9 +206,10 @@ class _Output:
     ) -> None:
         self.cfg, self.writer, self.sender, self.stop, self.live = cfg, writer, sender, stop, live
         self.produced = self.dropped = 0
+        self.metrics = source_metrics(cfg.id)
 
-    def send(self, frame: DecodedFrame) -> None:
-        if _hand_over(self.cfg.id, frame, self.writer, self.sender, self.live, self.stop):
+    def send(self, frame: Frame) -> None:
+        if _hand_over(self.cfg.id, frame, self.writer, self.sender, self.live, self.stop, self.metrics):
             self.produced += 1
             return
         self.dropped += 1
@@ -207,7 +239,7 @@ def _run(
     _log_opened(cfg, info)
     out.event(EVENT_STARTED, _describe(info), **info.as_detail(), pid=os.getpid())
     pacer = Pacer(cfg.paced, cfg.fps_limit)
-    for frame in source.frames():
+    for frame in _timed(source.frames(), out.metrics):
         if stop.is_set():
             log.info("stream %s: stopping after %d frames", cfg.id, out.produced)
             return EXIT_OK
@@ -264,7 +296,7 @@ class _Live:
         if not self.started:
             self.out.event(EVENT_STARTED, _describe(info), **info.as_detail(), pid=os.getpid())
             self.started = True
-        frames = self.source.frames()
+        frames = _timed(self.source.frames(), self.out.metrics)
         try:
             self._pass_frames(frames, info, first=self.next_index)
         finally:
@@ -272,7 +304,7 @@ class _Live:
             if close is not None:
                 close()
 
-    def _pass_frames(self, frames: Iterator[DecodedFrame], info: SourceInfo, first: int) -> None:
+    def _pass_frames(self, frames: Iterator[Frame], info: SourceInfo, first: int) -> None:
         cfg = self.cfg
         # A camera delivers at its own rate: its frames are never delayed (that would only add latency),
         # only thinned to fps_limit. A new connection may restart the stream's clock: a new pacer.
@@ -286,7 +318,7 @@ class _Live:
             self.next_index = frame.index + 1
             held = None
             if self.frozen is not None:
-                held = self.frozen.update(frame.image, frame.pts)
+                held = self.frozen.update(_picture(frame), frame.pts)
             if self.backoff.failures and not (self.frozen is not None and self.frozen.carried):
                 self._recovered(info)
             if held is not None:
@@ -314,6 +346,7 @@ class _Live:
             # Until a new picture comes, a frozen stream has not recovered, even if frames flow again.
             self.frozen.reset(keep_picture=frozen or self.frozen.carried)
         retry = self.backoff.failed()
+        self.out.metrics.reconnects.inc()
         if retry.went_down:
             log.error(
                 "stream %s: down after %d failures in a row (%s); retrying every %g s",
@@ -350,6 +383,23 @@ class _Live:
         )  # fmt: skip
 
 
+def _timed(frames: Iterator[Frame], metrics: SourceMetrics) -> Iterator[Frame]:
+    """`frames`, counting each and timing the decoder call that produced it; closes `frames` when closed."""
+    clock = time.perf_counter
+    decoded, decode_seconds = metrics.decoded, metrics.decode_seconds
+    try:
+        start = clock()
+        for frame in frames:
+            decode_seconds.observe(clock() - start)
+            decoded.inc()
+            yield frame
+            start = clock()
+    finally:
+        close = getattr(frames, "close", None)
+        if close is not None:
+            close()
+
+
 @contextlib.contextmanager
 def _unguarded(what: str, limit_s: float) -> Iterator[None]:
     yield
@@ -379,17 +429,40 @@ def _log_opened(cfg: SourceConfig, info: SourceInfo) -> None:
     )
 
 
+def _picture(frame: Frame) -> Any:
+    """What the frozen-picture detector compares: the RGB frame, or a luma sample of a GPU frame."""
+    if isinstance(frame, DeviceFrame):
+        return frame.luma_sample() if frame.luma_sample is not None else None
+    return frame.image
+
+
 def _hand_over(
-    stream: str, frame: DecodedFrame, writer: RingWriter, sender: NotifySender, live: bool, stop: StopFlag
+    stream: str,
+    frame: Frame,
+    writer: RingWriter,
+    sender: NotifySender,
+    live: bool,
+    stop: StopFlag,
+    metrics: SourceMetrics | None = None,
 ) -> bool:
-    """Copy `frame` into a free slot and announce it; False if it was dropped."""
+    """Copy `frame` into a free slot and announce it; False if it was dropped (counted in `metrics`)."""
+    if isinstance(frame, DeviceFrame):  # decoded by NVDEC: into the stream's CUDA ring
+        from streamer.workers.device_ring import hand_over_device
+
+        return hand_over_device(
+            stream, frame, writer.device_ring(), sender, live, stop, writer.reclaim_if_reader_replaced
+        )
     image = frame.image
     ring = writer.ring_for(image.nbytes)
     slot = ring.free_slot()
     delay = _WAIT_SLOT_S[0]
     while slot is None:
-        if live or stop.is_set():
+        if live:
+            if metrics is not None:
+                metrics.dropped_ring_full.inc()
             return False
+        if stop.is_set():
+            return False  # stopping: not a drop of the pipeline's
         time.sleep(delay)
         delay = min(delay * 2, _WAIT_SLOT_S[1])
         writer.reclaim_if_reader_replaced()  # (the reader holding the slots may have died)
@@ -410,5 +483,7 @@ def _hand_over(
     )
     if not sender.send(note):
         ring.abandon(slot)
+        if metrics is not None:
+            metrics.dropped_notify_full.inc()
         return False
     return True

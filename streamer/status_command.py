@@ -1,0 +1,270 @@
+"""``yolostream status``: a table of a running daemon's streams and workers, read from its metrics endpoint.
+
+It fetches ``/metrics`` twice, `interval` seconds apart (frames per second and latency percentiles over
+that interval; with an interval of 0, one fetch and totals since the start), and ``/readyz``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+import urllib.error
+import urllib.request
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+from streamer.errors import EXIT_OK, YolostreamError
+
+DEFAULT_URL = "http://127.0.0.1:9464"
+_P = "yolostream_"
+
+
+class StatusError(YolostreamError, ConnectionError):
+    """Nothing answers at the metrics URL, or it does not answer like a yolostream daemon."""
+
+
+def url_of_listen(listen: str) -> str:
+    """The URL to reach a daemon whose ``metrics.listen`` is `listen` (a wildcard host → loopback)."""
+    from streamer.config import parse_listen
+
+    host, port = parse_listen(listen)
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
+    return f"http://{f'[{host}]' if ':' in host else host}:{port}"
+
+
+def fetch(url: str, timeout: float = 5.0) -> tuple[int, str]:
+    """GET `url`: ``(status code, body)``; an HTTP error status is returned, not raised.
+
+    Raises:
+        StatusError: nothing answers (connection refused, timeout, unknown host).
+    """
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return response.status, response.read().decode("utf-8", "replace")
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode("utf-8", "replace")
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise StatusError(
+            f"nothing answers at {url}: {reason} (is `yolostream run` running, with metrics enabled on "
+            "that address? see metrics.listen in its config)"
+        ) from None
+
+
+# ------------------------------------------------------------------------------------------------ parsing
+
+
+@dataclass
+class StreamRow:
+    state: str = "?"
+    decoded: float = 0.0
+    published: float = 0.0
+    dropped: dict[str, float] = field(default_factory=dict)
+    reconnects: float = 0.0
+    latency: dict[float, float] = field(default_factory=dict)
+    """Frame latency histogram: bucket upper bound (s) → cumulative count."""
+
+
+@dataclass
+class WorkerRow:
+    worker: str
+    stream: str
+    rss: float | None = None
+    restarts: float | None = None
+
+
+@dataclass
+class Scrape:
+    """What `yolostream status` shows, from one ``/metrics`` text."""
+
+    at: float
+    streams: dict[str, StreamRow]
+    workers: list[WorkerRow]
+    values: dict[str, float]
+    """Unlabelled samples (uptime, overflows, subscriptions, GPU memory) by name."""
+
+
+def parse(text: str, at: float | None = None) -> Scrape:
+    """Read a ``/metrics`` text into a `Scrape`.
+
+    Raises:
+        StatusError: the text is not Prometheus exposition format.
+    """
+    from prometheus_client.parser import text_string_to_metric_families
+
+    streams: dict[str, StreamRow] = defaultdict(StreamRow)
+    workers: dict[tuple[str, str], WorkerRow] = {}
+    values: dict[str, float] = {}
+    try:
+        samples = [s for family in text_string_to_metric_families(text) for s in family.samples]
+    except ValueError as exc:
+        raise StatusError(f"the metrics endpoint answered something that is not metrics: {exc}") from None
+    for s in samples:
+        name, labels, value = s.name.removeprefix(_P), s.labels, s.value
+        stream = labels.get("stream", "")
+        if name == "frames_decoded_total":
+            streams[stream].decoded = value
+        elif name == "frames_published_total":
+            streams[stream].published = value
+        elif name == "frames_dropped_total":
+            streams[stream].dropped[labels.get("reason", "?")] = value
+        elif name == "reconnects_total":
+            streams[stream].reconnects = value
+        elif name == "stream_state" and value == 1:
+            streams[stream].state = labels.get("state", "?")
+        elif name == "frame_latency_seconds_bucket":
+            streams[stream].latency[float(labels["le"])] = value
+        elif name in ("process_resident_memory_bytes", "worker_restarts_total"):
+            key = (labels.get("worker", "?"), stream)
+            row = workers.setdefault(key, WorkerRow(*key))
+            if name == "worker_restarts_total":
+                row.restarts = value
+            else:
+                row.rss = value
+        elif not labels and s.name.startswith(_P):
+            values[name] = value
+    return Scrape(time.monotonic() if at is None else at, dict(streams), list(workers.values()), values)
+
+
+def quantile(q: float, buckets: dict[float, float]) -> float | None:
+    """The `q` quantile of a histogram's cumulative buckets, interpolated as Prometheus does.
+
+    None without observations; ``math.inf`` when it lies above the largest finite bound.
+    """
+    bounds = sorted(buckets.items())
+    if not bounds or bounds[-1][1] <= 0:
+        return None
+    rank = q * bounds[-1][1]
+    low, below = 0.0, 0.0
+    for bound, count in bounds:
+        if count >= rank:
+            if math.isinf(bound):
+                return math.inf
+            if count == below:
+                return bound
+            return low + (bound - low) * (rank - below) / (count - below)
+        low, below = bound, count
+    return math.inf
+
+
+def _minus(now: dict[float, float], before: dict[float, float]) -> dict[float, float]:
+    return {bound: count - before.get(bound, 0.0) for bound, count in now.items()}
+
+
+# ------------------------------------------------------------------------------------------------- output
+
+
+def _duration(seconds: float | None, buckets: dict[float, float]) -> str:
+    if seconds is None:
+        return "-"
+    if math.isinf(seconds):
+        finite = [b for b in buckets if not math.isinf(b)]
+        return f">{_duration(max(finite), {})}" if finite else "-"
+    return f"{seconds * 1000:.0f} ms" if seconds < 1 else f"{seconds:.1f} s"
+
+
+def _count(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f}"
+
+
+def _mib(value: float | None) -> str:
+    return "-" if value is None else f"{value / 2**20:.0f} MiB"
+
+
+def _uptime(seconds: float) -> str:
+    s = int(seconds)
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{s % 3600 // 60:02d}m"
+
+
+def _table(header: list[str], rows: list[list[str]], right: set[int]) -> list[str]:
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    lines = []
+    for row in [header, *rows]:
+        cells = [
+            c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))
+        ]
+        lines.append("  ".join(cells).rstrip())
+    return lines
+
+
+def render(url: str, now: Scrape, readiness: dict[str, Any], before: Scrape | None = None) -> str:
+    """The report: a header line, the streams' table, drops by reason, the workers' table."""
+    v = now.values
+    ready = readiness.get("ready")
+    state = "ready" if ready else f"not ready ({readiness.get('reason', 'unknown')})"
+    head = [f"yolostream at {url}: {state}"]
+    if "uptime_seconds" in v:
+        head.append(f"up {_uptime(v['uptime_seconds'])}")
+    if "subscriptions" in v:
+        head.append(f"{v['subscriptions']:.0f} subscription(s)")
+    head.append(f"{v.get('publish_overflows_total', 0):.0f} publish overflow(s)")
+    lines = ["; ".join(head)]
+    if "gpu_memory_used_bytes" in v:
+        used, total = v["gpu_memory_used_bytes"], v.get("gpu_memory_total_bytes", 0.0)
+        lines.append(f"GPU memory: {used / 2**30:.2f} GiB used of {total / 2**30:.2f} GiB")
+    elapsed = now.at - before.at if before is not None else 0.0
+    window = f"over the last {elapsed:.1f} s" if before is not None else "since the start"
+    states = readiness.get("streams") or {}
+    rows, drops = [], []
+    for sid in dict.fromkeys([*states, *sorted(now.streams)]):
+        row = now.streams.get(sid, StreamRow())
+        old = before.streams.get(sid) if before is not None else None
+        latency = _minus(row.latency, old.latency) if old is not None else row.latency
+        fps = "-"
+        if before is not None and elapsed > 0:
+            fps = f"{(row.published - (old.published if old else 0.0)) / elapsed:.1f}"
+        p50, p95 = quantile(0.5, latency), quantile(0.95, latency)
+        rows.append([
+            sid, states.get(sid, row.state), _count(row.decoded), _count(row.published),
+            _count(sum(row.dropped.values())), fps, _duration(p50, latency), _duration(p95, latency),
+            _count(row.reconnects),
+        ])  # fmt: skip
+        reasons = ", ".join(f"{reason} {n:.0f}" for reason, n in sorted(row.dropped.items()) if n)
+        if reasons:
+            drops.append(f"  {sid}: {reasons}")
+    header = ["STREAM", "STATE", "DECODED", "PUBLISHED", "DROPPED", "FPS", "P50", "P95", "RECONNECTS"]
+    lines.append("")
+    lines += _table(header, rows, right={2, 3, 4, 5, 6, 7, 8}) if rows else ["no streams yet"]
+    lines.append(f"(FPS: frames published per second, P50/P95: capture-to-publish latency, {window})")
+    if drops:
+        lines += ["dropped frames by reason:", *drops]
+    order = {"supervisor": 0, "inference": 1, "source": 2}
+    workers = sorted(now.workers, key=lambda w: (order.get(w.worker, 3), w.stream))
+    lines.append("")
+    lines += _table(
+        ["WORKER", "STREAM", "RSS", "RESTARTS"],
+        [[w.worker, w.stream, _mib(w.rss), _count(w.restarts)] for w in workers],
+        right={2, 3},
+    )
+    return "\n".join(lines)
+
+
+def status_main(url: str, interval: float = 1.0, timeout: float = 5.0) -> int:
+    """Print the report for the daemon at `url`; raises `StatusError` when nothing answers there."""
+    url = url.rstrip("/")
+    before = None
+    if interval > 0:
+        before = parse(_get_metrics(url, timeout))
+        time.sleep(interval)
+    now = parse(_get_metrics(url, timeout))
+    code, body = fetch(f"{url}/readyz", timeout)
+    try:
+        readiness = json.loads(body) if code in (200, 503) else {}
+    except ValueError:
+        readiness = {}
+    print(render(url, now, readiness, before))
+    return EXIT_OK
+
+
+def _get_metrics(url: str, timeout: float) -> str:
+    code, body = fetch(f"{url}/metrics", timeout)
+    if code != 200:
+        raise StatusError(f"{url}/metrics answered HTTP {code}: {body.strip()[:200]}")
+    return body
+
+
+__all__ = ["DEFAULT_URL", "Scrape", "StatusError", "fetch", "parse", "quantile", "render", "status_main"]

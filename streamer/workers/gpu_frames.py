@@ -1,0 +1,179 @@
+"""The inference worker's side of CUDA frame rings: NV12 slots → the engine's device input buffer.
+
+`GpuFrames` maps each source's exported ring (`RingExport`) once, and for every ``nv12`` frame of a batch:
+checks the slot's sequence number, makes the executor slot's CUDA stream wait on the slot's event,
+and launches the letterbox kernel (`streamer.preprocess.cuda_kernel`) on that stream, straight into the
+slot's device input buffer at the frame's batch index. After the batch's kernels it records an event on
+the stream; the ring slots are released once that event has completed (`PendingReleases.poll`, called on
+every turn of the inference loop), never before: the writer cannot overwrite a frame a kernel may still
+read, and the CPU never waits for the GPU. `take_batch` tells the executor which items are already on the
+device (it copies only the others, CPU-ring frames, from its pinned buffer).
+
+With an executor that has no device input (the CPU executor, ONNX Runtime), an NV12 frame is copied to
+the host and letterboxed by the NumPy model instead (`streamer.preprocess.nv12`): the same numbers,
+slowly. Rings are closed (IPC handles) when their stream's worker exits or fails, or when a new export
+replaces them; pending kernels reading them are waited for first.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+
+from streamer.engine.cuda import check, load_cudart
+from streamer.messages import FrameReady, RingExport
+from streamer.preprocess.letterbox import LetterboxGeometry
+from streamer.preprocess.nv12 import YuvCoefficients, letterbox_nv12
+from streamer.transport.cuda_ring import CudaRingReader, PendingReleases
+from streamer.transport.ring import FrameRing, StaleSlotError
+
+log = logging.getLogger(__name__)
+
+
+class GpuFrames:
+    """CUDA rings known to the inference worker, and the kernel that reads them."""
+
+    def __init__(self, executor: Any, input_w: int, input_h: int, swap_rb: bool) -> None:
+        self.executor = executor
+        self.input_w, self.input_h, self.swap_rb = input_w, input_h, swap_rb
+        self.on_device = hasattr(executor, "device_input")
+        self.readers: dict[str, CudaRingReader] = {}
+        self._stream_of: dict[str, str] = {}  # ring path → stream id
+        self.pending = PendingReleases(self._release)
+        self._kernel: Any = None
+        self._batch: dict[int, list[int]] = {}  # executor slot → item indices filled on the device
+        self._releases: dict[int, list[tuple[str, int, int]]] = {}
+        self._coefficients: dict[tuple[int, int], YuvCoefficients] = {}
+
+    # -- rings -------------------------------------------------------------------------------------
+
+    def accept_export(self, export: RingExport) -> None:
+        """Map a source's ring; any other ring of the same stream is replaced (closed once unused)."""
+        if export.ring in self.readers:
+            return
+        self.stream_gone(export.stream)
+        try:
+            self.readers[export.ring] = CudaRingReader(export)
+        except Exception as exc:  # a dead exporter, or a handle this process cannot open
+            log.error("stream %s: cannot map CUDA frame ring %s: %s", export.stream, export.ring, exc)
+            return
+        self._stream_of[export.ring] = export.stream
+        log.info(
+            "stream %s: mapped CUDA frame ring %s (%d slots, %dx%d, pid %d)",
+            export.stream, export.ring, len(export.event_handles), export.width, export.height, export.pid,
+        )  # fmt: skip
+
+    def stream_gone(self, stream: str) -> None:
+        """Close the rings of `stream` (its worker exited, failed or re-exported)."""
+        for ring in [r for r, s in self._stream_of.items() if s == stream]:
+            self.pending.drain(ring)
+            reader = self.readers.pop(ring, None)
+            del self._stream_of[ring]
+            if reader is not None:
+                reader.close()
+                log.info("stream %s: closed CUDA frame ring %s", stream, ring)
+
+    def _release(self, ring: str, slot: int, seq: int) -> None:
+        reader = self.readers.get(ring)
+        if reader is not None:
+            reader.release(slot, seq)
+
+    def release(self, note: FrameReady) -> None:
+        """Give back the slot of a frame that was dropped before any kernel read it."""
+        reader = self.readers.get(note.ring)
+        if reader is not None:
+            reader.release(note.slot, note.seq)
+            return
+        try:  # a ring whose export never arrived: its control block still takes the release
+            with FrameRing.attach(note.ring) as control:
+                control.release(note.slot, note.seq)
+        except (OSError, ValueError):
+            pass
+
+    def poll(self) -> int:
+        """Release the slots whose kernels have completed (no waiting)."""
+        return self.pending.poll()
+
+    # -- batches -------------------------------------------------------------------------------------
+
+    def fill(
+        self, slot: int, index: int, note: FrameReady, geometry: LetterboxGeometry, host_out: np.ndarray
+    ) -> None:
+        """Letterbox the frame of `note` into item `index` of executor slot `slot`.
+
+        On the device (kernel on the slot's stream) when the executor has a device input, else through
+        the host into `host_out`. Raises `StaleSlotError` when the frame is gone (its slot is released).
+        """
+        reader = self.readers.get(note.ring)
+        if reader is None:
+            self.release(note)
+            raise StaleSlotError(f"CUDA ring {note.ring} is not mapped")
+        coefficients = self._coefficients_of(note)
+        reader.check(note.slot, note.seq)
+        if not self.on_device:
+            try:
+                self._fill_host(reader, note, geometry, coefficients, host_out)
+            finally:
+                reader.release(note.slot, note.seq)
+            return
+        out_ptr, stream = self.executor.device_input(slot)
+        reader.wait(note.slot, stream)
+        y_ptr, uv_ptr, pitch = reader.planes(note.slot)
+        self.kernel().launch(y_ptr, uv_ptr, pitch, geometry, coefficients, out_ptr, index, stream)
+        self._batch.setdefault(slot, []).append(index)
+        self._releases.setdefault(slot, []).append((note.ring, note.slot, note.seq))
+
+    def take_batch(self, slot: int) -> list[int]:
+        """Close the batch being filled on executor slot `slot`: record the release event behind its
+        kernels and return the item indices that are already on the device (for `submit`)."""
+        releases = self._releases.pop(slot, [])
+        if releases:
+            _, stream = self.executor.device_input(slot)
+            self.pending.record(stream, releases)
+        return self._batch.pop(slot, [])
+
+    def kernel(self) -> Any:
+        if self._kernel is None:
+            from streamer.preprocess.cuda_kernel import LetterboxKernel
+
+            dtype = getattr(self.executor, "input_dtype", "float32")
+            self._kernel = LetterboxKernel(self.input_w, self.input_h, swap_rb=self.swap_rb, dtype=dtype)
+        return self._kernel
+
+    def _coefficients_of(self, note: FrameReady) -> YuvCoefficients:
+        key = (note.colorspace, note.color_range)
+        c = self._coefficients.get(key)
+        if c is None:
+            c = self._coefficients[key] = YuvCoefficients.for_frame(*key)
+        return c
+
+    def _fill_host(
+        self,
+        reader: CudaRingReader,
+        note: FrameReady,
+        geometry: LetterboxGeometry,
+        coefficients: YuvCoefficients,
+        out: np.ndarray,
+    ) -> None:
+        cudart = load_cudart()
+        y_ptr, _, pitch = reader.planes(note.slot)  # (the UV plane follows the Y plane in a slot)
+        check(cudart.cudaEventSynchronize(reader.events[note.slot]), "cudaEventSynchronize")
+        rows = note.height + (note.height + 1) // 2
+        nv12 = np.empty((rows, pitch), np.uint8)
+        kind = cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
+        check(cudart.cudaMemcpy(nv12.ctypes.data, y_ptr, nv12.nbytes, kind), "copy frame to host")
+        reader.check(note.slot, note.seq)
+        letterbox_nv12(
+            nv12[: note.height], nv12[note.height :], note.width, note.height, self.input_w, self.input_h,
+            coefficients, swap_rb=self.swap_rb, dtype=out.dtype, out=out,
+        )  # fmt: skip
+
+    def close(self) -> None:
+        self.pending.close()
+        for stream in set(self._stream_of.values()):
+            self.stream_gone(stream)
+        if self._kernel is not None:
+            self._kernel.close()
+            self._kernel = None

@@ -1,0 +1,152 @@
+"""The CUDA letterbox kernel against its NumPy model (bit for bit) and the CPU reference (the criterion).
+
+On the GPU host: ``python -m pytest tests/preprocess/test_cuda_kernel.py`` (docs/gpu.md has the full
+command line with the carried wheels). Without a GPU the kernel tests skip; the compile test runs
+wherever cuda-python and the NVRTC library are installed (NVRTC needs no GPU).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from streamer.preprocess.letterbox import letterbox_geometry
+from streamer.preprocess.nv12 import letterbox_nv12
+from tests.support.nv12clips import (
+    CODECS,
+    SIZES,
+    content_frames,
+    decode_nv12,
+    delta_histogram,
+    reference_input,
+)
+from tests.support.nv12clips import write_tagged_clip as write_clip
+
+
+def _nvrtc_or_skip() -> None:
+    if importlib.util.find_spec("cuda") is None:
+        pytest.skip("cuda-python is not installed (pip install 'yolostream[gpu]')")
+    try:
+        from cuda.bindings import nvrtc
+
+        nvrtc.nvrtcVersion()
+    except Exception as exc:  # the NVRTC library (nvidia-cuda-nvrtc) missing: anything may be raised
+        pytest.skip(f"NVRTC is not usable here: {exc}")
+
+
+@pytest.fixture(scope="module")
+def gpu() -> Any:
+    _nvrtc_or_skip()
+    from streamer.engine.cuda import load_cudart
+
+    cudart = load_cudart()
+    err, count = cudart.cudaGetDeviceCount()
+    if err != cudart.cudaError_t.cudaSuccess or count < 1:
+        pytest.skip("no CUDA GPU")
+    return cudart
+
+
+def test_kernel_compiles_and_is_cached(tmp_path: Path) -> None:
+    _nvrtc_or_skip()
+    from streamer.preprocess.cuda_kernel import compile_cubin
+
+    cubin = compile_cubin("sm_90", cache=tmp_path)
+    assert cubin[:4] == b"\x7fELF"
+    (cached,) = tmp_path.glob("letterbox_nv12-*-sm_90.cubin")
+    assert compile_cubin("sm_90", cache=tmp_path) == cubin == cached.read_bytes()
+
+
+class _Device:
+    """Device buffers for one test: NV12 with a pitch, an output batch, a stream."""
+
+    def __init__(self, cudart: Any) -> None:
+        self.cudart = cudart
+        self.ptrs: list[int] = []
+        self.stream = self._ok(cudart.cudaStreamCreate())
+
+    def _ok(self, result: Any) -> Any:
+        from streamer.engine.cuda import check
+
+        return check(result, "test call")
+
+    def alloc(self, nbytes: int) -> int:
+        ptr = int(self._ok(self.cudart.cudaMalloc(nbytes)))
+        self.ptrs.append(ptr)
+        return ptr
+
+    def upload_nv12(self, y: np.ndarray, uv: np.ndarray, pitch: int) -> tuple[int, int]:
+        """Y then UV, each row `pitch` bytes apart, the padding filled with garbage; (y_ptr, uv_ptr)."""
+        flat_uv = np.ascontiguousarray(uv.reshape(uv.shape[0], -1))
+        base = self.alloc(pitch * (y.shape[0] + flat_uv.shape[0]))
+        self._ok(self.cudart.cudaMemset(base, 0xAB, pitch * (y.shape[0] + flat_uv.shape[0])))
+        kind = self.cudart.cudaMemcpyKind.cudaMemcpyHostToDevice
+        uv_ptr = base + pitch * y.shape[0]
+        for ptr, plane in ((base, np.ascontiguousarray(y)), (uv_ptr, flat_uv)):
+            rows, width = plane.shape
+            self._ok(self.cudart.cudaMemcpy2D(ptr, pitch, plane.ctypes.data, width, width, rows, kind))
+        return base, uv_ptr
+
+    def download(self, ptr: int, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+        out = np.empty(shape, dtype)
+        self._ok(self.cudart.cudaStreamSynchronize(self.stream))
+        kind = self.cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
+        self._ok(self.cudart.cudaMemcpy(out.ctypes.data, ptr, out.nbytes, kind))
+        return out
+
+    def close(self) -> None:
+        for ptr in self.ptrs:
+            self.cudart.cudaFree(ptr)
+        self.cudart.cudaStreamDestroy(self.stream)
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    folder = tmp_path_factory.mktemp("kernel")
+    out = {}
+    for size in SIZES:
+        frames, _ = content_frames(size, count=1)
+        for codec in CODECS:
+            out[(size, codec)] = write_clip(folder / f"{codec}_{size[0]}x{size[1]}.mkv", frames, codec)
+    return out
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("codec", CODECS)
+@pytest.mark.parametrize("size", SIZES, ids=[f"{w}x{h}" for w, h in SIZES])
+def test_kernel_equals_model_and_meets_the_criterion(
+    gpu: Any, clips: dict, size: tuple[int, int], codec: str
+) -> None:
+    from streamer.preprocess.cuda_kernel import LetterboxKernel
+
+    (f,) = decode_nv12(clips[(size, codec)], limit=1)
+    pitch = (f.width + 1 + 511) // 512 * 512
+    dev = _Device(gpu)
+    kernels = {
+        (dtype, swap): LetterboxKernel(640, 640, swap_rb=swap, dtype=dtype)
+        for dtype in ("float32", "float16")
+        for swap in (False, True)
+    }
+    try:
+        y_ptr, uv_ptr = dev.upload_nv12(f.y, f.uv, pitch)
+        g = letterbox_geometry(f.width, f.height, 640, 640)
+        for (dtype, swap), kernel in kernels.items():
+            out = dev.alloc(2 * kernel.item_bytes)
+            kernel.launch(y_ptr, uv_ptr, pitch, g, f.coefficients, out, 1, dev.stream)  # batch index 1
+            got = dev.download(out + kernel.item_bytes, (3, 640, 640), np.dtype(dtype))
+            model, _ = letterbox_nv12(f.y, f.uv, f.width, f.height, 640, 640, f.coefficients, swap_rb=swap,
+                                      dtype=np.dtype(dtype))  # fmt: skip
+            assert np.array_equal(got.view(np.uint8), model.view(np.uint8)), (
+                f"{dtype} swap_rb={swap}: {np.count_nonzero(got != model)} values differ from the model"
+            )
+            if dtype == "float32" and not swap:
+                stats = delta_histogram(got, reference_input(f.rgb))
+                print(f"{size[0]}x{size[1]} {codec}: {stats}")
+                assert stats["within_1"] >= 0.999 and stats["max"] <= 2, stats
+    finally:
+        for kernel in kernels.values():
+            kernel.close()
+        dev.close()
