@@ -207,3 +207,35 @@ def test_unit_files_pass_systemd_analyze_verify(tmp_path: Path, unit: str) -> No
         line for line in result.stderr.splitlines() if unit.split("@")[0] in line or "yolostream" in line
     ]
     assert result.returncode == 0 and not problems, result.stderr
+
+
+def test_a_worker_over_its_memory_budget_is_recycled(tmp_path: Path, model: Path) -> None:
+    # A budget no source worker can meet: each memory check (every 5 s) recycles it between frames.
+    daemon = start_daemon(tmp_path, _config(model, ["a"], "supervisor:\n  source_rss_limit_mb: 1\n"))
+    try:
+        daemon.receive_until(lambda ms: len(daemon.events("a", "started")) >= 2, timeout=30)
+        first, second = (int(e.detail["pid"]) for e in daemon.events("a", "started")[:2])
+        assert first != second and not alive(first)
+        assert "source worker uses" in daemon.log() and "recycling it" in daemon.log()
+        before = _count(daemon, "a")
+        daemon.receive_until(lambda ms: _count(daemon, "a") >= before + 5)
+        assert not daemon.events("a", "error"), "a recycle is not a failure"
+        assert daemon.stop() == 0, daemon.log()
+    finally:
+        daemon.close()
+
+
+def test_json_logs_are_one_object_per_line(tmp_path: Path, model: Path) -> None:
+    import json
+
+    daemon = start_daemon(tmp_path, _config(model, ["a"]).replace("logging:\n", "logging:\n  format: json\n"))
+    try:
+        daemon.receive_until(lambda ms: _count(daemon, "a") >= 3)
+        assert daemon.stop() == 0
+    finally:
+        daemon.close()
+    lines = [line for line in daemon.log().splitlines() if line.strip()]
+    records = [json.loads(line) for line in lines]  # every line is one JSON object
+    assert {"ts", "level", "process", "logger", "message"} <= set(records[0])
+    assert any(r["process"] == "inference" for r in records)
+    assert any(r["message"] == "yolostream stopped" for r in records)
