@@ -75,7 +75,29 @@ def policy_of(cfg: Config) -> RestartPolicy:
     return RestartPolicy(s.restart_initial_s, s.restart_max_s, 2.0, s.max_restarts, s.restart_window_s)
 
 
-class SourceProcess:
+class _WorkerProcess:
+    """What both kinds of worker share: the current process, if any, and how it ended."""
+
+    proc: BaseProcess | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc is not None else None
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.is_alive()
+
+    def exited(self) -> int | None:
+        """The exit code if the worker has exited since the last call (then forgets the process)."""
+        if self.proc is None or self.proc.exitcode is None:
+            return None
+        code = self.proc.exitcode
+        self.proc.join()
+        self.proc = None
+        return code
+
+
+class SourceProcess(_WorkerProcess):
     """One stream's worker across its restarts."""
 
     def __init__(
@@ -100,10 +122,6 @@ class SourceProcess:
         self.exit_was_clean = False
         """The last exit was the worker's own (not a kill), so it sent its SourceExit notification."""
 
-    @property
-    def pid(self) -> int | None:
-        return self.proc.pid if self.proc is not None else None
-
     def start(self) -> None:
         self.stop_event = self._mp.Event()
         ctx = replace(self._base_ctx, stop=self.stop_event)
@@ -111,9 +129,6 @@ class SourceProcess:
         self.proc.start()
         self.tracker.started()
         self.restart_at, self.planned = None, False
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.is_alive()
 
     def ask_to_stop(self, planned: bool) -> None:
         self.planned = planned
@@ -128,15 +143,6 @@ class SourceProcess:
                     "stream %s: source worker did not stop in %.0f s; killing it", self.cfg.id, timeout
                 )
                 kill(self.proc)
-
-    def exited(self) -> int | None:
-        """The exit code if the worker has exited since the last call (then forgets the process)."""
-        if self.proc is None or self.proc.exitcode is None:
-            return None
-        code = self.proc.exitcode
-        self.proc.join()
-        self.proc = None
-        return code
 
     def on_exit(self, code: int) -> str | None:
         """Decide what follows an exit; returns a reason to report as an error event, or None."""
@@ -164,7 +170,7 @@ class SourceProcess:
         return f"source worker {describe_exit(code)}; restarting it in {delay:.1f} s"
 
 
-class InferenceProcess:
+class InferenceProcess(_WorkerProcess):
     """The inference worker across its restarts."""
 
     def __init__(self, mpc: SpawnContext, ctx: WorkerContext, policy: RestartPolicy) -> None:
@@ -176,10 +182,6 @@ class InferenceProcess:
         self.ready: Any = None
         self.restart_at: float | None = None
         self.planned = False
-
-    @property
-    def pid(self) -> int | None:
-        return self.proc.pid if self.proc is not None else None
 
     def start(self, cfg: Config, model: Path) -> None:
         self.stop_event, self.ready = self._mp.Event(), self._mp.Event()
@@ -199,17 +201,6 @@ class InferenceProcess:
             if not self.proc.is_alive() or interrupted():
                 return False
         return True
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.is_alive()
-
-    def exited(self) -> int | None:
-        if self.proc is None or self.proc.exitcode is None:
-            return None
-        code = self.proc.exitcode
-        self.proc.join()
-        self.proc = None
-        return code
 
     def drain_and_join(self, send_shutdown: Any) -> None:
         """Ask the worker to finish what it has (through `send_shutdown()`), and wait for it."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator
-from typing import NoReturn
+from typing import Any, NoReturn
 from urllib.parse import unquote, urlsplit
 
 import av
@@ -155,28 +155,38 @@ class PyAvSource:
         stream = container.streams.video[0]
         consecutive = 0
         truncated = False
+        for packet in self._packets(container, stream):
+            if packet.size:  # not the empty packet that flushes the decoder at the end
+                # The demuxer flags a packet it could not read whole; the last one: the file was cut.
+                truncated = packet.is_corrupt
+            try:
+                frames = packet.decode()
+            except av.error.EOFError:
+                break
+            except av.error.InvalidDataError as exc:
+                self.decode_errors += 1
+                consecutive += 1
+                log.warning(
+                    "stream %s: undecodable packet (%d so far): %s",
+                    self.stream_id,
+                    self.decode_errors,
+                    redact(str(exc), self.url),
+                )
+                if consecutive >= MAX_CONSECUTIVE_DECODE_ERRORS:
+                    message = f"{consecutive} packets in a row failed to decode"
+                    self._fail(message, exc, fmt=True)
+                continue
+            except av.error.FFmpegError as exc:
+                self._fail("decode failed", exc, fmt=True)
+            consecutive = 0
+            yield from frames
+        if truncated and not self.live:
+            raise SourceFormatError(self.stream_id, "the file is truncated: its last packet is incomplete")
+
+    def _packets(self, container: av.container.InputContainer, stream: Any) -> Iterator[av.Packet]:
+        """The stream's packets (an empty one last), read errors turned into SourceError/SourceFormatError."""
         try:
-            for packet in container.demux(stream):
-                if packet.size:  # not the empty packet that flushes the decoder at the end
-                    # The demuxer flags a packet it could not read whole; the last one: the file was cut.
-                    truncated = packet.is_corrupt
-                try:
-                    frames = packet.decode()
-                except av.error.InvalidDataError as exc:
-                    self.decode_errors += 1
-                    consecutive += 1
-                    log.warning(
-                        "stream %s: undecodable packet (%d so far): %s",
-                        self.stream_id,
-                        self.decode_errors,
-                        redact(str(exc), self.url),
-                    )
-                    if consecutive >= MAX_CONSECUTIVE_DECODE_ERRORS:
-                        message = f"{consecutive} packets in a row failed to decode"
-                        self._fail(message, exc, fmt=True)
-                    continue
-                consecutive = 0
-                yield from frames
+            yield from container.demux(stream)
         except av.error.EOFError:
             pass
         except av.error.ExitError as exc:  # PyAV's read timeout interrupted FFmpeg
@@ -188,8 +198,6 @@ class PyAvSource:
             self._fail("read timed out", exc, fmt=True)
         except av.error.FFmpegError as exc:
             self._fail("read failed", exc, fmt=True)
-        if truncated and not self.live:
-            raise SourceFormatError(self.stream_id, "the file is truncated: its last packet is incomplete")
 
     def close(self) -> None:
         if self._container is not None:

@@ -168,22 +168,6 @@ class NvdecSource(PyAvSource):
             for frame in decoded:
                 yield self._device_frame(frame, time_base, pts_offset)
 
-    def _packets(self, container: av.container.InputContainer, stream: Any) -> Iterator[av.Packet]:
-        """The stream's packets (an empty one last), with PyAvSource's error handling."""
-        try:
-            yield from container.demux(stream)
-        except av.error.EOFError:
-            pass
-        except av.error.ExitError as exc:
-            if self.live:
-                raise SourceError(
-                    self.stream_id,
-                    f"no data for {self.read_timeout_s:g} s (read_timeout_s): the stream stalled",
-                ) from None
-            self._fail("read timed out", exc, fmt=True)
-        except av.error.FFmpegError as exc:
-            self._fail("read failed", exc, fmt=True)
-
     def _packet_data(self, packet: av.Packet) -> Any:
         data = self._nvc.PacketData()
         if packet.size:
