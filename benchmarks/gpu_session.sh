@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# One device call on the GPU host: unpack the carried packages, run the named stages, print a table last.
+#
+#   bash benchmarks/gpu_session.sh env probe kernel nvdec accuracy decode pipeline
+#
+# Needs .whl-gpu/site.tar.xz in the checkout (made here by `python benchmarks/pack_device_site.py`; carry
+# [".whl-gpu"] and, for `pipeline`/`executor`, benchmarks/.cache). Each stage runs under its own time
+# limit and writes $OUT/<stage>.log (or ./gpu-logs/ without $OUT); a stage that fails does not stop the
+# next. Stages:
+#   env       GPU, driver, versions of what was unpacked
+#   probe     benchmarks/nvdec_probe.py: what PyNvVideoCodec's frames look like here
+#   kernel    letterbox kernel and two-process CUDA ring tests
+#   nvdec     NVDEC source (frames and pts equal PyAV's), fallback, the daemon with NVDEC + CPU fallback
+#   engine    torch engine tests on CUDA
+#   accuracy  kernel vs CPU reference, 5 sizes × H.264/HEVC (the histogram)
+#   decode    NVDEC + ring + kernel vs bare PyNvVideoCodec, 1/4/8/16 streams
+#   pipeline  the daemon, 16 × 1080p NVDEC, YOLOv7 640, vs the engine alone (fp32, then fp16)
+#   profile   cProfile of the source and inference workers (one NVDEC stream; the fp16 daemon)
+set -u
+cd "$(dirname "$0")/.."
+OUT=${OUT:-$PWD/gpu-logs}
+mkdir -p "$OUT"
+if [ ! -d /tmp/site/av ]; then
+    mkdir -p /tmp/site && tar xJf .whl-gpu/site.tar.xz -C /tmp/site || { echo "cannot unpack site"; exit 1; }
+fi
+export PYTHONPATH=/tmp/site:$PWD
+export YOLOSTREAM_CACHE=/tmp/yolostream-cache
+
+stage() {
+    case "$1" in
+    env)
+        nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+        echo "MPS control: $(command -v nvidia-cuda-mps-control || echo absent)"
+        python -c "import av, cuda.bindings, PyNvVideoCodec, torch, onnx2torch, zmq
+print('PyAV', av.__version__, '| cuda-bindings', cuda.bindings.__version__, '| torch', torch.__version__,
+      '| PyNvVideoCodec', getattr(PyNvVideoCodec, '__version__', '?'))" ;;
+    probe) python benchmarks/nvdec_probe.py ;;
+    kernel) python -m pytest -p no:cacheprovider -q -rs tests/preprocess/test_cuda_kernel.py tests/transport/test_cuda_ring.py ;;
+    nvdec) python -m pytest -p no:cacheprovider -q -rs tests/sources/test_nvdec_source.py tests/sources/test_nvdec_fallback.py ;;
+    engine) python -m pytest -p no:cacheprovider -q -rs tests/engine/test_torch_engine.py ;;
+    accuracy) python benchmarks/gpu_kernel_accuracy.py ;;
+    decode) python benchmarks/gpu_decode.py --streams 1 4 8 16 --seconds 8 ;;
+    pipeline)
+        python benchmarks/gpu_pipeline.py --streams 16 --batch 16 --seconds 20 --log "$OUT/daemon-fp32.log" &&
+        python benchmarks/gpu_pipeline.py --streams 16 --batch 16 --seconds 20 --precision fp16 \
+            --log "$OUT/daemon-fp16.log" ;;
+    profile)  # cProfile of the workers (YOLOSTREAM_PROFILE): one NVDEC stream, then the fp16 daemon
+        export YOLOSTREAM_PROFILE=$OUT/prof
+        python benchmarks/gpu_decode.py --streams 1 --seconds 8
+        python benchmarks/gpu_pipeline.py --streams 16 --batch 16 --seconds 12 --warmup 5 --precision fp16 \
+            --log "$OUT/daemon-profile.log"
+        for f in "$OUT"/prof/bench-source-0-*.prof "$OUT"/prof/bench-consumer-*.prof "$OUT"/prof/inference-*.prof \
+                 $(ls "$OUT"/prof/source-s0-*.prof | head -1); do
+            echo "--- $f"
+            python -c "import pstats, sys; pstats.Stats(sys.argv[1]).sort_stats('tottime').print_stats(22)" "$f" |
+                grep -v "^$" | tail -26
+        done ;;
+    *) echo "unknown stage $1"; return 2 ;;
+    esac
+}
+export -f stage
+
+declare -A LIMIT=([env]=60 [probe]=90 [kernel]=150 [nvdec]=200 [engine]=200 [accuracy]=200 [decode]=200
+                  [pipeline]=330 [profile]=300)
+SUMMARY=()
+for name in "$@"; do
+    start=$(date +%s)
+    echo "=== $name" | tee "$OUT/$name.log"
+    # timeout signals its whole process group: spawned workers and daemons go with the stage
+    timeout -k 10 "${LIMIT[$name]:-120}" bash -c 'stage "$0"' "$name" 2>&1 | tee -a "$OUT/$name.log"
+    rc=${PIPESTATUS[0]}
+    last=$(grep -v '^\s*$' "$OUT/$name.log" | tail -1 | cut -c1-90)
+    SUMMARY+=("$(printf '%-9s rc=%-3s %4ss  %s' "$name" "$rc" "$(( $(date +%s) - start ))" "$last")")
+done
+echo
+echo "stage     result    time  last line"
+printf '%s\n' "${SUMMARY[@]}"
