@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from streamer.errors import EXIT_OK
 from streamer.restart import RestartPolicy, RestartTracker
-from streamer.workers.common import WorkerContext
+from streamer.workers.common import WorkerContext, profiled
 from streamer.workers.inference import run_inference
 from streamer.workers.source import EXIT_SOURCE_FAILED, EXIT_SOURCE_STALLED, run_source
 
@@ -34,11 +34,11 @@ INFERENCE_DRAIN_S = 60.0
 
 
 def _source_entry(cfg: SourceConfig, ctx: WorkerContext) -> None:
-    raise SystemExit(run_source(cfg, ctx))
+    raise SystemExit(profiled(f"source-{cfg.id}", run_source, cfg, ctx))
 
 
 def _inference_entry(cfg: Config, model: Path, ctx: WorkerContext, ready: Any) -> None:
-    raise SystemExit(run_inference(cfg, model, ctx, ready))
+    raise SystemExit(profiled("inference", run_inference, cfg, model, ctx, ready))
 
 
 def describe_exit(code: int | None) -> str:

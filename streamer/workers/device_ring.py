@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +19,9 @@ from streamer.messages import FrameReady
 from streamer.sources.base import DeviceFrame
 from streamer.transport.cuda_ring import CudaRingWriter
 from streamer.transport.notify import NotifySender
+from streamer.workers.common import wait_for_slot
 
 log = logging.getLogger(__name__)
-
-_WAIT_SLOT_S = (0.001, 0.02)
 
 
 class DeviceRing:
@@ -99,17 +97,14 @@ def hand_over_device(
     ring = rings.ring_for(frame.width, frame.height)
     if not rings.ensure_exported(sender):
         return False
-    slot = ring.free_slot()
-    delay = _WAIT_SLOT_S[0]
-    while slot is None:
-        if live or stop.is_set():
-            return False
-        time.sleep(delay)
-        delay = min(delay * 2, _WAIT_SLOT_S[1])
+
+    def reclaimed_and_exported() -> bool:
         reclaim()
-        if not rings.ensure_exported(sender):
-            return False
-        slot = ring.free_slot()
+        return rings.ensure_exported(sender)
+
+    slot = wait_for_slot(ring.free_slot, live, stop, reclaimed_and_exported)
+    if slot is None:
+        return False
     seq = ring.write(slot, frame.y_ptr, frame.uv_ptr, frame.pitch, stream=frame.stream)
     note = FrameReady(
         stream, str(ring.path), slot, seq, frame.index, frame.pts, frame.capture_time,

@@ -45,7 +45,7 @@ from streamer.sources.reconnect import Backoff, BackoffPolicy
 from streamer.sources.watchdog import Watchdog
 from streamer.transport.notify import NotifySender
 from streamer.transport.ring import FrameRing
-from streamer.workers.common import StopFlag, WorkerContext, start_worker
+from streamer.workers.common import StopFlag, WorkerContext, start_worker, wait_for_slot
 
 if TYPE_CHECKING:
     from streamer.config import SourceConfig
@@ -65,7 +65,6 @@ WATCHDOG_GRACE_S = 10.0
 _STOP_POLL_S = 0.1
 # A file source waiting for a free slot polls the ring, backing off from 1 ms to 20 ms: prompt when
 # inference is quick, and cheap (a few wake-ups per batch) when it is slow and the cores are shared.
-_WAIT_SLOT_S = (0.001, 0.02)
 
 
 class RingWriter:
@@ -212,6 +211,8 @@ class _Output:
         if _hand_over(self.cfg.id, frame, self.writer, self.sender, self.live, self.stop, self.metrics):
             self.produced += 1
             return
+        if self.stop.is_set():
+            return  # the frame in hand when asked to stop: not a drop
         self.dropped += 1
         if self.dropped in (1, 10, 100) or self.dropped % 1000 == 0:
             log.warning(
@@ -454,19 +455,16 @@ def _hand_over(
         )
     image = frame.image
     ring = writer.ring_for(image.nbytes)
-    slot = ring.free_slot()
-    delay = _WAIT_SLOT_S[0]
-    while slot is None:
-        if live:
-            if metrics is not None:
-                metrics.dropped_ring_full.inc()
-            return False
-        if stop.is_set():
-            return False  # stopping: not a drop of the pipeline's
-        time.sleep(delay)
-        delay = min(delay * 2, _WAIT_SLOT_S[1])
+
+    def reclaimed() -> bool:
         writer.reclaim_if_reader_replaced()  # (the reader holding the slots may have died)
-        slot = ring.free_slot()
+        return True
+
+    slot = wait_for_slot(ring.free_slot, live, stop, reclaimed)
+    if slot is None:
+        if live and metrics is not None:
+            metrics.dropped_ring_full.inc()
+        return False  # (when stopping: not a drop of the pipeline's)
     ring.view(slot, image.shape)[...] = image
     seq = ring.commit(slot)
     note = FrameReady(
