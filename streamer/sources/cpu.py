@@ -148,7 +148,22 @@ class PyAvSource:
                 raise SourceFormatError(self.stream_id, "no decodable frame in the file; cannot loop it")
             fps = self.info.fps if self.info and self.info.fps else 25.0
             pts_offset = (last_pts if last_pts is not None else pts_offset) + 1.0 / fps
-            self._container.close()  # type: ignore[union-attr]
+            self._rewind()
+
+    def _rewind(self) -> None:
+        """Back to the start of the file, for the next loop.
+
+        A seek, not a new open: opening probes the file again (about 50 ms for a 1080p H.264 file, a tenth
+        of the time when NVDEC decodes a 10 s clip at 600 frames/s). A file that cannot seek is re-opened.
+        """
+        container = self._container
+        assert container is not None
+        try:
+            container.seek(0)
+            container.streams.video[0].codec_context.flush_buffers()  # it was drained at the end
+        except (av.error.FFmpegError, OSError) as exc:
+            log.info("stream %s: cannot seek to the start (%s); opening the file again", self.stream_id, exc)
+            container.close()
             self._container = self._open_container()
 
     def _decode(self, container: av.container.InputContainer) -> Iterator[av.VideoFrame]:

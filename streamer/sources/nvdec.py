@@ -142,8 +142,7 @@ class NvdecSource(PyAvSource):
                 raise self._unavailable("NVDEC decoded no frame of the file")
             fps = self.info.fps if self.info and self.info.fps else 25.0
             pts_offset = (last_pts if last_pts is not None else pts_offset) + 1.0 / fps
-            self._container.close()  # type: ignore[union-attr]
-            self._container = self._open_container()
+            self._rewind()
 
     def _decode_device(
         self, container: av.container.InputContainer, pts_offset: float
