@@ -16,6 +16,7 @@ architecture, so later start-ups only load it (``cuModuleLoadData``). Launched w
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import importlib
 import logging
@@ -195,15 +196,30 @@ class _Taps:
 
 
 class _Args:
-    """Arguments for cuLaunchKernel: each value in its own numpy scalar, plus an array of their addresses."""
+    """cuLaunchKernel's ``kernelParams``: a ctypes struct holding every argument and the array of their
+    addresses, built once per kernel; `fill` rewrites the values in place (the driver copies them at the
+    launch). Twenty small NumPy arrays per launch cost 70 µs, more than the launch itself."""
 
-    def __init__(self, values: Sequence[tuple[Any, Any]]) -> None:
-        self._keep = [np.array([v], dtype=t) for v, t in values]
-        self.pointers = np.array([a.ctypes.data for a in self._keep], dtype=np.uint64)
+    def __init__(self, types: Sequence[Any]) -> None:
+        self._names = [f"a{i}" for i in range(len(types))]
+        layout = type(
+            "KernelArgs", (ctypes.Structure,), {"_fields_": list(zip(self._names, types, strict=True))}
+        )
+        self._values = layout()
+        base = ctypes.addressof(self._values)
+        offsets = [getattr(layout, name).offset for name in self._names]
+        self._pointers = (ctypes.c_void_p * len(types))(*(base + offset for offset in offsets))
+        self.address = ctypes.addressof(self._pointers)
 
-    @property
-    def address(self) -> int:
-        return int(self.pointers.ctypes.data)
+    def fill(self, values: Sequence[Any]) -> None:
+        for name, value in zip(self._names, values, strict=True):
+            setattr(self._values, name, value)
+
+
+_U64, _I64, _I32, _F32 = ctypes.c_uint64, ctypes.c_int64, ctypes.c_int32, ctypes.c_float
+_ARG_TYPES = (_U64, _U64, _I64, _U64, *(_I32,) * 6, *(_I32,) * 6, _I32, _F32, _U64, _I32)
+"""The kernel's parameters: y, uv, pitch, taps; new_w, new_h, left, top, dst_w, dst_h; the six colour
+coefficients; swap_rb, pad, out, fp16."""
 
 
 class LetterboxKernel:
@@ -233,6 +249,7 @@ class LetterboxKernel:
         )
         self._taps: dict[tuple[int, int], _Taps] = {}
         self._pad = np.float32(PAD_VALUE) / np.float32(255)
+        self._args = _Args(_ARG_TYPES)
 
     def taps(self, geometry: LetterboxGeometry) -> int:
         """Device address of the tap tables of `geometry` (uploaded on first use)."""
@@ -272,22 +289,27 @@ class LetterboxKernel:
                 f"geometry for {geometry.dst_w}x{geometry.dst_h}, kernel for {self.dst_w}x{self.dst_h}"
             )
         g = geometry
-        i32, f32 = np.int32, np.float32
-        args = _Args(
-            [
-                (y_ptr, np.uint64), (uv_ptr, np.uint64), (pitch, np.int64), (self.taps(g), np.uint64),
-                (g.new_w, i32), (g.new_h, i32), (g.left, i32), (g.top, i32), (g.dst_w, i32), (g.dst_h, i32),
-                *((c, i32) for c in coefficients.as_tuple()),
-                (int(self.swap_rb), i32), (self._pad, f32),
-                (out_ptr + batch_index * self.item_bytes, np.uint64), (int(self.dtype == "float16"), i32),
-            ]
+        self._args.fill(
+            (
+                y_ptr, uv_ptr, pitch, self.taps(g), g.new_w, g.new_h, g.left, g.top, g.dst_w, g.dst_h,
+                *coefficients.as_tuple(), int(self.swap_rb), float(self._pad),
+                out_ptr + batch_index * self.item_bytes, int(self.dtype == "float16"),
+            )
         )  # fmt: skip
         d = self._driver
         grid = ((g.dst_w + BLOCK[0] - 1) // BLOCK[0], (g.dst_h + BLOCK[1] - 1) // BLOCK[1], 1)
         _driver_check(
             d,
             d.cuLaunchKernel(
-                self._function, *grid, BLOCK[0], BLOCK[1], 1, 0, d.CUstream(int(stream)), args.address, 0
+                self._function,
+                *grid,
+                BLOCK[0],
+                BLOCK[1],
+                1,
+                0,
+                d.CUstream(int(stream)),
+                self._args.address,
+                0,
             ),
             "cuLaunchKernel",
         )

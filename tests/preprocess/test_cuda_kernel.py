@@ -50,6 +50,23 @@ def gpu() -> Any:
     return cudart
 
 
+def test_launch_arguments_sit_at_the_addresses_handed_to_the_driver() -> None:
+    """The kernel's 20 parameters, each read back through its entry of the kernelParams array."""
+    import ctypes
+
+    from streamer.preprocess.cuda_kernel import _ARG_TYPES, _Args
+
+    values = (2**40 + 1, 2**40 + 2, -3, 2**63 + 5, 640, 360, 0, 140, 640, 640,
+              9539, 128, 13075, 16525, -3209, -6660, 1, 114 / 255, 2**50, 0)  # fmt: skip
+    args = _Args(_ARG_TYPES)
+    args.fill([v + 1 if isinstance(v, int) else v for v in values])  # stale values are overwritten
+    args.fill(values)
+    pointers = (ctypes.c_void_p * len(values)).from_address(args.address)
+    for pointer, kind, value in zip(pointers, _ARG_TYPES, values, strict=True):
+        got = ctypes.cast(pointer, ctypes.POINTER(kind)).contents.value
+        assert got == (pytest.approx(value, rel=1e-7) if kind is ctypes.c_float else value)
+
+
 def test_kernel_compiles_and_is_cached(tmp_path: Path) -> None:
     _nvrtc_or_skip()
     from streamer.preprocess.cuda_kernel import compile_cubin
