@@ -55,10 +55,14 @@ class TorchDeviceEngine(DeviceEngine):
 
         if not torch.cuda.is_available():
             raise EngineError("the torch device engine needs a CUDA GPU; this PyTorch sees none")
-        if options.precision != "fp32":
+        if options.precision not in ("fp32", "fp16"):
             raise EngineError(
-                f"the torch engine does not support precision {options.precision!r} yet; use fp32"
+                f"the torch engine runs fp32 or fp16, not {options.precision!r} (int8 is TensorRT's)"
             )
+        # fp16 through autocast: the exported graph's Cast nodes pin some tensors to fp32, so `.half()` on
+        # the converted module fails; autocast runs convolutions and matmuls in fp16 and leaves the rest
+        # in the dtype their inputs have. Inputs and outputs stay fp32 (the executor's buffers).
+        self._half = options.precision == "fp16"
         torch.backends.cuda.matmul.allow_tf32 = False  # TF32 is the whole torch/ONNX Runtime gap on Hopper
         torch.backends.cudnn.allow_tf32 = False
         self._torch = torch
@@ -76,10 +80,11 @@ class TorchDeviceEngine(DeviceEngine):
         self.outputs = (TensorSpec("output", "float32", (-1, int(y.shape[1]), int(y.shape[2]))),)
         self.cuda_graph = cuda_graph
         log.info(
-            "torch %s: %s on %s, static batch %d, %s",
+            "torch %s: %s on %s, %s, static batch %d, %s",
             torch.__version__,
             model.name,
             self._device,
+            options.precision,
             batch,
             "CUDA graphs" if cuda_graph else "eager",
         )
@@ -95,7 +100,11 @@ class TorchDeviceEngine(DeviceEngine):
         return h or 640, w or 640
 
     def _call(self, x: Any) -> Any:
-        y = self._module(x)
+        if self._half:
+            with self._torch.autocast(device_type="cuda", dtype=self._torch.float16):
+                y = self._module(x)
+        else:
+            y = self._module(x)
         return y[0] if isinstance(y, (tuple, list)) else y
 
     def new_context(self) -> object:
