@@ -17,10 +17,8 @@ every process then runs for `--seconds`. Printed: frames/s in total for both, th
 and GPU memory per stream (nvidia-smi's per-process figure when available, else the drop of
 ``cudaMemGetInfo``'s free memory divided by N).
 
-The clip: 1080p H.264 at about 6.4 Mb/s, 30 fps, 10 s, made on the GPU host itself with NVENC
-(PyNvVideoCodec's encoder: the host has no libx264) from synthetic moving content, written as an Annex B
-``.h264`` file and, because yolostream's source demuxes with PyAV, remuxed into ``.mp4`` with PyAV
-(stream copy). Both paths read the same ``.mp4``. `--clip FILE` uses a given file instead.
+The clip: 1080p H.264 at about 6.4 Mb/s, 30 fps, 10 s, B-frames, synthetic moving content, encoded with
+the libx264 in PyAV's wheel into ``.mp4``. Both paths read the same file. `--clip FILE` uses a given one.
 """
 
 from __future__ import annotations
@@ -33,7 +31,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -58,44 +55,25 @@ def _nv12_frame(i: int, rng: np.random.Generator) -> np.ndarray:
 
 
 def make_clip(folder: Path, seconds: int = 10, bitrate: int = 6_400_000) -> Path:
-    """A 1080p H.264 clip encoded with NVENC; remuxed to .mp4 with PyAV."""
-    import PyNvVideoCodec as nvc
-
-    raw = folder / "clip1080.h264"
-    config = {"codec": "h264", "gpu_id": 0, "fps": FPS, "gop": FPS, "bf": 0, "preset": "P4", "rc": "cbr",
-              "bitrate": bitrate, "maxbitrate": bitrate}  # fmt: skip
-    encoder = nvc.CreateEncoder(WIDTH, HEIGHT, "NV12", True, **{k: str(v) for k, v in config.items()})
-    rng = np.random.default_rng(0)
-    base = [_nv12_frame(i, rng) for i in range(FPS)]  # one second of content, shifted as it loops
-
-    def data(out: Any) -> bytes:
-        if isinstance(out, (bytes, bytearray)):
-            return bytes(out)
-        return b"".join(bytes(p["data"]) if isinstance(p, dict) else bytes(p) for p in out)
-
-    with raw.open("wb") as f:
-        for i in range(seconds * FPS):
-            frame = np.roll(base[i % FPS], 8 * (i // FPS), axis=1)
-            try:
-                params = nvc.NV_ENC_PIC_PARAMS()
-                params.inputTimeStamp = i
-                f.write(data(encoder.Encode(frame, params)))
-            except (AttributeError, TypeError):
-                f.write(data(encoder.Encode(frame)))
-        f.write(data(encoder.EndEncode()))
+    """A 1080p H.264 clip (x264 in PyAV's wheel, B-frames on, as cameras and files have them) in .mp4."""
     import av
 
     mp4 = folder / "clip1080.mp4"
-    with av.open(str(raw), format="h264") as src, av.open(str(mp4), "w") as dst:
-        stream_in = src.streams.video[0]
-        stream_out = dst.add_stream_from_template(stream_in)
-        for n, packet in enumerate(src.demux(stream_in)):
-            if packet.size == 0:
-                continue
-            packet.pts = packet.dts = n  # NVENC wrote no B-frames (bf 0): decode order is display order
-            packet.time_base = Fraction(1, FPS)
-            packet.stream = stream_out
-            dst.mux(packet)
+    rng = np.random.default_rng(0)
+    base = [_nv12_frame(i, rng) for i in range(FPS)]  # one second of content, shifted as it loops
+    with av.open(str(mp4), "w") as container:
+        stream = container.add_stream("libx264", rate=FPS)
+        stream.width, stream.height, stream.pix_fmt = WIDTH, HEIGHT, "yuv420p"
+        stream.bit_rate = bitrate
+        stream.options = {"preset": "veryfast", "g": str(FPS)}
+        for i in range(seconds * FPS):
+            nv12 = np.roll(base[i % FPS], 8 * (i // FPS), axis=1)
+            y, uv = nv12[:HEIGHT], nv12[HEIGHT:]
+            planar = np.concatenate([y, uv[:, 0::2].reshape(-1, WIDTH), uv[:, 1::2].reshape(-1, WIDTH)])
+            frame = av.VideoFrame.from_ndarray(planar, format="yuv420p")
+            frame.pts = i
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
     return mp4
 
 
@@ -124,9 +102,13 @@ def bare_process(clip: str, ready: Any, go: Any, seconds: float, out: Any) -> No
 # -- yolostream's path ------------------------------------------------------------------------------------
 
 
-def source_process(
-    index: int, clip: str, run_dir: str, endpoint: str, ready: Any, go: Any, stop: Any
-) -> None:
+def source_process(*args: Any) -> None:
+    from streamer.workers.common import profiled
+
+    profiled(f"bench-source-{args[0]}", _source_loop, *args)
+
+
+def _source_loop(index: int, clip: str, run_dir: str, endpoint: str, ready: Any, go: Any, stop: Any) -> None:
     from streamer.sources.nvdec import NvdecSource
     from streamer.transport.notify import NotifySender
     from streamer.workers.device_ring import DeviceRing, hand_over_device
@@ -153,7 +135,13 @@ def source_process(
         sender.close()
 
 
-def consumer_process(endpoint: str, ready: Any, go: Any, seconds: float, out: Any) -> None:
+def consumer_process(*args: Any) -> None:
+    from streamer.workers.common import profiled
+
+    profiled("bench-consumer", _consumer_loop, *args)
+
+
+def _consumer_loop(endpoint: str, ready: Any, go: Any, seconds: float, out: Any) -> None:
     from streamer.engine.cuda import check, load_cudart
     from streamer.messages import FrameReady, RingExport
     from streamer.preprocess.cuda_kernel import LetterboxKernel
@@ -175,9 +163,10 @@ def consumer_process(endpoint: str, ready: Any, go: Any, seconds: float, out: An
     go.wait()
     start = time.perf_counter()
     end = start + seconds
-    frames, group = 0, []
+    frames = 0
     while (now := time.perf_counter()) < end + 1.0:
-        msg = receiver.recv(0.05)
+        # while kernels are pending, poll their events often: a writer whose ring is full waits for them
+        msg = receiver.recv(0.0 if pending else 0.05)
         if msg is None:
             pending.poll()
             continue
@@ -194,14 +183,12 @@ def consumer_process(endpoint: str, ready: Any, go: Any, seconds: float, out: An
         c = coefficients.setdefault(key, YuvCoefficients.for_frame(*key))
         g = letterbox_geometry(msg.width, msg.height, 640, 640)
         kernel.launch(y, uv, pitch, g, c, buffer, frames % batch, stream)
-        group.append((msg.ring, msg.slot, msg.seq))
+        # released once this frame's kernel has run (an event per frame: a file source waits for a
+        # free slot, so holding slots back for a bigger group would stall it)
+        pending.record(stream, [(msg.ring, msg.slot, msg.seq)])
         if now < end:
             frames += 1
-        if len(group) >= 8:
-            pending.record(stream, group)
-            group = []
         pending.poll()
-    pending.record(stream, group)
     check(cudart.cudaStreamSynchronize(stream), "sync")
     pending.close()
     out.put(("yolostream", os.getpid(), frames))

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -93,7 +94,12 @@ def main() -> None:
             count = 1 if size[0] * size[1] > 1920 * 1088 else args.frames
             frames, content = content_frames(size, count=count)
             for codec in CODECS:
-                clip = write_tagged_clip(Path(tmp) / f"{codec}.mkv", frames, codec)
+                try:
+                    clip = write_tagged_clip(Path(tmp) / f"{codec}.mkv", frames, codec)
+                except Exception:  # one clip that cannot be written must not hide the others' rows
+                    traceback.print_exc()
+                    print(f"{size[0]}x{size[1]} {codec:<5} not encoded (traceback above)", flush=True)
+                    continue
                 for f in decode_nv12(clip):
                     model, _ = letterbox_nv12(
                         f.y, f.uv, f.width, f.height, args.size, args.size, f.coefficients

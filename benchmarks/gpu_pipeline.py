@@ -1,0 +1,156 @@
+"""End-to-end throughput of the daemon on the GPU host vs the engine alone (issue #4's target ≥ 0.90).
+
+    python benchmarks/gpu_pipeline.py --streams 16 --batch 16 --seconds 20
+
+- ceiling: the daemon's torch engine (`TorchDeviceEngine`, same graph, batch and precision) alone on one
+  CUDA stream, inputs already on the GPU, no pre- or post-processing (`gpu_executor.ceiling`);
+- daemon: ``yolostream run`` as a real service — N looping 1080p H.264 files decoded with NVDEC, frames
+  through the CUDA-IPC rings and the letterbox kernel into the executor's batches, inference, NMS on the
+  CPU, detections published over ZeroMQ — measured by a subscriber: detection messages per second over
+  `--seconds`, after `--warmup` seconds from the first message (plan/graph warm-up and decoder start).
+
+The model is YOLOv7 at 640 with random weights (`skeleton.py fill`: the real graph and cost, few boxes
+above the threshold as with a trained model on real video). File sources are not paced, so the daemon
+runs as fast as its slowest stage. Printed last: a table with both figures, their ratio, and the GPU
+memory the daemon held (nvidia-smi). The daemon's log is written to `--log` (default: stderr).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from streamer.client import Subscriber
+
+
+def engine_ceiling(model: Path, batch: int, precision: str, batches: int) -> float:
+    from gpu_executor import ceiling
+
+    from streamer.engine.base import EngineOptions
+    from streamer.engine.torch_device import TorchDeviceEngine
+
+    engine = TorchDeviceEngine(model, EngineOptions(device="cuda", max_batch=batch, precision=precision))
+    try:
+        ceiling(engine, batch, 3)  # warm-up (cuDNN algorithm choice)
+        return ceiling(engine, batch, batches)
+    finally:
+        engine.close()
+
+
+def gpu_used_mib() -> float | None:
+    if shutil.which("nvidia-smi") is None:
+        return None
+    out = subprocess.run(
+        ["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
+        capture_output=True, text=True, timeout=10,
+    ).stdout.split()  # fmt: skip
+    return float(out[0]) if out else None
+
+
+def daemon_throughput(
+    model: Path, clip: Path, streams: int, batch: int, precision: str, decoder: str,
+    warmup: float, seconds: float, workdir: Path, log: Path | None,
+) -> tuple[float, float | None, int]:  # fmt: skip
+    """(detection messages/s, GPU MiB held by the daemon, streams that published)."""
+    endpoint = f"ipc://{workdir}/pub.sock"
+    sources = "".join(
+        f"  - id: s{i}\n    url: {clip}\n    decoder: {decoder}\n    loop: true\n" for i in range(streams)
+    )
+    config = workdir / "pipeline.yaml"
+    config.write_text(
+        f"model:\n  onnx: {model}\nengine:\n  backend: torch\n  device: cuda\n  precision: {precision}\n"
+        f"  max_batch: {batch}\nsources:\n{sources}publish:\n  endpoint: {endpoint}\n"
+        "logging:\n  stats_interval_s: 5\n  level: INFO\nmetrics:\n  enabled: false\n"
+    )
+    before = gpu_used_mib()
+    out = log.open("w") if log else None
+    seen: set[str] = set()
+    with Subscriber(endpoint, events=True) as sub:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "streamer", "run", str(config)], stdout=out, stderr=out
+        )
+        try:
+            first = None
+            while first is None:
+                msg = sub.recv(timeout=300)
+                if msg.type == "det":  # type: ignore[union-attr]
+                    first = time.perf_counter()
+                elif msg.event == "error":  # type: ignore[union-attr]
+                    print(f"error event: {msg}", file=sys.stderr)
+            while time.perf_counter() - first < warmup:
+                sub.recv(timeout=60)
+            memory = gpu_used_mib()
+            count, start = 0, time.perf_counter()
+            while (now := time.perf_counter()) - start < seconds:
+                msg = sub.recv(timeout=60)
+                if msg.type == "det":  # type: ignore[union-attr]
+                    count += 1
+                    seen.add(msg.stream)  # type: ignore[union-attr]
+            rate = count / (now - start)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+            if out:
+                out.close()
+    held = None if memory is None or before is None else memory - before
+    return rate, held, len(seen)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--streams", type=int, default=16)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--precision", choices=("fp32", "fp16"), default="fp32")
+    parser.add_argument("--decoder", choices=("nvdec", "cpu"), default="nvdec")
+    parser.add_argument("--warmup", type=float, default=10.0)
+    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--clip", type=Path, help="a 1080p H.264 file (default: made here)")
+    parser.add_argument("--model", type=Path, help="an ONNX model (default: random-weight YOLOv7)")
+    parser.add_argument("--log", type=Path, help="the daemon's log file")
+    args = parser.parse_args()
+    from gpu_decode import make_clip
+    from gpu_executor import random_yolov7
+
+    with tempfile.TemporaryDirectory(prefix="gpu_pipeline.") as tmp:
+        workdir = Path(tmp)
+        model = args.model or random_yolov7(workdir / "yolov7-random.onnx")
+        clip = args.clip or make_clip(workdir, seconds=10)
+        started = time.perf_counter()
+        ceil = engine_ceiling(model, args.batch, args.precision, batches=40)
+        print(f"engine alone: {ceil:.1f} img/s ({time.perf_counter() - started:.0f} s)", flush=True)
+        rate, memory, published = daemon_throughput(
+            model, clip, args.streams, args.batch, args.precision, args.decoder,
+            args.warmup, args.seconds, workdir, args.log,
+        )  # fmt: skip
+    from streamer.engine.cuda import load_cudart
+
+    name = load_cudart().cudaGetDeviceProperties(0)[1].name
+    name = name.decode(errors="replace").rstrip("\0") if isinstance(name, bytes) else name
+    print(f"GPU: {name}; {args.streams} × 1080p H.264 ({args.decoder}), YOLOv7 640 random weights, "
+          f"{args.precision}, batch {args.batch}, pid {os.getpid()}")  # fmt: skip
+    header = ("streams", "publishing", "engine img/s", "daemon img/s", "ratio", "daemon GPU MiB")
+    print(" | ".join(header))
+    row = (
+        str(args.streams), str(published), f"{ceil:.1f}", f"{rate:.1f}", f"{rate / ceil:.2f}",
+        "?" if memory is None else f"{memory:.0f}",
+    )  # fmt: skip
+    print(" | ".join(f"{v:>{len(h)}}" for v, h in zip(row, header, strict=True)))
+
+
+if __name__ == "__main__":
+    main()
