@@ -160,7 +160,8 @@ class EngineConfig(_Section):
     device: str = Field(default="auto", description="auto, cpu, cuda or cuda:N.")
     precision: Literal["fp32", "fp16", "int8"] = Field(
         default="fp32",
-        description="Numeric precision of inference (int8: TensorRT, with calibration_images).",
+        description="Numeric precision of inference: fp16 for TensorRT and torch on CUDA, int8 for TensorRT "
+        "(with calibration_images); ONNX Runtime runs the model as exported.",
     )
     max_batch: StrictInt = Field(
         default=4, ge=1, le=256, description="Most frames (from any streams) in one batch."

@@ -129,6 +129,12 @@ def open_executor(cfg: Config, model: Path) -> Any:
 
         return CudaExecutor(TorchDeviceEngine(model, options), slots=slots, device=_index(options.device))
     if backend in ("onnxruntime", "torch"):
+        if backend == "onnxruntime" and options.precision != "fp32":
+            log.warning(
+                "engine.precision %s is not applied by onnxruntime: it runs the model with the types it was "
+                "exported with (fp16 and int8 are for tensorrt and torch on CUDA)",
+                options.precision,
+            )
         return Executor(load_engine(backend, model, options), slots=slots)
     raise EngineError(f"unknown engine backend {backend!r}")
 

@@ -206,3 +206,20 @@ def test_an_input_that_is_not_an_rgb_float_image_is_a_model_error(tmp_path: Path
 def test_asking_for_cuda_without_the_cuda_provider_is_an_engine_error(oracle: Path) -> None:
     with pytest.raises(EngineError, match="onnxruntime-gpu"):
         load_engine("onnxruntime", oracle, EngineOptions(device="cuda:0"))
+
+
+def test_a_precision_onnxruntime_does_not_apply_is_said_in_the_log(
+    oracle: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from streamer.config import parse_config
+    from streamer.engine.select import open_executor
+
+    text = (
+        f"model:\n  onnx: {oracle}\nengine:\n  backend: onnxruntime\n  precision: fp16\n"
+        "sources:\n  - id: a\n    url: a.mp4\n"
+    )
+    cfg = parse_config(text, base_dir=tmp_path)
+    with caplog.at_level(logging.WARNING, logger="streamer.engine.select"):
+        executor = open_executor(cfg, oracle)
+    executor.close()
+    assert "engine.precision fp16 is not applied by onnxruntime" in caplog.text
