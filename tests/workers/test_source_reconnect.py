@@ -16,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import zmq
 
 from streamer.config import SourceConfig
 from streamer.errors import EXIT_OK, SourceError
@@ -79,28 +78,6 @@ class ScriptedSource:
 
     def close(self) -> None:
         self.closes += 1
-
-
-@pytest.fixture
-def context() -> Iterator[zmq.Context]:
-    ctx = zmq.Context()
-    yield ctx
-    ctx.destroy(linger=0)
-
-
-@pytest.fixture
-def pipe(tmp_path: Path, context: zmq.Context) -> Iterator[tuple[NotifySender, NotifyReceiver]]:
-    endpoint = f"ipc://{tmp_path}/notify.sock"
-    receiver = NotifyReceiver(endpoint, context)
-    sender = NotifySender(endpoint, context)
-    yield sender, receiver
-    sender.close()
-    receiver.close()
-
-
-@pytest.fixture
-def stop(tmp_path: Path) -> StopFlag:
-    return StopFlag(WorkerContext(str(tmp_path), "", None, "INFO", threading.Event(), os.getppid()))
 
 
 @pytest.fixture

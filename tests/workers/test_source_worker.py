@@ -19,35 +19,12 @@ from streamer.sources.base import DecodedFrame
 from streamer.sources.cpu import PyAvSource
 from streamer.transport.notify import NotifyReceiver, NotifySender
 from streamer.transport.ring import FrameRing
-from streamer.workers.common import StopFlag, WorkerContext
+from streamer.workers.common import StopFlag
 from streamer.workers.source import RingWriter, _hand_over, _run
 from tests.support.media import decode_frames, write_clip
 
 TIMEOUT = 5.0
 SHAPE = (24, 32, 3)
-
-
-@pytest.fixture
-def context() -> Iterator[zmq.Context]:
-    ctx = zmq.Context()
-    yield ctx
-    ctx.destroy(linger=0)
-
-
-@pytest.fixture
-def pipe(tmp_path: Path, context: zmq.Context) -> Iterator[tuple[NotifySender, NotifyReceiver]]:
-    endpoint = f"ipc://{tmp_path}/notify.sock"
-    receiver = NotifyReceiver(endpoint, context)
-    sender = NotifySender(endpoint, context)
-    yield sender, receiver
-    sender.close()
-    receiver.close()
-
-
-@pytest.fixture
-def stop(tmp_path: Path) -> StopFlag:
-    ctx = WorkerContext(str(tmp_path), "", None, "INFO", threading.Event(), os.getppid())
-    return StopFlag(ctx)
 
 
 @pytest.fixture
