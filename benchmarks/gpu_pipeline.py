@@ -59,12 +59,14 @@ def gpu_used_mib() -> float | None:
 
 def daemon_throughput(
     model: Path, clip: Path, streams: int, batch: int, precision: str, decoder: str,
-    warmup: float, seconds: float, workdir: Path, log: Path | None,
+    warmup: float, seconds: float, workdir: Path, log: Path | None, ring_slots: int = 4,
 ) -> tuple[float, float | None, int]:  # fmt: skip
     """(detection messages/s, GPU MiB held by the daemon, streams that published)."""
     endpoint = f"ipc://{workdir}/pub.sock"
     sources = "".join(
-        f"  - id: s{i}\n    url: {clip}\n    decoder: {decoder}\n    loop: true\n" for i in range(streams)
+        f"  - id: s{i}\n    url: {clip}\n    decoder: {decoder}\n    loop: true\n"
+        f"    ring_slots: {ring_slots}\n"
+        for i in range(streams)
     )
     config = workdir / "pipeline.yaml"
     config.write_text(
@@ -117,6 +119,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--precision", choices=("fp32", "fp16"), default="fp32")
     parser.add_argument("--decoder", choices=("nvdec", "cpu"), default="nvdec")
+    parser.add_argument("--ring-slots", type=int, default=4, help="frame slots per stream (daemon default 4)")
     parser.add_argument("--warmup", type=float, default=10.0)
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--clip", type=Path, help="a 1080p H.264 file (default: made here)")
@@ -135,7 +138,7 @@ def main() -> None:
         print(f"engine alone: {ceil:.1f} img/s ({time.perf_counter() - started:.0f} s)", flush=True)
         rate, memory, published = daemon_throughput(
             model, clip, args.streams, args.batch, args.precision, args.decoder,
-            args.warmup, args.seconds, workdir, args.log,
+            args.warmup, args.seconds, workdir, args.log, args.ring_slots,
         )  # fmt: skip
     from streamer.engine.cuda import load_cudart
 

@@ -16,6 +16,7 @@
 #   decode    NVDEC + ring + kernel vs bare PyNvVideoCodec, 1/4/8/16 streams
 #   pipeline  the daemon, 16 × 1080p NVDEC, YOLOv7 640, vs the engine alone (fp32, then fp16)
 #   profile   cProfile of the source and inference workers (one NVDEC stream; the fp16 daemon)
+#   fp16-mps, fp16-contexts   experiments on the fp16 gap: the daemon under CUDA MPS; 4 streams instead of 16
 set -u
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/gpu-logs}
@@ -55,13 +56,28 @@ print('PyAV', av.__version__, '| cuda-bindings', cuda.bindings.__version__, '| t
             python -c "import pstats, sys; pstats.Stats(sys.argv[1]).sort_stats('tottime').print_stats(22)" "$f" |
                 grep -v "^$" | tail -26
         done ;;
+    fp16-mps)  # the fp16 daemon under CUDA MPS: one shared GPU context instead of 17 time-sliced ones
+        export CUDA_MPS_PIPE_DIRECTORY=/tmp/mps-pipe CUDA_MPS_LOG_DIRECTORY=/tmp/mps-log
+        mkdir -p "$CUDA_MPS_PIPE_DIRECTORY" "$CUDA_MPS_LOG_DIRECTORY"
+        nvidia-cuda-mps-control -d || { echo "MPS did not start"; return 1; }
+        python benchmarks/gpu_pipeline.py --streams 16 --batch 16 --seconds 20 --precision fp16 \
+            --log "$OUT/daemon-fp16-mps.log"
+        rc=$?
+        echo quit | nvidia-cuda-mps-control
+        echo "fallback events: $(grep -c 'fallback' "$OUT/daemon-fp16-mps.log")"
+        tail -3 "$CUDA_MPS_LOG_DIRECTORY/control.log"
+        return $rc ;;
+    fp16-contexts)  # fewer source processes (contexts), same batch: 4 streams x 4 frames per batch
+        python benchmarks/gpu_pipeline.py --streams 4 --batch 16 --ring-slots 12 --seconds 20 --precision fp16 \
+            --log "$OUT/daemon-fp16-4streams.log" ;;
     *) echo "unknown stage $1"; return 2 ;;
     esac
 }
 export -f stage
 
 declare -A LIMIT=([env]=60 [probe]=90 [kernel]=150 [nvdec]=200 [engine]=200 [accuracy]=200 [decode]=200
-                  [pipeline]=330 [profile]=300)
+                  [pipeline]=330 [profile]=300
+                  [fp16-mps]=200 [fp16-contexts]=200)
 SUMMARY=()
 for name in "$@"; do
     start=$(date +%s)
