@@ -141,10 +141,11 @@ class Supervisor:
             self._notify = NotifySender(endpoint)
             self._wake = wake_r
             self._status_path = run_dir / "status.json"
-            epoch = self._mp.Value("i", 0)
+            epoch, engine_on_gpu = self._mp.Value("i", 0), self._mp.Value("b", 0)
             self._ctx = WorkerContext(
-                str(run_dir), endpoint, log_queue, self.cfg.logging.level, None, os.getpid(), epoch
-            )
+                str(run_dir), endpoint, log_queue, self.cfg.logging.level, None, os.getpid(), epoch,
+                engine_on_gpu,
+            )  # fmt: skip
             self._start_metrics(run_dir)  # before any worker is spawned: they inherit its environment
             return self._supervise()
         finally:

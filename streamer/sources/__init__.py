@@ -2,7 +2,8 @@
 
 `open_source` picks the decoder for a stream entry of the config: the CPU decoder (PyAV, `cpu`), or NVDEC
 (`nvdec`, yielding frames in GPU memory) wrapped so that the stream falls back to the CPU decoder when
-NVDEC cannot decode it (`fallback`). ``decoder: auto`` takes NVDEC where a GPU and PyNvVideoCodec are.
+NVDEC cannot decode it (`fallback`). ``decoder: auto`` takes NVDEC where a GPU and PyNvVideoCodec are
+and the engine runs on the GPU.
 Reconnecting live streams (`reconnect`), frozen-picture detection (`frozen`) and the guard against
 decoder calls that block past their timeouts (`watchdog`) are decoder-independent; the source worker
 (`streamer.workers.source`) drives them.
@@ -24,10 +25,13 @@ __all__ = ["DecodedFrame", "DeviceFrame", "FrameSource", "Pacer", "open_source",
 log = logging.getLogger(__name__)
 
 
-def open_source(cfg: SourceConfig, on_fallback: Callable[..., None] | None = None) -> FrameSource:
+def open_source(
+    cfg: SourceConfig, on_fallback: Callable[..., None] | None = None, *, engine_on_gpu: bool = True
+) -> FrameSource:
     """A not-yet-opened source for the stream `cfg` (call `open()` in the worker process).
 
-    `on_fallback(exc, frames)` is called when an NVDEC stream moves to the CPU decoder.
+    `on_fallback(exc, frames)` is called when an NVDEC stream moves to the CPU decoder. With
+    `engine_on_gpu` false (the engine runs on the CPU), ``decoder: auto`` is the CPU decoder.
     """
     from streamer.sources.cpu import PyAvSource
 
@@ -43,9 +47,18 @@ def open_source(cfg: SourceConfig, on_fallback: Callable[..., None] | None = Non
         return cpu()
     from streamer.sources.nvdec import NvdecSource, nvdec_usable
 
+    if cfg.decoder == "auto" and not engine_on_gpu:
+        log.debug("stream %s: decoder auto -> cpu (the engine runs on the CPU)", cfg.id)
+        return cpu()
     if cfg.decoder == "auto" and (why := nvdec_usable()) is not None:
         log.debug("stream %s: decoder auto -> cpu (%s)", cfg.id, why)
         return cpu()
+    if not engine_on_gpu:
+        log.warning(
+            "stream %s: decoder nvdec with an engine on the CPU: every frame is copied back to the host and "
+            "letterboxed there, slower than decoder cpu",
+            cfg.id,
+        )
     from streamer.sources.fallback import FallbackSource
 
     return FallbackSource(NvdecSource(cfg.id, cfg.url, **options), cpu, on_fallback, live=cfg.is_live)

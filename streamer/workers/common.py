@@ -30,6 +30,10 @@ class WorkerContext:
     inference_epoch: Any = None
     """multiprocessing.Value('i'): bumped by the supervisor when the inference worker is replaced, so that
     source workers take back the ring slots of frames the old one will never read."""
+    engine_on_gpu: Any = None
+    """multiprocessing.Value('b'): set by the inference worker before it is ready — 1 when its engine takes
+    frames in GPU memory. ``decoder: auto`` picks NVDEC only then: for an engine on the CPU, NVDEC frames
+    would come back to the host and be letterboxed by the slow NumPy model."""
 
 
 class StopFlag:

@@ -516,6 +516,8 @@ def run_inference(cfg: Config, model: Path, ctx: WorkerContext, ready: object) -
         receiver = NotifyReceiver(ctx.notify_endpoint)
         publisher = Publisher.from_config(cfg.publish)  # (reads the CURVE key files, if any)
         executor = open_executor(cfg, model)
+        if ctx.engine_on_gpu is not None:  # set before `ready`: the sources start after it (WorkerContext)
+            ctx.engine_on_gpu.value = int(hasattr(executor, "device_input"))
         loop = InferenceLoop(cfg, receiver, publisher, executor, stop, Path(ctx.run_dir) / "status.json")
         ready.set()  # type: ignore[attr-defined]
         loop.run()

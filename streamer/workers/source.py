@@ -136,7 +136,10 @@ def run_source(cfg: SourceConfig, ctx: WorkerContext) -> int:
     stop = start_worker(ctx)
     sender = NotifySender(ctx.notify_endpoint)
     writer = RingWriter(ctx.run_dir, cfg.id, cfg.ring_slots, ctx.inference_epoch)
-    source = open_source(cfg, on_fallback=lambda exc, frames: _fell_back(cfg, sender, exc, frames))
+    engine_on_gpu = ctx.engine_on_gpu is None or bool(ctx.engine_on_gpu.value)
+    source = open_source(
+        cfg, on_fallback=lambda exc, frames: _fell_back(cfg, sender, exc, frames), engine_on_gpu=engine_on_gpu
+    )
     watchdog = Watchdog(lambda what, limit: _stalled(cfg.id, ctx, what, limit))
     try:
         return _run(cfg, source, sender, writer, stop, watchdog)

@@ -7,6 +7,7 @@ The NVDEC decode itself is tested on the GPU host (tests/sources/test_nvdec_sour
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from collections.abc import Iterator
@@ -78,6 +79,20 @@ def test_open_source_picks_the_decoder(clips: dict[str, Path]) -> None:
         assert isinstance(auto, FallbackSource)
     else:
         assert isinstance(auto, PyAvSource) and not isinstance(auto, NvdecSource)
+
+
+def test_an_engine_on_the_cpu_keeps_auto_on_the_cpu_decoder(
+    clips: dict[str, Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    """(On the GPU host too: NVDEC frames would only come back to the host for a CPU engine.)"""
+    url = str(clips["h264"])
+    with caplog.at_level(logging.DEBUG, logger="streamer.sources"):
+        auto = open_source(SourceConfig(id="a", url=url), engine_on_gpu=False)
+        nvdec = open_source(SourceConfig(id="b", url=url, decoder="nvdec"), engine_on_gpu=False)
+    assert isinstance(auto, PyAvSource) and not isinstance(auto, NvdecSource)
+    assert "stream a: decoder auto -> cpu (the engine runs on the CPU)" in caplog.text
+    assert isinstance(nvdec, FallbackSource)  # asked for explicitly: kept, with a warning
+    assert "stream b: decoder nvdec with an engine on the CPU" in caplog.text
 
 
 def _opened(cfg: SourceConfig) -> tuple[FallbackSource, list[tuple[Exception, int]]]:
