@@ -66,6 +66,8 @@ class Snapshot:
     status: RunStatus | None = None
     streams: Mapping[str, str] = field(default_factory=dict)
     """Stream id → state (one of `STREAM_STATES`), in config order."""
+    decoders: Mapping[str, str] = field(default_factory=dict)
+    """Stream id → ``cpu`` or ``nvdec``, for the streams that have started."""
     workers: tuple[WorkerView, ...] = ()
 
 
@@ -84,9 +86,12 @@ def build_snapshot(
 ) -> Snapshot:
     """A new `Snapshot` from the supervisor's state (`base` gives the start time)."""
     streams: dict[str, str] = {}
+    decoders: dict[str, str] = {}
     for sid in dict.fromkeys([*stream_ids, *sources]):
         worker = sources.get(sid)
         heard = status.streams.get(sid) if status is not None else None
+        if heard is not None and heard.decoder:
+            decoders[sid] = heard.decoder
         if worker is not None and worker.done:
             state = "failed" if worker.failed else "ended"
         elif worker is not None and worker.restart_at is not None:
@@ -116,6 +121,7 @@ def build_snapshot(
         inference_ready_at=ready_at,
         status=status,
         streams=streams,
+        decoders=decoders,
         workers=tuple(workers),
     )
 
@@ -183,8 +189,16 @@ class SupervisorCollector:
             up.add_metric([sid], float(current == "running"))
             for name in STREAM_STATES:
                 state.add_metric([sid, name], float(current == name))
+        decoder = GaugeMetricFamily(
+            PREFIX + "stream_decoder",
+            "1 for the decoder the stream runs on (cpu, nvdec); nvdec streams fall back to cpu.",
+            labels=["stream", "decoder"],
+        )
+        for sid, name in snap.decoders.items():
+            decoder.add_metric([sid, name], 1.0)
         yield up
         yield state
+        yield decoder
         restarts = CounterMetricFamily(
             PREFIX + "worker_restarts_total",
             "Restarts of a worker after a crash, a stall or a memory recycle.",

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 import msgspec
 
@@ -28,6 +29,9 @@ class StreamStatus(msgspec.Struct):
     dropped: int = 0
     last_frame_time: float = 0.0
     """Unix time at which the stream's last frame was published (0: none yet)."""
+    decoder: str = ""
+    """``cpu`` or ``nvdec``: the decoder of the stream's last ``started``/``up`` event, or ``cpu`` after
+    a ``fallback`` ("" until the stream started)."""
 
 
 class RunStatus(msgspec.Struct):
@@ -44,6 +48,13 @@ class RunStatus(msgspec.Struct):
             counts[s.state] = counts.get(s.state, 0) + 1
         states = ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
         return f"{len(self.streams)} stream(s): {states or 'none yet'}; {self.published} frames published"
+
+
+def decoder_after(event: Any, decoder: str) -> str:
+    """The stream's decoder once `event` (a `StreamEvent`) is known: what it says, else `decoder`."""
+    if event.kind == "fallback":
+        return str(event.detail.get("to", "cpu"))
+    return str(event.detail.get("decoder", decoder)) if event.kind in ("started", "up") else decoder
 
 
 _encoder = msgspec.json.Encoder()
@@ -64,4 +75,4 @@ def read_status(path: Path) -> RunStatus | None:
         return None
 
 
-__all__ = ["STATE_OF_EVENT", "RunStatus", "StreamStatus", "read_status", "write_status"]
+__all__ = ["STATE_OF_EVENT", "RunStatus", "StreamStatus", "decoder_after", "read_status", "write_status"]

@@ -59,6 +59,7 @@ def fetch(url: str, timeout: float = 5.0) -> tuple[int, str]:
 @dataclass
 class StreamRow:
     state: str = "?"
+    decoder: str = "-"
     decoded: float = 0.0
     published: float = 0.0
     dropped: dict[str, float] = field(default_factory=dict)
@@ -114,6 +115,8 @@ def parse(text: str, at: float | None = None) -> Scrape:
             streams[stream].reconnects = value
         elif name == "stream_state" and value == 1:
             streams[stream].state = labels.get("state", "?")
+        elif name == "stream_decoder" and value == 1:
+            streams[stream].decoder = labels.get("decoder", "?")
         elif name == "frame_latency_seconds_bucket":
             streams[stream].latency[float(labels["le"])] = value
         elif name in ("process_resident_memory_bytes", "worker_restarts_total"):
@@ -219,16 +222,17 @@ def render(url: str, now: Scrape, readiness: dict[str, Any], before: Scrape | No
             fps = f"{(row.published - (old.published if old else 0.0)) / elapsed:.1f}"
         p50, p95 = quantile(0.5, latency), quantile(0.95, latency)
         rows.append([
-            sid, states.get(sid, row.state), _count(row.decoded), _count(row.published),
+            sid, states.get(sid, row.state), row.decoder, _count(row.decoded), _count(row.published),
             _count(sum(row.dropped.values())), fps, _duration(p50, latency), _duration(p95, latency),
             _count(row.reconnects),
         ])  # fmt: skip
         reasons = ", ".join(f"{reason} {n:.0f}" for reason, n in sorted(row.dropped.items()) if n)
         if reasons:
             drops.append(f"  {sid}: {reasons}")
-    header = ["STREAM", "STATE", "DECODED", "PUBLISHED", "DROPPED", "FPS", "P50", "P95", "RECONNECTS"]
+    header = ["STREAM", "STATE", "DECODER", "DECODED", "PUBLISHED", "DROPPED", "FPS", "P50", "P95"]
+    header.append("RECONNECTS")
     lines.append("")
-    lines += _table(header, rows, right={2, 3, 4, 5, 6, 7, 8}) if rows else ["no streams yet"]
+    lines += _table(header, rows, right={3, 4, 5, 6, 7, 8, 9}) if rows else ["no streams yet"]
     lines.append(f"(FPS: frames published per second, P50/P95: capture-to-publish latency, {window})")
     if drops:
         lines += ["dropped frames by reason:", *drops]

@@ -62,6 +62,7 @@ def _exposition(published: float, latencies: list[float]) -> str:
     state = Gauge("yolostream_stream_state", "", ["stream", "state"], registry=r)
     state.labels("cam1", "running").set(1)
     state.labels("cam1", "down").set(0)
+    Gauge("yolostream_stream_decoder", "", ["stream", "decoder"], registry=r).labels("cam1", "nvdec").set(1)
     rss = Gauge("yolostream_process_resident_memory_bytes", "", ["worker", "stream"], registry=r)
     rss.labels("supervisor", "").set(70 * 2**20)
     rss.labels("source", "cam1").set(99 * 2**20)
@@ -78,14 +79,14 @@ def test_parse_and_render_the_status_table() -> None:
     now = parse(_exposition(150, [0.02] * 10 + [0.07] * 40), at=12.0)
     assert now.streams["cam1"].decoded == 153 and now.streams["cam1"].published == 150
     assert now.streams["cam1"].dropped == {"inference_behind": 2, "ring_full": 1, "stale_slot": 0}
-    assert now.streams["cam1"].state == "running"
+    assert now.streams["cam1"].state == "running" and now.streams["cam1"].decoder == "nvdec"
     assert now.values["publish_overflows_total"] == 7
     text = render("http://h:1", now, {"ready": True, "streams": {"cam1": "running"}}, before)
     lines = text.splitlines()
     assert lines[0] == "yolostream at http://h:1: ready; up 1h02m; 2 subscription(s); 7 publish overflow(s)"
     row = next(line for line in lines if line.startswith("cam1"))
     # 50 frames in 2 s; the interval's latencies all lie in (0.05, 0.1]: p50 = 0.075, p95 = 0.0975.
-    assert row.split() == ["cam1", "running", "153", "150", "3", "25.0", "75", "ms", "98", "ms", "0"]
+    assert row.split() == ["cam1", "running", "nvdec", "153", "150", "3", "25.0", "75", "ms", "98", "ms", "0"]
     assert "over the last 2.0 s" in text
     assert "  cam1: inference_behind 2, ring_full 1" in lines
     assert re.search(r"^supervisor +70 MiB +-$", text, re.M)
@@ -93,7 +94,7 @@ def test_parse_and_render_the_status_table() -> None:
     # Without a first scrape: totals since the start, no frames per second.
     text = render("http://h:1", now, {"ready": False, "reason": "no stream is running"})
     assert "not ready (no stream is running)" in text and "since the start" in text
-    assert next(line for line in text.splitlines() if line.startswith("cam1")).split()[5] == "-"
+    assert next(line for line in text.splitlines() if line.startswith("cam1")).split()[6] == "-"
 
 
 def test_status_says_when_nothing_listens() -> None:
@@ -305,6 +306,7 @@ def test_metrics_health_and_status_of_a_running_daemon(tmp_path: Path, clip: Pat
         assert _value(samples, p + "worker_restarts_total", worker="source", stream="files") == 0
         assert "yolostream_gpu_memory_used_bytes" not in text  # a CPU engine
         assert _value(samples, p + "inference_ready") == 1
+        assert _value(samples, p + "stream_decoder", stream="files", decoder="cpu") == 1
 
         code, body = fetch(f"{url}/healthz")
         assert (code, json.loads(body)["healthy"]) == (200, True)
@@ -319,8 +321,9 @@ def test_metrics_health_and_status_of_a_running_daemon(tmp_path: Path, clip: Pat
         )  # fmt: skip
         assert out.returncode == 0, out.stderr
         assert out.stdout.startswith(f"yolostream at {url}: ready; up ")
-        assert re.search(r"^files +running +\d+ +\d+ +\d+ +\d+\.\d +\d+ ms", out.stdout, re.M), out.stdout
-        assert re.search(r"^cam +(reconnecting|down) +0 +0 +0 +0\.0 +- +- +\d+$", out.stdout, re.M), (
+        files_row = r"^files +running +cpu +\d+ +\d+ +\d+ +\d+\.\d +\d+ ms"
+        assert re.search(files_row, out.stdout, re.M), out.stdout
+        assert re.search(r"^cam +(reconnecting|down) +- +0 +0 +0 +0\.0 +- +- +\d+$", out.stdout, re.M), (
             out.stdout
         )
         assert re.search(r"^source +files +\d+ MiB +0$", out.stdout, re.M), out.stdout
@@ -417,3 +420,18 @@ def test_a_port_in_use_is_an_error_in_the_log_and_the_daemon_runs_without_metric
             ), daemon.log()
         finally:
             daemon.close()
+
+
+def test_the_decoder_of_a_stream_follows_its_events() -> None:
+    from streamer.messages import StreamEvent
+    from streamer.status import decoder_after
+
+    started = StreamEvent("cam", "started", "", detail={"codec": "h264", "decoder": "nvdec"})
+    fallback = StreamEvent("cam", "fallback", "", detail={"from": "nvdec", "to": "cpu"})
+    up = StreamEvent("cam", "up", "", detail={"downtime_s": 3.0})
+    decoder = ""
+    seen = []
+    for event in (started, up, fallback, up):
+        decoder = decoder_after(event, decoder)
+        seen.append(decoder)
+    assert seen == ["nvdec", "nvdec", "cpu", "cpu"]

@@ -45,7 +45,7 @@ from streamer.postprocess_end2end import decode_end2end
 from streamer.preprocess import LetterboxGeometry, letterbox, letterbox_geometry, to_input_tensor
 from streamer.protocol import DetectionsMessage, detections_from_array, event_message
 from streamer.publish import Publisher
-from streamer.status import STATE_OF_EVENT, RunStatus, StreamStatus, write_status
+from streamer.status import STATE_OF_EVENT, RunStatus, StreamStatus, decoder_after, write_status
 from streamer.transport.notify import NotifyReceiver
 from streamer.transport.ring import FrameRing, StaleSlotError
 from streamer.workers.common import StopFlag, WorkerContext, start_worker
@@ -73,6 +73,7 @@ class _Stream:
     dropped_reported: int = 0
     exited: bool = False
     state: str = "starting"
+    decoder: str = ""
     last_frame_time: float = 0.0
     metrics: StreamMetrics = field(init=False, repr=False)
 
@@ -384,6 +385,7 @@ class InferenceLoop:
             while stream.queue and isinstance(stream.queue[0], StreamEvent) and stream.inflight == 0:
                 event: StreamEvent = stream.queue.popleft()  # type: ignore[assignment]
                 stream.state = STATE_OF_EVENT.get(event.kind, stream.state)
+                stream.decoder = decoder_after(event, stream.decoder)
                 self.publisher.publish(event_message(event))
                 if event.kind == EVENT_ERROR and self.gpu_frames is not None:
                     self.gpu_frames.stream_gone(stream.id)  # its worker died: unmap its CUDA ring
@@ -449,7 +451,7 @@ class InferenceLoop:
         if self.status_path is None:
             return
         streams = {
-            s.id: StreamStatus(s.state, s.published, s.dropped, s.last_frame_time)
+            s.id: StreamStatus(s.state, s.published, s.dropped, s.last_frame_time, s.decoder)
             for s in self.streams.values()
         }
         published = sum(s.published for s in self.streams.values())
