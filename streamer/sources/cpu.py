@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
-from typing import Any, NoReturn
+from collections.abc import Callable, Iterator
+from typing import Any, NoReturn, TypeVar
 from urllib.parse import unquote, urlsplit
 
 import av
@@ -13,9 +13,10 @@ import av.error
 
 from streamer.errors import SourceError, SourceFormatError
 from streamer.samples import sample_path
-from streamer.sources.base import DecodedFrame, SourceInfo, redact
+from streamer.sources.base import DecodedFrame, DeviceFrame, SourceInfo, redact
 
 log = logging.getLogger(__name__)
+_F = TypeVar("_F", DecodedFrame, DeviceFrame)
 
 # A stream whose packets fail to decode this many times in a row is considered undecodable.
 MAX_CONSECUTIVE_DECODE_ERRORS = 50
@@ -129,23 +130,40 @@ class PyAvSource:
         return self.info
 
     def frames(self) -> Iterator[DecodedFrame]:
+        return self._looped(
+            self._rgb_pass,
+            lambda: SourceFormatError(self.stream_id, "no decodable frame in the file; cannot loop it"),
+        )
+
+    def _rgb_pass(self, container: av.container.InputContainer, pts_offset: float) -> Iterator[DecodedFrame]:
+        for frame in self._decode(container):
+            pts = None if frame.time is None else frame.time + pts_offset
+            yield DecodedFrame(frame.to_ndarray(format="rgb24"), 0, pts, time.time())
+
+    def _looped(
+        self,
+        one_pass: Callable[[av.container.InputContainer, float], Iterator[_F]],
+        nothing_decoded: Callable[[], Exception],
+    ) -> Iterator[_F]:
+        """The frames of `one_pass` over the input (frames given pts + `pts_offset`), numbered; a file with
+        `loop` is rewound and passed over again, its pts continuing one frame interval after the last."""
         if self._container is None:
             self.open()
         index = 0
         pts_offset = 0.0
         while True:
             last_pts: float | None = None
-            for frame in self._decode(self._container):  # type: ignore[arg-type]
-                pts = None if frame.time is None else frame.time + pts_offset
-                yield DecodedFrame(frame.to_ndarray(format="rgb24"), index, pts, time.time())
+            for frame in one_pass(self._container, pts_offset):  # type: ignore[arg-type]
+                frame.index = index
+                yield frame
                 index += 1
-                last_pts = pts
+                last_pts = frame.pts
             if self.live:
                 raise SourceError(self.stream_id, "the stream ended (the server closed the connection)")
             if not self.loop:
                 return
             if index == 0:
-                raise SourceFormatError(self.stream_id, "no decodable frame in the file; cannot loop it")
+                raise nothing_decoded()
             fps = self.info.fps if self.info and self.info.fps else 25.0
             pts_offset = (last_pts if last_pts is not None else pts_offset) + 1.0 / fps
             self._rewind()

@@ -123,26 +123,8 @@ class NvdecSource(PyAvSource):
             raise self._unavailable(f"cannot create an NVDEC decoder: {exc}") from exc
 
     def frames(self) -> Iterator[DeviceFrame]:  # type: ignore[override]
-        if self._container is None:
-            self.open()
-        index = 0
-        pts_offset = 0.0
-        while True:
-            last_pts: float | None = None
-            for frame in self._decode_device(self._container, pts_offset):  # type: ignore[arg-type]
-                frame.index = index
-                yield frame
-                index += 1
-                last_pts = frame.pts
-            if self.live:
-                raise SourceError(self.stream_id, "the stream ended (the server closed the connection)")
-            if not self.loop:
-                return
-            if index == 0:
-                raise self._unavailable("NVDEC decoded no frame of the file")
-            fps = self.info.fps if self.info and self.info.fps else 25.0
-            pts_offset = (last_pts if last_pts is not None else pts_offset) + 1.0 / fps
-            self._rewind()
+        nothing = "NVDEC decoded no frame of the file"
+        return self._looped(self._decode_device, lambda: self._unavailable(nothing))
 
     def _decode_device(
         self, container: av.container.InputContainer, pts_offset: float
