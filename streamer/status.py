@@ -30,8 +30,8 @@ class StreamStatus(msgspec.Struct):
     last_frame_time: float = 0.0
     """Unix time at which the stream's last frame was published (0: none yet)."""
     decoder: str = ""
-    """``cpu`` or ``nvdec``: the decoder of the stream's last ``started``/``up`` event, or ``cpu`` after
-    a ``fallback`` ("" until the stream started)."""
+    """``cpu`` or ``nvdec``: the decoder of the stream's last ``started`` event, or ``cpu`` after a
+    ``fallback`` ("" until the stream started)."""
 
 
 class RunStatus(msgspec.Struct):
@@ -54,7 +54,7 @@ def decoder_after(event: Any, decoder: str) -> str:
     """The stream's decoder once `event` (a `StreamEvent`) is known: what it says, else `decoder`."""
     if event.kind == "fallback":
         return str(event.detail.get("to", "cpu"))
-    return str(event.detail.get("decoder", decoder)) if event.kind in ("started", "up") else decoder
+    return str(event.detail.get("decoder", decoder)) if event.kind == "started" else decoder
 
 
 _encoder = msgspec.json.Encoder()
