@@ -17,9 +17,6 @@ architecture, so later start-ups only load it (``cuModuleLoadData``). Launched w
 from __future__ import annotations
 
 import ctypes
-import hashlib
-import importlib
-import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,13 +24,11 @@ from typing import Any
 
 import numpy as np
 
+from streamer.engine import nvrtc
 from streamer.engine.cuda import check, load_cudart
 from streamer.errors import EngineError
-from streamer.paths import cache_dir
 from streamer.preprocess.letterbox import PAD_VALUE, LetterboxGeometry
 from streamer.preprocess.nv12 import YuvCoefficients, resize_taps
-
-log = logging.getLogger(__name__)
 
 KERNEL_NAME = "letterbox_nv12"
 BLOCK = (32, 8)
@@ -62,13 +57,27 @@ static __device__ __forceinline__ void pixel(
     sws_rgb(Y, uv[0], uv[1], cy, y_offset, v2r, u2b, u2g, v2g, rgb);
 }
 
-// taps: x_i0[new_w] x_i1[new_w] y_i0[new_h] y_i1[new_h] (int32), then x_w0 x_w1 y_w0 y_w1 (float32).
+// One picture of the batch. taps: x_i0[new_w] x_i1[new_w] y_i0[new_h] y_i1[new_h] (int32), then x_w0 x_w1
+// y_w0 y_w1 (float32). Layout mirrored by `Item` in cuda_kernel.py.
+struct Item {
+    const unsigned char* y_plane; const unsigned char* uv_plane; const int* taps; long long pitch;
+    int new_w, new_h, left, top;
+    int cy, y_offset, v2r, u2b, u2g, v2g;
+    int index, unused;
+};
+struct Items { Item item[MAX_ITEMS]; };
+
+// blockIdx.z picks the picture: one launch letterboxes a whole batch (up to MAX_ITEMS pictures).
 extern "C" __global__ void letterbox_nv12(
-    const unsigned char* __restrict__ y_plane, const unsigned char* __restrict__ uv_plane, long long pitch,
-    const int* __restrict__ taps, int new_w, int new_h, int left, int top, int dst_w, int dst_h,
-    int cy, int y_offset, int v2r, int u2b, int u2g, int v2g,
-    int swap_rb, float pad, void* __restrict__ out, int half)
+    const Items items, int dst_w, int dst_h, int swap_rb, float pad, void* __restrict__ out, int half)
 {
+    const Item& it = items.item[blockIdx.z];
+    const unsigned char* __restrict__ y_plane = it.y_plane;
+    const unsigned char* __restrict__ uv_plane = it.uv_plane;
+    const int* __restrict__ taps = it.taps;
+    const long long pitch = it.pitch;
+    const int new_w = it.new_w, new_h = it.new_h, left = it.left, top = it.top;
+    const int cy = it.cy, y_offset = it.y_offset, v2r = it.v2r, u2b = it.u2b, u2g = it.u2g, v2g = it.v2g;
     int ox = blockIdx.x * blockDim.x + threadIdx.x;
     int oy = blockIdx.y * blockDim.y + threadIdx.y;
     if (ox >= dst_w || oy >= dst_h) return;
@@ -97,6 +106,7 @@ extern "C" __global__ void letterbox_nv12(
         }
     }
     long long plane = (long long)dst_w * dst_h, at = (long long)oy * dst_w + ox;
+    out = (char*)out + (long long)it.index * 3 * plane * (half ? 2 : 4);
     for (int c = 0; c < 3; ++c) {
         float value = v[swap_rb ? 2 - c : c];
         if (half) {
@@ -111,36 +121,49 @@ extern "C" __global__ void letterbox_nv12(
 """
 
 
-def _module(name: str) -> Any:
-    try:
-        return importlib.import_module(f"cuda.bindings.{name}")
-    except ImportError:
-        try:
-            return importlib.import_module(f"cuda.{name}")
-        except ImportError as exc:
-            raise EngineError(
-                f"the CUDA letterbox needs cuda-python ({exc}): pip install 'yolostream[gpu]'"
-            ) from exc
+MAX_ITEMS = 32
+"""Pictures per launch: their descriptors travel as a kernel parameter by value (80 bytes each), which
+stays under the 4 KB that every CUDA driver accepts; a larger batch takes several launches."""
 
 
-def _nvrtc_check(nvrtc: Any, result: Any, what: str, program: Any = None) -> Any:
-    err, *values = result if isinstance(result, tuple) else (result,)
-    if err != nvrtc.nvrtcResult.NVRTC_SUCCESS:
-        detail = ""
-        if program is not None:
-            _, size = nvrtc.nvrtcGetProgramLogSize(program)
-            buf = b" " * size
-            nvrtc.nvrtcGetProgramLog(program, buf)
-            detail = ":\n" + buf.decode(errors="replace")
-        raise EngineError(f"NVRTC {what} failed ({err}){detail}")
-    return values[0] if len(values) == 1 else (tuple(values) if values else None)
+class Item(ctypes.Structure):
+    """One picture's descriptor, laid out as the kernel's ``struct Item``."""
+
+    _fields_ = [
+        ("y_plane", ctypes.c_uint64), ("uv_plane", ctypes.c_uint64), ("taps", ctypes.c_uint64),
+        ("pitch", ctypes.c_int64),
+        *((name, ctypes.c_int32) for name in ("new_w", "new_h", "left", "top")),
+        *((name, ctypes.c_int32) for name in ("cy", "y_offset", "v2r", "u2b", "u2g", "v2g")),
+        ("index", ctypes.c_int32), ("unused", ctypes.c_int32),
+    ]  # fmt: skip
 
 
-def _driver_check(driver: Any, result: Any, what: str) -> Any:
-    err, *values = result if isinstance(result, tuple) else (result,)
-    if err != driver.CUresult.CUDA_SUCCESS:
-        raise EngineError(f"CUDA {what} failed: {err}")
-    return values[0] if len(values) == 1 else (tuple(values) if values else None)
+class Items(ctypes.Structure):
+    _fields_ = [("item", Item * MAX_ITEMS)]
+
+
+_ARG_TYPES = (
+    Items,
+    ctypes.c_int32,
+    ctypes.c_int32,
+    ctypes.c_int32,
+    ctypes.c_float,
+    ctypes.c_uint64,
+    ctypes.c_int32,
+)
+"""The kernel's parameters: the items; dst_w, dst_h, swap_rb, pad, out, fp16."""
+
+
+@dataclass(frozen=True)
+class Picture:
+    """One NV12 picture in device memory to letterbox into item `index` of the batch."""
+
+    y_ptr: int
+    uv_ptr: int
+    pitch: int
+    geometry: LetterboxGeometry
+    coefficients: YuvCoefficients
+    index: int
 
 
 def compile_cubin(arch: str, cache: Path | None = None) -> bytes:
@@ -149,44 +172,7 @@ def compile_cubin(arch: str, cache: Path | None = None) -> bytes:
     NVRTC needs no GPU, so this also runs on a CPU machine where cuda-python and the NVRTC library
     (``nvidia-cuda-nvrtc``) are installed.
     """
-    nvrtc = _module("nvrtc")
-    version = _nvrtc_check(nvrtc, nvrtc.nvrtcVersion(), "version")
-    options = (*OPTIONS, f"--gpu-architecture={arch}")
-    key = hashlib.sha256(repr((SOURCE, options, version)).encode()).hexdigest()[:24]
-    folder = cache if cache is not None else cache_dir() / "kernels"
-    path = folder / f"{KERNEL_NAME}-{key}-{arch}.cubin"
-    if path.is_file():
-        return path.read_bytes()
-    program = _nvrtc_check(
-        nvrtc, nvrtc.nvrtcCreateProgram(SOURCE.encode(), f"{KERNEL_NAME}.cu".encode(), 0, [], []), "create"
-    )
-    try:
-        _nvrtc_check(
-            nvrtc,
-            nvrtc.nvrtcCompileProgram(program, len(options), [o.encode() for o in options]),
-            "compile",
-            program,
-        )
-        size = _nvrtc_check(nvrtc, nvrtc.nvrtcGetCUBINSize(program), "cubin size")
-        cubin = b" " * size
-        _nvrtc_check(nvrtc, nvrtc.nvrtcGetCUBIN(program, cubin), "get cubin")
-    finally:
-        nvrtc.nvrtcDestroyProgram(program)
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_bytes(cubin)
-    tmp.replace(path)  # atomic: several inference workers may compile at once
-    log.info("compiled the letterbox kernel for %s with NVRTC %s.%s (%s)", arch, *version, path)
-    return cubin
-
-
-def device_arch(device: int = 0) -> str:
-    """``sm_XY`` of CUDA `device`."""
-    cudart = load_cudart()
-    attr = cudart.cudaDeviceAttr
-    major = check(cudart.cudaDeviceGetAttribute(attr.cudaDevAttrComputeCapabilityMajor, device), "attribute")
-    minor = check(cudart.cudaDeviceGetAttribute(attr.cudaDevAttrComputeCapabilityMinor, device), "attribute")
-    return f"sm_{major}{minor}"
+    return nvrtc.compile_cubin(SOURCE, KERNEL_NAME, (*OPTIONS, f"-DMAX_ITEMS={MAX_ITEMS}"), arch, cache)
 
 
 @dataclass
@@ -195,38 +181,11 @@ class _Taps:
     ptr: int
 
 
-class _Args:
-    """cuLaunchKernel's ``kernelParams``: a ctypes struct holding every argument and the array of their
-    addresses, built once per kernel; `fill` rewrites the values in place (the driver copies them at the
-    launch). Twenty small NumPy arrays per launch cost 70 µs, more than the launch itself."""
-
-    def __init__(self, types: Sequence[Any]) -> None:
-        self._names = [f"a{i}" for i in range(len(types))]
-        layout = type(
-            "KernelArgs", (ctypes.Structure,), {"_fields_": list(zip(self._names, types, strict=True))}
-        )
-        self._values = layout()
-        base = ctypes.addressof(self._values)
-        offsets = [getattr(layout, name).offset for name in self._names]
-        self._pointers = (ctypes.c_void_p * len(types))(*(base + offset for offset in offsets))
-        self.address = ctypes.addressof(self._pointers)
-
-    def fill(self, values: Sequence[Any]) -> None:
-        for name, value in zip(self._names, values, strict=True):
-            setattr(self._values, name, value)
-
-
-_U64, _I64, _I32, _F32 = ctypes.c_uint64, ctypes.c_int64, ctypes.c_int32, ctypes.c_float
-_ARG_TYPES = (_U64, _U64, _I64, _U64, *(_I32,) * 6, *(_I32,) * 6, _I32, _F32, _U64, _I32)
-"""The kernel's parameters: y, uv, pitch, taps; new_w, new_h, left, top, dst_w, dst_h; the six colour
-coefficients; swap_rb, pad, out, fp16."""
-
-
 class LetterboxKernel:
     """The compiled kernel, loaded in the current CUDA context, plus its per-geometry tap tables.
 
-    `launch` enqueues one frame on a stream and returns at once. Tap tables are uploaded once per source
-    size and kept until `close`.
+    `launch_batch` enqueues the pictures of a batch on a stream in one launch (per `MAX_ITEMS`) and
+    returns at once. Tap tables are uploaded once per source size and kept until `close`.
     """
 
     def __init__(
@@ -237,19 +196,14 @@ class LetterboxKernel:
         self.dst_w, self.dst_h, self.swap_rb, self.dtype = dst_w, dst_h, swap_rb, dtype
         self.item_bytes = 3 * dst_w * dst_h * (2 if dtype == "float16" else 4)
         self._cudart = load_cudart()
-        self._driver = _module("driver")
         check(self._cudart.cudaSetDevice(device), "cudaSetDevice")
         check(self._cudart.cudaFree(0), "context initialisation")  # make the primary context current
-        cubin = compile_cubin(device_arch(device))
-        self._cubin = np.frombuffer(cubin, dtype=np.uint8).copy()
-        d = self._driver
-        self._module = _driver_check(d, d.cuModuleLoadData(self._cubin.ctypes.data), "cuModuleLoadData")
-        self._function = _driver_check(
-            d, d.cuModuleGetFunction(self._module, KERNEL_NAME.encode()), "cuModuleGetFunction"
-        )
+        self._kernel = nvrtc.Kernel(compile_cubin(nvrtc.device_arch(device)), KERNEL_NAME, _ARG_TYPES)
         self._taps: dict[tuple[int, int], _Taps] = {}
-        self._pad = np.float32(PAD_VALUE) / np.float32(255)
-        self._args = _Args(_ARG_TYPES)
+        pad = float(np.float32(PAD_VALUE) / np.float32(255))
+        self._kernel.args.fill((Items(), dst_w, dst_h, int(swap_rb), pad, 0, int(dtype == "float16")))
+        self._items: Items = self._kernel.args.field(0)  # filled in place for every launch
+        self._grid = ((dst_w + BLOCK[0] - 1) // BLOCK[0], (dst_h + BLOCK[1] - 1) // BLOCK[1])
 
     def taps(self, geometry: LetterboxGeometry) -> int:
         """Device address of the tap tables of `geometry` (uploaded on first use)."""
@@ -268,6 +222,15 @@ class LetterboxKernel:
         self._taps[key] = _Taps(geometry, ptr)
         return ptr
 
+    def launch_batch(self, pictures: Sequence[Picture], out_ptr: int, stream: Any) -> None:
+        """Enqueue the letterbox of every picture into its item of the batch at `out_ptr` on `stream`."""
+        for first in range(0, len(pictures), MAX_ITEMS):
+            chunk = pictures[first : first + MAX_ITEMS]
+            for slot, picture in zip(self._items.item, chunk, strict=False):
+                self._describe(slot, picture)
+            self._kernel.args.set(5, out_ptr)
+            self._kernel.launch((*self._grid, len(chunk)), (*BLOCK, 1), stream)
+
     def launch(
         self,
         y_ptr: int,
@@ -284,43 +247,29 @@ class LetterboxKernel:
         `y_ptr` / `uv_ptr` are device addresses of the planes, both `pitch` bytes per row; `geometry` is
         ``letterbox_geometry(width, height, dst_w, dst_h)``; `stream` a ``cudaStream_t`` (or its int).
         """
-        if (geometry.dst_w, geometry.dst_h) != (self.dst_w, self.dst_h):
-            raise ValueError(
-                f"geometry for {geometry.dst_w}x{geometry.dst_h}, kernel for {self.dst_w}x{self.dst_h}"
-            )
-        g = geometry
-        self._args.fill(
-            (
-                y_ptr, uv_ptr, pitch, self.taps(g), g.new_w, g.new_h, g.left, g.top, g.dst_w, g.dst_h,
-                *coefficients.as_tuple(), int(self.swap_rb), float(self._pad),
-                out_ptr + batch_index * self.item_bytes, int(self.dtype == "float16"),
-            )
-        )  # fmt: skip
-        d = self._driver
-        grid = ((g.dst_w + BLOCK[0] - 1) // BLOCK[0], (g.dst_h + BLOCK[1] - 1) // BLOCK[1], 1)
-        _driver_check(
-            d,
-            d.cuLaunchKernel(
-                self._function,
-                *grid,
-                BLOCK[0],
-                BLOCK[1],
-                1,
-                0,
-                d.CUstream(int(stream)),
-                self._args.address,
-                0,
-            ),
-            "cuLaunchKernel",
+        self.launch_batch(
+            [Picture(y_ptr, uv_ptr, pitch, geometry, coefficients, batch_index)], out_ptr, stream
         )
+
+    def _describe(self, item: Item, picture: Picture) -> None:
+        g = picture.geometry
+        if (g.dst_w, g.dst_h) != (self.dst_w, self.dst_h):
+            raise ValueError(f"geometry for {g.dst_w}x{g.dst_h}, kernel for {self.dst_w}x{self.dst_h}")
+        item.y_plane, item.uv_plane, item.taps, item.pitch = (
+            picture.y_ptr,
+            picture.uv_ptr,
+            self.taps(g),
+            picture.pitch,
+        )
+        item.new_w, item.new_h, item.left, item.top = g.new_w, g.new_h, g.left, g.top
+        (item.cy, item.y_offset, item.v2r, item.u2b, item.u2g, item.v2g) = picture.coefficients.as_tuple()
+        item.index = picture.index
 
     def close(self) -> None:
         for taps in self._taps.values():
             check(self._cudart.cudaFree(taps.ptr), "cudaFree")
         self._taps.clear()
-        if self._module is not None:
-            _driver_check(self._driver, self._driver.cuModuleUnload(self._module), "cuModuleUnload")
-            self._module = None
+        self._kernel.close()
 
 
 def tap_table(geometry: LetterboxGeometry) -> np.ndarray:

@@ -51,20 +51,32 @@ def gpu() -> Any:
 
 
 def test_launch_arguments_sit_at_the_addresses_handed_to_the_driver() -> None:
-    """The kernel's 20 parameters, each read back through its entry of the kernelParams array."""
+    """The kernel's parameters, each read back through its entry of the kernelParams array; the picture
+    descriptors (passed by value) laid out as the kernel's ``struct Item``: 3 pointers, a 64-bit pitch, 12
+    ints, 80 bytes."""
     import ctypes
 
-    from streamer.preprocess.cuda_kernel import _ARG_TYPES, _Args
+    from streamer.engine.nvrtc import LaunchArgs
+    from streamer.preprocess.cuda_kernel import _ARG_TYPES, MAX_ITEMS, Item, Items
 
-    values = (2**40 + 1, 2**40 + 2, -3, 2**63 + 5, 640, 360, 0, 140, 640, 640,
-              9539, 128, 13075, 16525, -3209, -6660, 1, 114 / 255, 2**50, 0)  # fmt: skip
-    args = _Args(_ARG_TYPES)
-    args.fill([v + 1 if isinstance(v, int) else v for v in values])  # stale values are overwritten
+    assert ctypes.sizeof(Item) == 80 and ctypes.sizeof(Items) == 80 * MAX_ITEMS <= 4096 - 64
+    assert [Item.y_plane.offset, Item.pitch.offset, Item.new_w.offset, Item.cy.offset, Item.index.offset] == [
+        0, 24, 32, 48, 72,
+    ]  # fmt: skip
+    items = Items()
+    items.item[3].y_plane, items.item[3].pitch, items.item[3].index = 2**40 + 1, 4096, 3
+    values = (items, 640, 640, 1, 114 / 255, 2**50, 0)
+    args = LaunchArgs(_ARG_TYPES)
+    args.fill((Items(), 1, 1, 0, 0.5, 1, 1))  # stale values are overwritten
     args.fill(values)
     pointers = (ctypes.c_void_p * len(values)).from_address(args.address)
-    for pointer, kind, value in zip(pointers, _ARG_TYPES, values, strict=True):
+    for pointer, kind, value in zip(pointers[1:], _ARG_TYPES[1:], values[1:], strict=True):
         got = ctypes.cast(pointer, ctypes.POINTER(kind)).contents.value
         assert got == (pytest.approx(value, rel=1e-7) if kind is ctypes.c_float else value)
+    passed = ctypes.cast(pointers[0], ctypes.POINTER(Items)).contents.item[3]
+    assert (passed.y_plane, passed.pitch, passed.index) == (2**40 + 1, 4096, 3)
+    args.field(0).item[5].index = 5  # filled in place, as LetterboxKernel does
+    assert ctypes.cast(pointers[0], ctypes.POINTER(Items)).contents.item[5].index == 5
 
 
 def test_kernel_compiles_and_is_cached(tmp_path: Path) -> None:
@@ -166,4 +178,40 @@ def test_kernel_equals_model_and_meets_the_criterion(
     finally:
         for kernel in kernels.values():
             kernel.close()
+        dev.close()
+
+
+@pytest.mark.gpu
+def test_one_launch_letterboxes_a_batch_of_pictures_of_different_sizes(gpu: Any, clips: dict) -> None:
+    """`launch_batch`: every picture at its own batch index, each equal to the model; a batch larger than
+    the pictures one launch takes (MAX_ITEMS) goes in several launches."""
+    from streamer.preprocess.cuda_kernel import MAX_ITEMS, LetterboxKernel, Picture
+
+    frames = [decode_nv12(clips[(size, "h264")], limit=1)[0] for size in SIZES]
+    dev = _Device(gpu)
+    kernel = LetterboxKernel(640, 640, swap_rb=False, dtype="float16")
+    try:
+        uploads = []
+        for f in frames:
+            pitch = (f.width + 1 + 511) // 512 * 512
+            uploads.append((*dev.upload_nv12(f.y, f.uv, pitch), pitch))
+        count = MAX_ITEMS + 3
+        order = [i % len(frames) for i in range(count)]  # picture k of the batch is frames[order[k]]
+        pictures = [
+            Picture(*uploads[j][:2], uploads[j][2],
+                    letterbox_geometry(frames[j].width, frames[j].height, 640, 640),
+                    frames[j].coefficients, k)
+            for k, j in enumerate(order)
+        ]  # fmt: skip
+        out = dev.alloc(count * kernel.item_bytes)
+        dev._ok(gpu.cudaMemset(out, 0xFF, count * kernel.item_bytes))  # NaN everywhere: all must be written
+        kernel.launch_batch(pictures[::-1], out, dev.stream)  # any order: the index says where
+        got = dev.download(out, (count, 3, 640, 640), np.dtype(np.float16))
+        for k, j in enumerate(order):
+            f = frames[j]
+            model, _ = letterbox_nv12(f.y, f.uv, f.width, f.height, 640, 640, f.coefficients, swap_rb=False,
+                                      dtype=np.dtype(np.float16))  # fmt: skip
+            assert np.array_equal(got[k].view(np.uint16), model.view(np.uint16)), f"item {k} ({SIZES[j]})"
+    finally:
+        kernel.close()
         dev.close()
