@@ -57,6 +57,9 @@ class DeviceEngine(ABC):
     def new_context(self) -> object:
         """Per-slot execution state (TensorRT: an ``IExecutionContext``); one per executor slot."""
 
+    def bind(self, context: object, input_ptr: int, output_ptrs: Mapping[str, int]) -> None:  # noqa: B027
+        """Called once per slot with the buffers it will always be given (e.g. to capture CUDA graphs)."""
+
     @abstractmethod
     def enqueue(
         self, context: object, batch: int, input_ptr: int, output_ptrs: Mapping[str, int], stream: int

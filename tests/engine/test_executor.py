@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from streamer.engine import Engine, EngineOptions, load_engine
-from streamer.engine.executor import Batch, Executor
+from streamer.engine.executor import Batch, CpuExecutor, Outputs
 from streamer.errors import EngineError
 from tests.support.models import write_oracle_model
 
@@ -27,8 +27,8 @@ def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
 
 
 @pytest.fixture
-def executor(engine: Engine) -> Iterator[Executor]:
-    executor = Executor(engine, slots=2)
+def executor(engine: Engine) -> Iterator[CpuExecutor]:
+    executor = CpuExecutor(engine, slots=2)
     yield executor
     executor.close()
 
@@ -41,11 +41,11 @@ def _fill(buffer: np.ndarray, spots: list[tuple[int, int]]) -> list[tuple[float,
     return [(x + 1.5, y + 1.5) for x, y in spots]
 
 
-def _centres(outputs: np.ndarray) -> list[tuple[float, float]]:
-    return [(float(row[0]), float(row[1])) for row in outputs[:, 0]]
+def _centres(outputs: Outputs) -> list[tuple[float, float]]:
+    return [(float(row[0]), float(row[1])) for row in outputs.tensors["output"][:, 0]]
 
 
-def _collect(executor: Executor) -> tuple[Batch, np.ndarray]:
+def _collect(executor: CpuExecutor) -> tuple[Batch, Outputs]:
     done = executor.done(timeout=TIMEOUT)
     assert done is not None, f"no batch finished within {TIMEOUT} s"
     return done
@@ -55,7 +55,7 @@ def _readable(fd: int, timeout: float) -> bool:
     return bool(select.select([fd], [], [], timeout)[0])
 
 
-def test_buffers_match_the_engine(executor: Executor, engine: Engine) -> None:
+def test_buffers_match_the_engine(executor: CpuExecutor, engine: Engine) -> None:
     assert len(executor.buffers) == 2
     assert all(b.shape == (3, 3, IN_H, IN_W) and b.dtype == np.float32 for b in executor.buffers)
     assert executor.buffers[0] is not executor.buffers[1]
@@ -63,14 +63,14 @@ def test_buffers_match_the_engine(executor: Executor, engine: Engine) -> None:
     assert executor.done() is None  # nothing in flight
 
 
-def test_batches_complete_in_order_with_the_outputs_of_their_own_buffer(executor: Executor) -> None:
+def test_batches_complete_in_order_with_the_outputs_of_their_own_buffer(executor: CpuExecutor) -> None:
     batches = [
         [(5, 5), (80, 50), (40, 20)],
         [(70, 10)],
         [(10, 55), (50, 30)],
         [(88, 60), (1, 1), (33, 44)],
     ]
-    results: list[tuple[Batch, np.ndarray]] = []
+    results: list[tuple[Batch, Outputs]] = []
     submitted = []
     for spots in batches:
         slot = executor.free_slot()
@@ -89,12 +89,15 @@ def test_batches_complete_in_order_with_the_outputs_of_their_own_buffer(executor
     for (batch, outputs), (slot, expected), spots in zip(results, submitted, batches, strict=True):
         assert batch.slot == slot
         assert batch.size == len(spots) and list(batch.items) == [f"frame{i}" for i in range(len(spots))]
-        assert outputs.shape == (len(spots), 1, 85)
+        assert outputs.tensors["output"].shape == (len(spots), 1, 85)
+        assert outputs.grid_rows(0) is outputs.tensors["output"][0] or np.shares_memory(
+            outputs.grid_rows(0), outputs.tensors["output"]
+        )
         np.testing.assert_allclose(_centres(outputs), expected, atol=1e-3)
         assert batch.finished >= batch.submitted > 0
 
 
-def test_free_slot_is_none_while_every_slot_is_in_flight(executor: Executor) -> None:
+def test_free_slot_is_none_while_every_slot_is_in_flight(executor: CpuExecutor) -> None:
     _fill(executor.buffers[0], [(10, 10)])
     executor.submit(0, ["a"])
     _fill(executor.buffers[1], [(20, 20)])
@@ -113,7 +116,7 @@ def test_free_slot_is_none_while_every_slot_is_in_flight(executor: Executor) -> 
     assert executor.inflight == 0
 
 
-def test_the_wake_fd_becomes_readable_when_a_batch_finishes(executor: Executor) -> None:
+def test_the_wake_fd_becomes_readable_when_a_batch_finishes(executor: CpuExecutor) -> None:
     assert not _readable(executor.wake_fd, 0.0)
     _fill(executor.buffers[0], [(30, 30)])
     executor.submit(0, ["a"])
@@ -126,7 +129,7 @@ def test_the_wake_fd_becomes_readable_when_a_batch_finishes(executor: Executor) 
     assert not _readable(executor.wake_fd, 0.05)
 
 
-def test_done_with_a_zero_timeout_does_not_wait(executor: Executor) -> None:
+def test_done_with_a_zero_timeout_does_not_wait(executor: CpuExecutor) -> None:
     _fill(executor.buffers[0], [(30, 30)])
     executor.submit(0, ["a"])
     # Either still running (None) or finished: never blocks. Then it does finish.
@@ -135,7 +138,7 @@ def test_done_with_a_zero_timeout_does_not_wait(executor: Executor) -> None:
     assert result is not None and result[0].items == ["a"]
 
 
-def test_an_engine_failure_is_raised_from_done_and_frees_the_slot(executor: Executor) -> None:
+def test_an_engine_failure_is_raised_from_done_and_frees_the_slot(executor: CpuExecutor) -> None:
     good = executor.buffers[0]
     executor.buffers[0] = np.zeros((3, 3, IN_H + 1, IN_W), np.float32)  # not what the model takes
     executor.submit(0, ["bad"])
@@ -160,4 +163,4 @@ def test_an_engine_failure_is_raised_from_done_and_frees_the_slot(executor: Exec
 
 def test_an_executor_needs_a_slot(engine: Engine) -> None:
     with pytest.raises(ValueError, match="at least one slot"):
-        Executor(engine, slots=0)
+        CpuExecutor(engine, slots=0)
