@@ -175,6 +175,23 @@ class EngineConfig(_Section):
     inflight: StrictInt = Field(
         default=2, ge=1, le=8, description="Batches submitted to the device and not yet collected."
     )
+    compile: Literal["auto", "on", "off"] = Field(
+        default="auto",
+        description="torch on CUDA: compile the model with torch.compile (inductor) for each batch size; "
+        "auto falls back to eager (with a log line saying why) where compiling fails, on makes that an "
+        "error. "
+        "Compiled kernels are cached under the yolostream cache directory; `yolostream build` warms it.",
+    )
+    batch_sizes: tuple[StrictInt, ...] | None = Field(
+        default=None,
+        min_length=1,
+        description="torch on CUDA: the batch sizes the engine is built for (a batch runs at the smallest "
+        "one that holds it); None: 1, 2, 4, ... up to max_batch, and max_batch.",
+    )
+    cuda_graphs: StrictBool = Field(
+        default=True,
+        description="torch on CUDA: replay each batch size as a CUDA graph (one launch per batch).",
+    )
     workspace_mb: StrictInt | None = Field(
         default=None, ge=1, description="TensorRT: builder workspace limit in MiB; None: TensorRT's default."
     )
@@ -193,6 +210,19 @@ class EngineConfig(_Section):
         if value is None or value.is_absolute():
             return value
         return _base_dir(info) / value
+
+    @model_validator(mode="after")
+    def _sizes_within_max_batch(self) -> EngineConfig:
+        for i, size in enumerate(self.batch_sizes or ()):
+            if not 1 <= size <= self.max_batch:
+                _fail((("batch_sizes", i), f"must be between 1 and max_batch ({self.max_batch}), got {size}"))
+        return self
+
+    @field_validator("compile", mode="before")
+    @classmethod
+    def _on_off(cls, value: Any) -> Any:
+        # YAML 1.1 reads an unquoted on/off as a boolean
+        return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
 
     @field_validator("device", mode="before")
     @classmethod

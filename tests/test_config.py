@@ -42,6 +42,15 @@ def problems_of(text: str, env: dict[str, str] | None = None) -> list[tuple[str,
 # ------------------------------------------------------------------------------------------ valid configs
 
 
+def test_engine_compile_accepts_yaml_booleans_and_batch_sizes_stay_within_max_batch() -> None:
+    on = parse(MINIMAL + "engine:\n  compile: on\n  batch_sizes: [1, 4]\n")
+    off = parse(MINIMAL + "engine:\n  compile: off\n")  # YAML 1.1 reads both as booleans
+    assert (on.engine.compile, on.engine.batch_sizes, off.engine.compile) == ("on", (1, 4), "off")
+    assert problems_of(MINIMAL + "engine:\n  max_batch: 8\n  batch_sizes: [4, 16]\n") == [
+        ("engine.batch_sizes[1]", 8, "must be between 1 and max_batch (8), got 16")
+    ]
+
+
 def test_minimal_config_has_all_defaults(tmp_path: Path) -> None:
     cfg = parse(MINIMAL, base_dir=tmp_path)
     assert cfg.model.onnx == tmp_path / "yolov7.onnx"
@@ -57,6 +66,9 @@ def test_minimal_config_has_all_defaults(tmp_path: Path) -> None:
         "batch_timeout_ms": 10.0,
         "threads": None,
         "inflight": 2,
+        "compile": "auto",
+        "batch_sizes": None,
+        "cuda_graphs": True,
         "workspace_mb": None,
         "opt_batch": None,
         "calibration_images": None,

