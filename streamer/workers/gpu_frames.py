@@ -1,13 +1,14 @@
 """The inference worker's side of CUDA frame rings: NV12 slots → the engine's device input buffer.
 
-`GpuFrames` maps each source's exported ring (`RingExport`) once, and for every ``nv12`` frame of a batch:
-checks the slot's sequence number, makes the executor slot's CUDA stream wait on the slot's event,
-and launches the letterbox kernel (`streamer.preprocess.cuda_kernel`) on that stream, straight into the
-slot's device input buffer at the frame's batch index. After the batch's kernels it records an event on
-the stream; the ring slots are released once that event has completed (`PendingReleases.poll`, called on
-every turn of the inference loop), never before: the writer cannot overwrite a frame a kernel may still
-read, and the CPU never waits for the GPU. `take_batch` tells the executor which items are already on the
-device (it copies only the others, CPU-ring frames, from its pinned buffer).
+`DeviceFrames` (a `streamer.workers.frames.FrameReader`) maps each source's exported ring (`RingExport`)
+once. For every ``nv12`` frame of a batch, `fill` checks the slot's sequence number and makes the executor
+slot's CUDA stream wait on the slot's event; `take_batch` then launches the letterbox kernel
+(`streamer.preprocess.cuda_kernel`) once for the whole batch on that stream, straight into the slot's
+device input buffer, and records an event behind it. The ring slots are released once that event has
+completed (`PendingReleases.poll`, called on every turn of the inference loop), never before: the writer
+cannot overwrite a frame a kernel may still read, and the CPU never waits for the GPU. `take_batch` tells
+the executor which items are already on the device (it copies only the others, CPU-ring frames, from its
+pinned buffer).
 
 With an executor that has no device input (the CPU executor, ONNX Runtime), an NV12 frame is copied to
 the host and letterboxed by the NumPy model instead (`streamer.preprocess.nv12`): the same numbers,
@@ -23,7 +24,9 @@ from typing import Any
 import numpy as np
 
 from streamer.engine.cuda import check, load_cudart
+from streamer.engine.executor import Executor
 from streamer.messages import FrameReady, RingExport
+from streamer.preprocess.cuda_kernel import Picture
 from streamer.preprocess.letterbox import LetterboxGeometry
 from streamer.preprocess.nv12 import YuvCoefficients, letterbox_nv12
 from streamer.transport.cuda_ring import CudaRingReader, PendingReleases
@@ -32,18 +35,18 @@ from streamer.transport.ring import FrameRing, StaleSlotError
 log = logging.getLogger(__name__)
 
 
-class GpuFrames:
+class DeviceFrames:
     """CUDA rings known to the inference worker, and the kernel that reads them."""
 
-    def __init__(self, executor: Any, input_w: int, input_h: int, swap_rb: bool) -> None:
+    def __init__(self, executor: Executor, swap_rb: bool) -> None:
         self.executor = executor
-        self.input_w, self.input_h, self.swap_rb = input_w, input_h, swap_rb
-        self.on_device = hasattr(executor, "device_input")
+        self.input_w, self.input_h, self.swap_rb = executor.spec.width, executor.spec.height, swap_rb
+        self.on_device = executor.on_gpu
         self.readers: dict[str, CudaRingReader] = {}
         self._stream_of: dict[str, str] = {}  # ring path → stream id
         self.pending = PendingReleases(self._release)
         self._kernel: Any = None
-        self._batch: dict[int, list[int]] = {}  # executor slot → item indices filled on the device
+        self._batch: dict[int, list[Picture]] = {}  # executor slot → pictures to letterbox on the device
         self._releases: dict[int, list[tuple[str, int, int]]] = {}
         self._coefficients: dict[tuple[int, int], YuvCoefficients] = {}
 
@@ -98,13 +101,12 @@ class GpuFrames:
 
     # -- batches -------------------------------------------------------------------------------------
 
-    def fill(
-        self, slot: int, index: int, note: FrameReady, geometry: LetterboxGeometry, host_out: np.ndarray
-    ) -> None:
+    def fill(self, slot: int, index: int, note: FrameReady, geometry: LetterboxGeometry) -> None:
         """Letterbox the frame of `note` into item `index` of executor slot `slot`.
 
-        On the device (kernel on the slot's stream) when the executor has a device input, else through
-        the host into `host_out`. Raises `StaleSlotError` when the frame is gone (its slot is released).
+        On the device (queued for the batch's kernel on the slot's stream) when the executor runs on the
+        GPU, else through the host into its host input. Raises `StaleSlotError` when the frame is gone
+        (its slot is released).
         """
         reader = self.readers.get(note.ring)
         if reader is None:
@@ -114,32 +116,34 @@ class GpuFrames:
         reader.check(note.slot, note.seq)
         if not self.on_device:
             try:
-                self._fill_host(reader, note, geometry, coefficients, host_out)
+                self._fill_host(reader, note, geometry, coefficients, self.executor.host_input(slot)[index])
             finally:
                 reader.release(note.slot, note.seq)
             return
-        out_ptr, stream = self.executor.device_input(slot)
+        _, stream = self.executor.device_input(slot)
         reader.wait(note.slot, stream)
         y_ptr, uv_ptr, pitch = reader.planes(note.slot)
-        self.kernel().launch(y_ptr, uv_ptr, pitch, geometry, coefficients, out_ptr, index, stream)
-        self._batch.setdefault(slot, []).append(index)
+        self._batch.setdefault(slot, []).append(Picture(y_ptr, uv_ptr, pitch, geometry, coefficients, index))
         self._releases.setdefault(slot, []).append((note.ring, note.slot, note.seq))
 
     def take_batch(self, slot: int) -> list[int]:
-        """Close the batch being filled on executor slot `slot`: record the release event behind its
-        kernels and return the item indices that are already on the device (for `submit`)."""
+        """Close the batch being filled on executor slot `slot`: launch its letterbox kernel, record the
+        release event behind it and return the item indices that are on the device (for `submit`)."""
+        pictures = self._batch.pop(slot, [])
         releases = self._releases.pop(slot, [])
-        if releases:
-            _, stream = self.executor.device_input(slot)
+        if pictures:
+            out_ptr, stream = self.executor.device_input(slot)
+            self.kernel().launch_batch(pictures, out_ptr, stream)
             self.pending.record(stream, releases)
-        return self._batch.pop(slot, [])
+        return [p.index for p in pictures]
 
     def kernel(self) -> Any:
         if self._kernel is None:
-            from streamer.preprocess.cuda_kernel import LetterboxKernel
+            from streamer.preprocess.cuda_kernel import LetterboxKernel  # compiles on first use
 
-            dtype = getattr(self.executor, "input_dtype", "float32")
-            self._kernel = LetterboxKernel(self.input_w, self.input_h, swap_rb=self.swap_rb, dtype=dtype)
+            self._kernel = LetterboxKernel(
+                self.input_w, self.input_h, swap_rb=self.swap_rb, dtype=self.executor.input_dtype
+            )
         return self._kernel
 
     def _coefficients_of(self, note: FrameReady) -> YuvCoefficients:

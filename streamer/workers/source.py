@@ -250,6 +250,8 @@ def _run(
         if not pacer.admit(frame.pts):
             continue
         pacer.wait(frame.pts, stop)
+        if cfg.paced:  # played like a camera: the frame exists from when it is due (decoded ahead of that)
+            frame.capture_time = time.time()
         out.send(frame)
     log.info("stream %s: end of stream after %d frames", cfg.id, out.produced)
     out.event(EVENT_EOS, f"end of stream after {out.produced} frames", frames=out.produced)

@@ -17,7 +17,7 @@ import pytest
 from streamer.client import Subscriber
 from streamer.config import parse_config
 from streamer.engine import EngineOptions, load_engine
-from streamer.engine.executor import Executor
+from streamer.engine.executor import CpuExecutor
 from streamer.messages import EVENT_EOS, FrameReady, Shutdown, StreamEvent
 from streamer.protocol import DetectionsMessage, EventMessage
 from streamer.publish import Publisher
@@ -63,7 +63,7 @@ def rig(tmp_path: Path) -> Iterator[Rig]:
     engine = load_engine("onnxruntime", model, EngineOptions(max_batch=4))
     receiver = NotifyReceiver(f"ipc://{tmp_path}/notify")
     publisher = Publisher(endpoint)
-    executor = Executor(engine, slots=2)
+    executor = CpuExecutor(engine, slots=2)
     loop = InferenceLoop(cfg, receiver, publisher, executor)
     sub = Subscriber(endpoint)
     assert publisher.wait_for_subscribers(2, timeout=5)
