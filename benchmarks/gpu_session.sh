@@ -17,12 +17,17 @@
 #   pipeline  the daemon, 16 × 1080p NVDEC, YOLOv7 640, vs the engine alone (fp32, then fp16)
 #   profile   cProfile of the source and inference workers (one NVDEC stream; the fp16 daemon)
 #   fp16-mps, fp16-contexts   experiments on the fp16 gap: the daemon under CUDA MPS; 4 streams instead of 16
+#   variants  the torch engine eager vs compiled: build time cold and warm, images/s and host cost per size
+#   executor  CUDA executor + GPU candidate filter + torch device engine tests (SITE=.whl-gpu/site-lite.tar.xz ok)
+#   real-accuracy  fp16 compiled / fp16 eager / fp32 vs ONNX Runtime fp32 on yolov5s + tinycoco (lite site)
+#   live      benchmarks/gpu_live.py: LIVE_STREAMS (4 16 32 48 64), LIVE_SECONDS (60) per count
 set -u
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/gpu-logs}
 mkdir -p "$OUT"
-if [ ! -d /tmp/site/av ]; then
-    mkdir -p /tmp/site && tar xJf .whl-gpu/site.tar.xz -C /tmp/site || { echo "cannot unpack site"; exit 1; }
+SITE=${SITE:-.whl-gpu/site.tar.xz}  # or .whl-gpu/site-lite.tar.xz: no PyAV/PyNvVideoCodec, room for a model
+if [ ! -f /tmp/site/.unpacked ]; then
+    mkdir -p /tmp/site && tar xJf "$SITE" -C /tmp/site && touch /tmp/site/.unpacked || { echo "cannot unpack $SITE"; exit 1; }
 fi
 export PYTHONPATH=/tmp/site:$PWD
 export YOLOSTREAM_CACHE=/tmp/yolostream-cache
@@ -70,6 +75,17 @@ print('PyAV', av.__version__, '| cuda-bindings', cuda.bindings.__version__, '| t
     fp16-contexts)  # fewer source processes (contexts), same batch: 4 streams x 4 frames per batch
         python benchmarks/gpu_pipeline.py --streams 4 --batch 16 --ring-slots 12 --seconds 20 --precision fp16 \
             --log "$OUT/daemon-fp16-4streams.log" ;;
+    executor)  # the CUDA executor, the GPU candidate filter, the torch device engine (no PyAV needed)
+        python -m pytest -p no:cacheprovider -q -rs tests/engine/test_cuda_executor.py tests/engine/test_torch_engine.py ;;
+    real-accuracy)  # the GPU variants vs ONNX Runtime fp32 on yolov5s and tinycoco (carried in benchmarks/.cache)
+        python benchmarks/gpu_accuracy.py --model benchmarks/.cache/yolov5s-coco.onnx \
+            --images benchmarks/.cache/tinycoco --out "$OUT" ;;
+    live)  # live streams per GPU: 4 .. 64 realtime 1080p30 NVDEC streams, fp16 compiled, batch 16
+        python benchmarks/gpu_live.py --streams ${LIVE_STREAMS:-4 16 32 48 64} --seconds ${LIVE_SECONDS:-60} \
+            --warmup 10 --out "$OUT" ;;
+    variants)  # the torch engine's variants: eager / compiled per size / compiled dynamic, build time, img/s
+        python benchmarks/torch_variants.py --variants eager compiled --max-batch 64 --sizes 1 4 16 64 \
+            --out "$OUT" ;;
     *) echo "unknown stage $1"; return 2 ;;
     esac
 }
@@ -77,7 +93,8 @@ export -f stage
 
 declare -A LIMIT=([env]=60 [probe]=90 [kernel]=150 [nvdec]=200 [engine]=200 [accuracy]=200 [decode]=200
                   [pipeline]=330 [profile]=300
-                  [fp16-mps]=200 [fp16-contexts]=200)
+                  [fp16-mps]=200 [fp16-contexts]=200 [variants]=560
+                  [executor]=200 [real-accuracy]=400 [live]=580)
 SUMMARY=()
 for name in "$@"; do
     start=$(date +%s)
