@@ -20,6 +20,7 @@
 #   variants  the torch engine eager vs compiled: build time cold and warm, images/s and host cost per size
 #   executor  CUDA executor + GPU candidate filter + torch device engine tests (SITE=.whl-gpu/site-lite.tar.xz ok)
 #   real-accuracy  fp16 compiled / fp16 eager / fp32 vs ONNX Runtime fp32 on yolov5s + tinycoco (lite site)
+#   save-cache  the compile caches into $OUT/cache.tar.xz (copy it to .whl-gpu/ and carry it: a warm start)
 #   live      benchmarks/gpu_live.py: LIVE_STREAMS (4 16 32 48 64), LIVE_SECONDS (60) per count
 set -u
 cd "$(dirname "$0")/.."
@@ -31,6 +32,10 @@ if [ ! -f /tmp/site/.unpacked ]; then
 fi
 export PYTHONPATH=/tmp/site:$PWD
 export YOLOSTREAM_CACHE=/tmp/yolostream-cache
+# A compile cache brought back by an earlier call's save-cache stage (carry .whl-gpu/cache.tar.xz): a warm start.
+if [ -f .whl-gpu/cache.tar.xz ] && [ ! -d "$YOLOSTREAM_CACHE/inductor" ]; then
+    mkdir -p "$YOLOSTREAM_CACHE" && tar xJf .whl-gpu/cache.tar.xz -C "$YOLOSTREAM_CACHE" && echo "compile cache restored"
+fi
 
 stage() {
     case "$1" in
@@ -83,6 +88,8 @@ print('PyAV', av.__version__, '| cuda-bindings', cuda.bindings.__version__, '| t
     live)  # live streams per GPU: 4 .. 64 realtime 1080p30 NVDEC streams, fp16 compiled, batch 16
         python benchmarks/gpu_live.py --streams ${LIVE_STREAMS:-4 16 32 48 64} --seconds ${LIVE_SECONDS:-60} \
             --warmup 10 --out "$OUT" ;;
+    save-cache)  # the compile caches (inductor, kernels) into $OUT/cache.tar.xz for the next call to carry
+        tar cJf "$OUT/cache.tar.xz" -C "$YOLOSTREAM_CACHE" inductor kernels && ls -l "$OUT/cache.tar.xz" ;;
     variants)  # the torch engine's variants: eager / compiled per size / compiled dynamic, build time, img/s
         python benchmarks/torch_variants.py --variants eager compiled --max-batch 64 --sizes 1 4 16 64 \
             --out "$OUT" ;;
