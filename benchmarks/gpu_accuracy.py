@@ -55,7 +55,9 @@ def reference(model: Path, x: np.ndarray, params: NmsParams) -> list[np.ndarray]
     return [detect_image(session.run(None, {name: x[i : i + 1]})[0][0], params) for i in range(len(x))]
 
 
-def run_variant(model: Path, x: np.ndarray, params: NmsParams, precision: str, compile: str) -> list[np.ndarray]:
+def run_variant(
+    model: Path, x: np.ndarray, params: NmsParams, precision: str, compile: str
+) -> list[np.ndarray]:
     from streamer.engine.cuda_executor import CudaExecutor
     from streamer.engine.torch_device import TorchDeviceEngine
 
@@ -105,7 +107,9 @@ def compare(ref: list[np.ndarray], got: list[np.ndarray]) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--model", type=Path, required=True)
     parser.add_argument("--images", type=Path, required=True)
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
@@ -117,7 +121,10 @@ def main() -> None:
     x = load_images(args.images)
     started = time.perf_counter()
     ref = reference(args.model, x, params)
-    print(f"reference: ONNX Runtime fp32 on the CPU, {len(x)} images, {time.perf_counter() - started:.1f} s", flush=True)
+    print(
+        f"reference: ONNX Runtime fp32 on the CPU, {len(x)} images, {time.perf_counter() - started:.1f} s",
+        flush=True,
+    )
     rows = {}
     for name in args.variants:
         started = time.perf_counter()
@@ -128,9 +135,10 @@ def main() -> None:
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "gpu_accuracy.json").write_text(json.dumps(rows, indent=1))
     print(f"\n{args.model.name} on {len(x)} images ({args.images}), conf 0.25 / IoU 0.45, "
-          f"GPU {torch.cuda.get_device_name(0)}, torch {torch.__version__}; vs ONNX Runtime fp32 (CPU)")  # fmt: skip
-    print("variant | reference dets | matched IoU>=0.9 | IoU>=0.99 | only ref / only variant | box max|d| px | "
-          "score max|d|")  # fmt: skip
+          f"GPU {torch.cuda.get_device_name(0)}, torch {torch.__version__}; "
+          "vs ONNX Runtime fp32 (CPU)")  # fmt: skip
+    print("variant | reference dets | matched IoU>=0.9 | IoU>=0.99 | only ref / only variant | "
+          "box max|d| px | score max|d|")  # fmt: skip
     for name, r in rows.items():
         n = max(1, r["reference"])
         print(f"{name} | {r['reference']} | {r['matched_0.9']} ({100 * r['matched_0.9'] / n:.1f} %) | "

@@ -13,8 +13,9 @@ subscriber counts for `--seconds`:
 - capture→publish latency (``publish_ts - capture_ts``; a paced file's frame is captured when it is
   due) p50 / p99 / max;
 - frames dropped: gaps in each stream's frame index (every frame a source decodes has the next index,
-  so a gap is a frame dropped anywhere: ring full, inference behind, stale slot); messages lost between
-  the daemon and this subscriber (gaps in ``seq``) are counted apart;
+  so a gap is a frame not received, dropped anywhere: ring full, inference behind, stale slot, or lost
+  between the daemon and this subscriber); of those, the messages the daemon did publish but this
+  subscriber missed (gaps in the stream's ``seq``, which events share) are shown in brackets;
 - the GPU memory the daemon holds (nvidia-smi);
 - from the worker's timeline (`streamer.workers.timeline`): mean batch, and per batch the mean and p99
   of: waiting for the batch to form, letterbox, the launcher's engine launch, the engine on the GPU, the
@@ -87,7 +88,7 @@ def _alive(proc: subprocess.Popen) -> None:
         raise SystemExit(f"the daemon exited with code {proc.returncode} (see its log)")
 
 
-def receive_until(sub: Subscriber, proc: subprocess.Popen, deadline: float, on_det=None) -> None:
+def receive_until(sub: Subscriber, proc: subprocess.Popen, deadline: float, on_det=None, on_evt=None) -> None:
     while time.perf_counter() < deadline:
         try:
             msg = sub.recv(timeout=1.0)
@@ -97,8 +98,11 @@ def receive_until(sub: Subscriber, proc: subprocess.Popen, deadline: float, on_d
         if msg.type == "det":  # type: ignore[union-attr]
             if on_det is not None:
                 on_det(msg)
-        elif msg.event == "error":  # type: ignore[union-attr]
-            print(f"error event: {msg.stream}: {msg.message}", file=sys.stderr)  # type: ignore[union-attr]
+        else:
+            if on_evt is not None:
+                on_evt(msg)
+            if msg.event == "error":  # type: ignore[union-attr]
+                print(f"error event: {msg.stream}: {msg.message}", file=sys.stderr)  # type: ignore[union-attr]
 
 
 def wait_for_streams(sub: Subscriber, proc: subprocess.Popen, streams: int, timeout: float) -> float:
@@ -129,8 +133,13 @@ def measure(sub: Subscriber, proc: subprocess.Popen, streams: int, seconds: floa
             c.seqs.append(msg.seq)
             latencies.append(msg.publish_ts - msg.capture_ts)
 
+    def on_evt(msg) -> None:  # events share the stream's seq: a gap is only what did not arrive
+        c = counts.get(msg.stream)
+        if c is not None:
+            c.seqs.append(msg.seq)
+
     start_wall, start = time.time(), time.perf_counter()
-    receive_until(sub, proc, start + seconds, on_det)
+    receive_until(sub, proc, start + seconds, on_det, on_evt)
     elapsed = time.perf_counter() - start
     dropped = lost = 0
     rates = []
@@ -138,14 +147,14 @@ def measure(sub: Subscriber, proc: subprocess.Popen, streams: int, seconds: floa
         rates.append(len(c.frames) / elapsed)
         if c.frames:
             dropped += (max(c.frames) - min(c.frames) + 1) - len(set(c.frames))
-            seq_gaps = int(np.sum(np.maximum(np.diff(np.asarray(c.seqs)) - 1, 0))) if len(c.seqs) > 1 else 0
-            lost += seq_gaps
+            seqs = np.sort(np.asarray(c.seqs))
+            lost += int(np.sum(np.maximum(np.diff(seqs) - 1, 0))) if len(seqs) > 1 else 0
     lat = np.asarray(latencies) * 1e3 if latencies else np.zeros(1)
     return {
         "streams": streams, "seconds": elapsed, "window": (start_wall, start_wall + elapsed),
         "delivered": sum(len(c.frames) for c in counts.values()) / elapsed, "wanted": streams * FPS,
         "slowest": min(rates), "p50": float(np.percentile(lat, 50)), "p99": float(np.percentile(lat, 99)),
-        "max": float(lat.max()), "dropped": dropped - lost, "lost": lost,
+        "max": float(lat.max()), "dropped": dropped, "lost": lost,
     }  # fmt: skip
 
 
@@ -167,7 +176,7 @@ def timeline_summary(path: Path, window: tuple[float, float]) -> dict:
         "form": ("arrived_first", "formed"), "fill": ("formed", "filled"),
         "launch": ("submitted", "launched"),
         "queue": ("launched", "infer_start"), "engine": ("infer_start", "infer_end"),
-        "copy": ("infer_end", "copy_out_end"), "seen": ("copy_out_end", "finished"),
+        "copy": ("infer_end", "copy_out_end"),
         "nms": ("finished", "decoded"), "publish": ("decoded", "published"),
     }  # fmt: skip
     out: dict = {"batch": float(np.mean([b["n"] for b in batches])), "batches": len(batches)}

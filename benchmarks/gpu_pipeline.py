@@ -115,7 +115,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--streams", type=int, default=16)
+    parser.add_argument("--streams", type=int, nargs="+", default=[16])
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--precision", choices=("fp32", "fp16"), default="fp32")
     parser.add_argument("--decoder", choices=("nvdec", "cpu"), default="nvdec")
@@ -136,23 +136,27 @@ def main() -> None:
         started = time.perf_counter()
         ceil = engine_ceiling(model, args.batch, args.precision, batches=40)
         print(f"engine alone: {ceil:.1f} img/s ({time.perf_counter() - started:.0f} s)", flush=True)
-        rate, memory, published = daemon_throughput(
-            model, clip, args.streams, args.batch, args.precision, args.decoder,
-            args.warmup, args.seconds, workdir, args.log, args.ring_slots,
-        )  # fmt: skip
+        results = [
+            (n, *daemon_throughput(
+                model, clip, n, args.batch, args.precision, args.decoder,
+                args.warmup, args.seconds, workdir, args.log, args.ring_slots,
+            ))
+            for n in args.streams
+        ]  # fmt: skip
     from streamer.engine.cuda import load_cudart
 
     name = load_cudart().cudaGetDeviceProperties(0)[1].name
     name = name.decode(errors="replace").rstrip("\0") if isinstance(name, bytes) else name
-    print(f"GPU: {name}; {args.streams} × 1080p H.264 ({args.decoder}), YOLOv7 640 random weights, "
+    print(f"GPU: {name}; 1080p H.264 ({args.decoder}), YOLOv7 640 random weights, "
           f"{args.precision}, batch {args.batch}, pid {os.getpid()}")  # fmt: skip
     header = ("streams", "publishing", "engine img/s", "daemon img/s", "ratio", "daemon GPU MiB")
     print(" | ".join(header))
-    row = (
-        str(args.streams), str(published), f"{ceil:.1f}", f"{rate:.1f}", f"{rate / ceil:.2f}",
-        "?" if memory is None else f"{memory:.0f}",
-    )  # fmt: skip
-    print(" | ".join(f"{v:>{len(h)}}" for v, h in zip(row, header, strict=True)))
+    for n, rate, memory, published in results:
+        row = (
+            str(n), str(published), f"{ceil:.1f}", f"{rate:.1f}", f"{rate / ceil:.2f}",
+            "?" if memory is None else f"{memory:.0f}",
+        )  # fmt: skip
+        print(" | ".join(f"{v:>{len(h)}}" for v, h in zip(row, header, strict=True)))
 
 
 if __name__ == "__main__":

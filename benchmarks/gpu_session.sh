@@ -88,6 +88,19 @@ print('PyAV', av.__version__, '| cuda-bindings', cuda.bindings.__version__, '| t
     live)  # live streams per GPU: 4 .. 64 realtime 1080p30 NVDEC streams, fp16 compiled, batch 16
         python benchmarks/gpu_live.py --streams ${LIVE_STREAMS:-4 16 32 48 64} --seconds ${LIVE_SECONDS:-60} \
             --warmup 10 --out "$OUT" ;;
+    pipeline-fp16)  # unpaced: the daemon vs the engine alone, fp16 compiled, 16 and 48 streams
+        python benchmarks/gpu_pipeline.py --streams 16 48 --batch 16 --seconds 15 --warmup 8 --precision fp16 \
+            --log "$OUT/daemon-pipeline.log" ;;
+    mps-live)  # live streams under CUDA MPS (one GPU context for every process instead of one each)
+        export CUDA_MPS_PIPE_DIRECTORY=/tmp/mps-pipe CUDA_MPS_LOG_DIRECTORY=/tmp/mps-log
+        mkdir -p "$CUDA_MPS_PIPE_DIRECTORY" "$CUDA_MPS_LOG_DIRECTORY"
+        nvidia-cuda-mps-control -d || { echo "MPS did not start"; return 1; }
+        python benchmarks/gpu_live.py --streams ${LIVE_STREAMS:-32 48} --seconds ${LIVE_SECONDS:-30} \
+            --warmup 8 --out "$OUT/mps"
+        rc=$?
+        echo quit | nvidia-cuda-mps-control
+        tail -3 "$CUDA_MPS_LOG_DIRECTORY/control.log"
+        return $rc ;;
     save-cache)  # the compile caches (inductor, kernels) into $OUT/cache.tar.xz for the next call to carry
         tar cJf "$OUT/cache.tar.xz" -C "$YOLOSTREAM_CACHE" inductor kernels && ls -l "$OUT/cache.tar.xz" ;;
     variants)  # the torch engine's variants: eager / compiled per size / compiled dynamic, build time, img/s
@@ -98,10 +111,11 @@ print('PyAV', av.__version__, '| cuda-bindings', cuda.bindings.__version__, '| t
 }
 export -f stage
 
-declare -A LIMIT=([env]=60 [probe]=90 [kernel]=150 [nvdec]=200 [engine]=200 [accuracy]=200 [decode]=200
+declare -A LIMIT=([env]=60 [probe]=90 [kernel]=90 [nvdec]=200 [engine]=200 [accuracy]=200 [decode]=200
                   [pipeline]=330 [profile]=300
                   [fp16-mps]=200 [fp16-contexts]=200 [variants]=560
-                  [executor]=200 [real-accuracy]=400 [live]=580)
+                  [executor]=200 [real-accuracy]=400 [live]=580
+                  [pipeline-fp16]=230 [mps-live]=220)
 SUMMARY=()
 for name in "$@"; do
     start=$(date +%s)

@@ -36,17 +36,25 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_build(args: argparse.Namespace) -> int:
-    from streamer.engine.select import tensorrt_settings
+    from streamer.engine.select import choose_backend, tensorrt_settings
     from streamer.logs import setup_main
 
     cfg = _load(args.config)
+    setup_main(cfg.logging.level, cfg.logging.format)
+    backend = choose_backend(cfg.engine.backend, cfg.engine.device)
+    if backend == "torch":
+        from streamer.engine.torch_device import build_main as warm_torch
+
+        return warm_torch(cfg)
+    if backend != "tensorrt":
+        print(f"nothing to build: {backend} runs the ONNX file as it is")
+        return 0
     try:
         from streamer.engine.tensorrt import TensorRTBuildOptions, build_main
     except ImportError as exc:
         raise EngineError(
             f"`yolostream build` makes TensorRT engines, and TensorRT 10 is not usable here: {exc}"
         ) from None
-    setup_main(cfg.logging.level, cfg.logging.format)
     return build_main(cfg, TensorRTBuildOptions(**tensorrt_settings(cfg)))
 
 
@@ -214,7 +222,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", help="path to the YAML config")
     p.set_defaults(func=_cmd_check)
 
-    p = sub.add_parser("build", help="build and cache the config's TensorRT engine ahead of time")
+    p = sub.add_parser(
+        "build",
+        help="build and cache the config's engine ahead of time (TensorRT plan, torch.compile kernels)",
+    )
     p.add_argument("config", help="path to the YAML config")
     p.set_defaults(func=_cmd_build)
 

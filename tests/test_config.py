@@ -752,3 +752,14 @@ def test_check_command_exits_2_naming_file_line_and_key(
     where = f"{path}:{line}:" if line is not None else f"{path}:"
     assert f"{where} {key}:" in err if key else where in err
     assert message in err
+
+
+def test_build_says_there_is_nothing_to_build_for_onnxruntime(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from streamer.cli import main
+
+    path = tmp_path / "cpu.yaml"
+    path.write_text(MINIMAL + "engine:\n  backend: onnxruntime\n")
+    assert main(["build", str(path)]) == EXIT_OK
+    assert "nothing to build: onnxruntime runs the ONNX file as it is" in capsys.readouterr().out

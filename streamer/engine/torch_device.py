@@ -27,13 +27,16 @@ import os
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from streamer.engine.base import EngineOptions, ModelSpec, batch_sizes
 from streamer.engine.device import DeviceEngine, OutputLayout, TensorSpec
 from streamer.engine.torch_static import NotBatchGeneric, convert_any_batch, convert_static
 from streamer.errors import EngineError, ModelError
 from streamer.paths import cache_dir
+
+if TYPE_CHECKING:
+    from streamer.config import Config
 
 log = logging.getLogger(__name__)
 
@@ -155,7 +158,7 @@ class TorchDeviceEngine(DeviceEngine):
     def _compile(self, mode: str) -> None:
         """``torch.compile`` the forward pass (specialised per batch size), or say why not."""
         torch = self._torch
-        os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(inductor_cache()))
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(inductor_cache())  # (read when inductor first compiles)
         try:
             import torch._dynamo
 
@@ -264,3 +267,23 @@ class TorchDeviceEngine(DeviceEngine):
         self._module = None
         self._forward = None
         self._torch.cuda.empty_cache()
+
+
+def build_main(cfg: Config) -> int:
+    """``yolostream build`` for torch on CUDA: compile every batch size once, so the daemon starts warm."""
+    from streamer.engine.select import engine_options
+    from streamer.errors import EXIT_OK
+    from streamer.models.registry import ensure_model
+
+    e = cfg.engine
+    if e.compile == "off":
+        print("nothing to build: engine.compile is off (the torch engine runs eager)")
+        return EXIT_OK
+    model = cfg.model.onnx if cfg.model.onnx is not None else ensure_model(cfg.model.name or "")
+    started = time.perf_counter()
+    engine = TorchDeviceEngine(
+        model, engine_options(cfg), cuda_graph=False, compile=e.compile, sizes=e.batch_sizes
+    )
+    engine.close()
+    print(f"compiled {engine.variant} in {time.perf_counter() - started:.0f} s; cache: {inductor_cache()}")
+    return EXIT_OK

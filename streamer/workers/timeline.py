@@ -60,7 +60,9 @@ class Timeline:
         if gpu:
             times = gpu.pop()
             gpu.clear()
-            record.update({k: times[k] for k in ("copy_in", "infer_start", "infer_end", "copy_out_end")})
+            record.update(
+                {k: times[k] for k in ("launched", "copy_in", "infer_start", "infer_end", "copy_out_end")}
+            )
         self._file.write(json.dumps(record) + "\n")
 
     def spent(self, phase: str, seconds: float) -> None:
