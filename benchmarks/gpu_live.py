@@ -44,6 +44,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from gpu_pipeline import gpu_used_mib
+
 from streamer.client import ReceiveTimeout, Subscriber
 
 FPS = 30
@@ -70,17 +72,6 @@ def write_config(
         f"sources:\n{sources}publish:\n  endpoint: {endpoint}\n"
         "logging:\n  stats_interval_s: 10\n  level: INFO\nmetrics:\n  enabled: false\n"
     )
-
-
-def gpu_used_mib() -> float | None:
-    try:
-        out = subprocess.run(
-            ["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
-            capture_output=True, text=True, timeout=10,
-        ).stdout.split()  # fmt: skip
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return float(out[0]) if out else None
 
 
 def _alive(proc: subprocess.Popen) -> None:

@@ -47,7 +47,7 @@ from streamer.parity_compare import (
     match_detections,
 )
 from streamer.parity_stages import PREPROCESSORS, InputDiff, first_divergence
-from streamer.postprocess import NmsParams, detect_image, to_source_frame
+from streamer.postprocess import detect_image, serving_nms, to_source_frame
 
 if TYPE_CHECKING:
     from streamer.config import Config
@@ -182,15 +182,6 @@ def _engines(cfg: Config, specs: Sequence[BackendSpec]) -> list[Engine]:
     return engines
 
 
-def serving_nms(cfg: Config) -> NmsParams:
-    """The NMS the daemon applies with `cfg` (its serving thresholds)."""
-    det = cfg.detection
-    return NmsParams(
-        conf_thres=det.confidence, iou_thres=det.iou, max_det=det.max_detections, classes=det.class_ids,
-        agnostic=det.agnostic_nms, multi_label=det.multi_label,
-    )  # fmt: skip
-
-
 def run_parity(
     cfg: Config,
     frames: Iterable[tuple[str, np.ndarray]],
@@ -244,7 +235,7 @@ def _run(
 ) -> ParityResult:
     from streamer.parity_report import draw_frame, notes_for, write_report
 
-    nms = serving_nms(cfg)
+    nms = serving_nms(cfg.detection)
     swap_rb = cfg.model.channel_order == "bgr"
     started = time.monotonic()
     engines = _engines(cfg, specs)

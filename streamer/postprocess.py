@@ -30,10 +30,14 @@ from __future__ import annotations
 import heapq
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from streamer.preprocess.letterbox import LetterboxGeometry
+
+if TYPE_CHECKING:
+    from streamer.config import DetectionConfig
 
 __all__ = [
     "NmsParams",
@@ -41,6 +45,7 @@ __all__ = [
     "detect_image",
     "nms",
     "non_max_suppression",
+    "serving_nms",
     "to_source_frame",
     "xywh2xyxy",
 ]
@@ -82,6 +87,14 @@ class NmsParams:
             isinstance(self.classes, tuple) and all(_is_int(c) for c in self.classes)
         ):
             raise ValueError(f"classes must be a tuple of integer class ids or None, got {self.classes!r}")
+
+
+def serving_nms(det: DetectionConfig) -> NmsParams:
+    """The NMS the daemon applies with the config's `detection` section (its serving thresholds)."""
+    return NmsParams(
+        conf_thres=det.confidence, iou_thres=det.iou, max_det=det.max_detections, classes=det.class_ids,
+        agnostic=det.agnostic_nms, multi_label=det.multi_label,
+    )  # fmt: skip
 
 
 def _is_number(value: object) -> bool:

@@ -37,7 +37,7 @@ from streamer.messages import (
     StreamEvent,
 )
 from streamer.metrics import inference_metrics
-from streamer.postprocess import NmsParams
+from streamer.postprocess import serving_nms
 from streamer.preprocess import LetterboxGeometry, letterbox_geometry
 from streamer.protocol import event_message
 from streamer.publish import Publisher
@@ -59,14 +59,6 @@ log = logging.getLogger(__name__)
 
 # After Shutdown, how long to wait for the exits of sources whose last notifications may be in flight.
 _EXIT_GRACE_S = 2.0
-
-
-def nms_params(cfg: Config) -> NmsParams:
-    det = cfg.detection
-    return NmsParams(
-        conf_thres=det.confidence, iou_thres=det.iou, max_det=det.max_detections, classes=det.class_ids,
-        agnostic=det.agnostic_nms, multi_label=det.multi_label,
-    )  # fmt: skip
 
 
 class InferenceLoop:
@@ -96,7 +88,7 @@ class InferenceLoop:
         """The CUDA-ring side, created for the first NVDEC stream; None on the CPU path."""
         self.timeline = Timeline.from_env(executor)
         self.results = Results(
-            executor, publisher, nms_params(cfg), _class_names(cfg, spec.num_classes),
+            executor, publisher, serving_nms(cfg.detection), _class_names(cfg, spec.num_classes),
             on_batch=self.timeline.published if self.timeline is not None else None,
         )  # fmt: skip
         self.reporter = Reporter(cfg, self.book, publisher, status_path)

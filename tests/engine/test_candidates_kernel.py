@@ -5,27 +5,17 @@ host by tests/engine/test_cuda_executor.py."""
 from __future__ import annotations
 
 import ctypes
-import importlib.util
 from pathlib import Path
 
 import pytest
 
-
-def _nvrtc_or_skip() -> None:
-    if importlib.util.find_spec("cuda") is None:
-        pytest.skip("cuda-python is not installed (pip install 'yolostream[gpu]')")
-    try:
-        from cuda.bindings import nvrtc
-
-        nvrtc.nvrtcVersion()
-    except Exception as exc:  # the NVRTC library (nvidia-cuda-nvrtc) missing: anything may be raised
-        pytest.skip(f"NVRTC is not usable here: {exc}")
+from tests.support.cuda import nvrtc_or_skip
 
 
 def test_the_candidate_kernel_compiles_for_hopper_and_is_cached(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    _nvrtc_or_skip()
+    nvrtc_or_skip()
     monkeypatch.setenv("YOLOSTREAM_CACHE", str(tmp_path))
     from streamer.engine.candidates import compile_cubin
 

@@ -7,7 +7,6 @@ wherever cuda-python and the NVRTC library are installed (NVRTC needs no GPU).
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +15,7 @@ import pytest
 
 from streamer.preprocess.letterbox import letterbox_geometry
 from streamer.preprocess.nv12 import letterbox_nv12
+from tests.support.cuda import nvrtc_or_skip
 from tests.support.nv12clips import (
     CODECS,
     SIZES,
@@ -27,20 +27,9 @@ from tests.support.nv12clips import (
 from tests.support.nv12clips import write_tagged_clip as write_clip
 
 
-def _nvrtc_or_skip() -> None:
-    if importlib.util.find_spec("cuda") is None:
-        pytest.skip("cuda-python is not installed (pip install 'yolostream[gpu]')")
-    try:
-        from cuda.bindings import nvrtc
-
-        nvrtc.nvrtcVersion()
-    except Exception as exc:  # the NVRTC library (nvidia-cuda-nvrtc) missing: anything may be raised
-        pytest.skip(f"NVRTC is not usable here: {exc}")
-
-
 @pytest.fixture(scope="module")
 def gpu() -> Any:
-    _nvrtc_or_skip()
+    nvrtc_or_skip()
     from streamer.engine.cuda import load_cudart
 
     cudart = load_cudart()
@@ -80,7 +69,7 @@ def test_launch_arguments_sit_at_the_addresses_handed_to_the_driver() -> None:
 
 
 def test_kernel_compiles_and_is_cached(tmp_path: Path) -> None:
-    _nvrtc_or_skip()
+    nvrtc_or_skip()
     from streamer.preprocess.cuda_kernel import compile_cubin
 
     cubin = compile_cubin("sm_90", cache=tmp_path)
