@@ -51,6 +51,12 @@ class SystemdNotifier:
     def watchdog(self) -> None:
         self.notify("WATCHDOG=1")
 
+    def loading(self, extend_s: float) -> None:
+        """Still loading the model: push the start (or reload) timeout `extend_s` on and feed the watchdog."""
+        self.notify(
+            f"EXTEND_TIMEOUT_USEC={int(extend_s * 1e6)}", *(["WATCHDOG=1"] if self.watchdog_interval else [])
+        )
+
     def reloading(self) -> None:
         # MONOTONIC_USEC lets Type=notify-reload units match the reload with this message.
         self.notify("RELOADING=1", f"MONOTONIC_USEC={time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000}")

@@ -59,6 +59,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+LOADING_EXTEND_S = 30.0
+"""While the model loads, systemd's start timeout is extended by this much every 5 s."""
+
 RUN_DIR_PREFIX = "yolostream-"
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 MEMORY_CHECK_S = 5.0
@@ -110,6 +113,7 @@ class Supervisor:
         self._status_sent_at = 0.0
         self._watchdog_at = 0.0
         self._watchdog_published = -1
+        self._loading_told_at = 0.0
         self._memory_at = 0.0
         self._metrics: MetricsServer | None = None
         self._env_before: str | None = None
@@ -465,8 +469,14 @@ class Supervisor:
             self._metrics.process_exited(pid)
 
     def _waiting_for_model(self) -> bool:
-        """`wait_ready`'s poll (every 0.1 s): /healthz keeps answering while the model loads."""
+        """`wait_ready`'s poll (every 0.1 s): /healthz keeps answering while the model loads, and systemd
+        is told every 5 s that loading goes on (a TensorRT build or a cold torch.compile takes minutes,
+        more than systemd's default start timeout and the unit's watchdog)."""
         self._publish_health()
+        now = time.monotonic()
+        if now - self._loading_told_at >= 5.0:
+            self._loading_told_at = now
+            self._notifier.loading(LOADING_EXTEND_S)
         return self._stopping_signal()
 
     def _publish_health(self) -> None:

@@ -176,6 +176,8 @@ def test_the_systemd_notify_protocol(tmp_path: Path, model: Path, monkeypatch: p
     daemon = start_daemon(tmp_path, _config(model, ["a"]))
     try:
         wait_for("READY=1")
+        ready = next(i for i, m in enumerate(received) if "READY=1" in m)
+        assert any("EXTEND_TIMEOUT_USEC=30000000" in m for m in received[:ready])  # while the model loaded
         wait_for(r"STATUS=1 stream\(s\): 1 running; [1-9]\d* frames published")
         received.clear()
         wait_for("WATCHDOG=1")  # while frames are being published
