@@ -11,6 +11,7 @@ from __future__ import annotations
 import difflib
 import os
 import re
+import stat
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal, NoReturn, get_args
@@ -55,6 +56,8 @@ __all__ = [
 LIVE_SCHEMES = frozenset({"rtsp", "rtsps", "http", "https", "rtmp"})
 """URL schemes of network streams; anything else must be a local file (a path or a ``file:`` URL)."""
 ENDPOINT_PREFIXES = ("tcp://", "ipc://", "inproc://")
+MAX_CONFIG_BYTES = 1 << 20
+"""A config file larger than this (1 MiB) is refused before it is parsed."""
 _STREAM_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
 _DEVICE = re.compile(r"auto|cpu|cuda(:[0-9]+)?")
 _SECRET_QUERY = re.compile(r"(?i)([?&][^=&#]*(?:pass|pwd|token|secret|key|auth|sig)[^=&#]*=)[^&#]*")
@@ -291,6 +294,17 @@ def redact_url(url: str) -> str:
     return _SECRET_QUERY.sub(r"\1***", url)
 
 
+def _url_port(url: str) -> str | None:
+    """The port as written in a URL's authority, or None. The host starts after the last '@' (as in
+    `redact_url`: a password may hold '@', '/' or ':'), and ends at the first '/', '?' or '#' after it."""
+    rest = url.partition("://")[2]
+    at = rest.rfind("@")
+    host = re.split(r"[/?#]", rest[at + 1 :], maxsplit=1)[0]
+    if host.startswith("["):  # [IPv6]:port
+        host = host.partition("]")[2]
+    return host.rpartition(":")[2] if ":" in host else None
+
+
 def _scheme(url: str) -> str:
     match = re.match(r"([A-Za-z][A-Za-z0-9+.-]*):", url)
     return match.group(1).lower() if match else ""
@@ -405,6 +419,9 @@ class SourceConfig(_Section):
         if scheme in LIVE_SCHEMES:
             if not parts.hostname:
                 raise ValueError(f"has no host: {redact_url(value)!r}")
+            port = _url_port(value)
+            if port is not None and not (port.isdigit() and 1 <= int(port) <= 65535):
+                raise ValueError(f"has a port that is not 1 to 65535 ({port!r}): {redact_url(value)!r}")
             return value
         if scheme == "sample":
             from streamer.samples import SAMPLES  # (a name check only: the clip is made by the worker)
@@ -515,6 +532,10 @@ class PublishConfig(_Section):
             raise ValueError(
                 f"must be a ZeroMQ endpoint starting with tcp://, ipc:// or inproc://, got {value!r}"
             )
+        if value.startswith("tcp://"):
+            port = value.rpartition(":")[2]
+            if port != "*" and not (port.isdigit() and 1 <= int(port) <= 65535):
+                raise ValueError(f"a tcp:// endpoint needs a port from 1 to 65535 (or *), got {value!r}")
         return value
 
 
@@ -549,8 +570,17 @@ class LoggingConfig(_Section):
         default="text", description="text for people, json (one object a line)."
     )
     stats_interval_s: StrictFloat = Field(
-        default=5.0, ge=0, description="Seconds between the logged fps/latency lines; 0 disables them."
+        default=5.0,
+        ge=0,
+        description="Seconds between the logged fps/latency lines (at least 1); 0 disables them.",
     )
+
+    @field_validator("stats_interval_s")
+    @classmethod
+    def _sane_interval(cls, value: float) -> float:
+        if 0 < value < 1:
+            raise ValueError(f"must be 0 (off) or at least 1 second, got {value}")
+        return value
 
     @field_validator("level", mode="before")
     @classmethod
@@ -694,6 +724,18 @@ def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = No
     """
     file = Path(path).absolute()
     try:
+        info = file.stat()
+        if not stat.S_ISREG(info.st_mode):
+            raise ConfigError(os.fspath(path), [ConfigProblem("", None, "not a regular file")])
+        if info.st_size > MAX_CONFIG_BYTES:
+            raise ConfigError(
+                os.fspath(path),
+                [
+                    ConfigProblem(
+                        "", None, f"{info.st_size:,} bytes: a config is at most {MAX_CONFIG_BYTES:,}"
+                    )
+                ],
+            )
         text = file.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(
@@ -773,7 +815,7 @@ def _message(error: Any, path: KeyPath) -> str:
     kind: str = error["type"]
     ctx = error.get("ctx") or {}
     value = error.get("input")
-    got = f", got {_describe(value, secret=bool(path) and path[-1] == 'url')}"
+    got = f", got {_describe(value)}"
     if kind == "missing":
         return f"missing required key '{path[-1]}'" if path else "missing required key"
     if kind == "extra_forbidden":
@@ -815,7 +857,7 @@ def _message(error: Any, path: KeyPath) -> str:
     return str(error["msg"])
 
 
-def _describe(value: Any, secret: bool = False) -> str:
+def _describe(value: Any) -> str:
     """A short description of a YAML value for messages: ``'four'``, ``true``, ``a list``, ``nothing``."""
     if value is None:
         return "nothing (an empty value)"
@@ -825,7 +867,7 @@ def _describe(value: Any, secret: bool = False) -> str:
         return "a mapping"
     if isinstance(value, list):
         return "a list"
-    if isinstance(value, str) and secret:
+    if isinstance(value, str):  # any string may be a camera URL under the wrong key
         value = redact_url(value)
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +39,17 @@ _VARIABLE = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)(?::-(.*))?", re.DOTALL)
 _WHOLE_REFERENCE = re.compile(r"\$\{[^}]*\}")
 _FILE_PREFIX = "file:"
 _SECRET_FILE_LIMIT = 64 * 1024  # bytes: a secret file holds one value (a password, a token)
+MAX_VALUES = 100_000
+"""Values (mappings, lists, scalars) a document may expand to: aliases are expanded where they are used,
+so a 1 KB file of nested aliases can stand for billions of values (a "billion laughs")."""
+MAX_DEPTH = 64
+"""Levels of nested mappings and lists a document may have."""
+
+
+class _TooLarge(Exception):
+    def __init__(self, line: int, message: str) -> None:
+        super().__init__(message)
+        self.line, self.message = line, message
 
 
 def format_key(path: KeyPath) -> str:
@@ -91,6 +103,14 @@ def load_yaml(text: str, filename: str, env: Mapping[str, str], base_dir: Path |
     """
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except RecursionError:  # PyYAML's composer recurses per level: thousands of nested [ or {
+        raise ConfigError(
+            filename,
+            [ConfigProblem("", 1, f"the document is nested too deeply (more than {MAX_DEPTH} levels)")],
+        ) from None
+    except yaml.reader.ReaderError as exc:  # a character YAML does not allow (a control character)
+        at = text.count("\n", 0, exc.position) + 1
+        raise ConfigError(filename, [ConfigProblem("", at, f"YAML error: {exc.reason}")]) from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark is not None else None
@@ -105,11 +125,11 @@ def load_yaml(text: str, filename: str, env: Mapping[str, str], base_dir: Path |
             message += "; indent with spaces, not tabs"
         raise ConfigError(filename, [ConfigProblem("", line, message)]) from None
     except yaml.YAMLError as exc:  # e.g. a reader error (a control character in the file)
-        raise ConfigError(filename, [ConfigProblem("", None, f"YAML error: {exc}")]) from None
+        raise ConfigError(filename, [ConfigProblem("", 1, f"YAML error: {exc}")]) from None
     if root is None:
         raise ConfigError(
             filename,
-            [ConfigProblem("", None, "the file is empty; a config needs at least model and sources")],
+            [ConfigProblem("", 1, "the file is empty; a config needs at least model and sources")],
         )
     if not isinstance(root, yaml.MappingNode):
         got = "a list" if isinstance(root, yaml.SequenceNode) else f"the scalar {root.value!r}"
@@ -124,7 +144,10 @@ def load_yaml(text: str, filename: str, env: Mapping[str, str], base_dir: Path |
             ],
         )
     converter = _Converter(env, base_dir if base_dir is not None else Path.cwd())
-    data = converter.convert(root, ())
+    try:
+        data = converter.convert(root, ())
+    except _TooLarge as exc:
+        raise ConfigError(filename, [ConfigProblem("", exc.line, exc.message)]) from None
     return YamlDocument(data, converter.lines, converter.problems)
 
 
@@ -142,11 +165,19 @@ class _Converter:
         self.problems: list[ConfigProblem] = []
         self._constructor = yaml.SafeLoader("")  # only used to build scalars from their resolved tag
         self._active: set[int] = set()  # nodes being converted, to stop a recursive alias
+        self._values = 0
 
     def problem(self, path: KeyPath, line: int, message: str) -> None:
         self.problems.append(ConfigProblem(format_key(path), line, message))
 
     def convert(self, node: yaml.Node, path: KeyPath) -> Any:
+        self._values += 1
+        if self._values > MAX_VALUES:
+            raise _TooLarge(
+                _line(node), f"the document expands to more than {MAX_VALUES:,} values (nested YAML aliases?)"
+            )
+        if len(path) > MAX_DEPTH:
+            raise _TooLarge(_line(node), f"the document is nested too deeply (more than {MAX_DEPTH} levels)")
         self.lines.setdefault(path, _line(node))
         if id(node) in self._active:
             self.problem(path, _line(node), "a YAML alias refers to a node that contains it")
@@ -218,6 +249,11 @@ class _Converter:
         except yaml.YAMLError as exc:  # e.g. an unknown tag such as `!secret`
             self.problem(path, _line(node), f"cannot read this value: {getattr(exc, 'problem', exc)}")
             return None
+        except (ValueError, OverflowError):  # e.g. an integer of thousands of digits (Python's limit)
+            self.problem(
+                path, _line(node), f"cannot read this value: a number of {len(node.value)} characters"
+            )
+            return None
 
     def _interpolate(self, text: str, path: KeyPath, line: int) -> str:
         def replace(match: re.Match[str]) -> str:
@@ -263,7 +299,14 @@ class _Converter:
         if not file.is_absolute():
             file = self.base_dir / file
         try:
-            with open(file, "rb") as f:
+            # A regular file only: a FIFO or a device would block validation (and a reload) for ever.
+            # O_NONBLOCK: a file replaced by a FIFO after the check does not block the open either.
+            fd = os.open(file, os.O_RDONLY | os.O_NONBLOCK)
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                os.close(fd)
+                self.problem(path, line, f"the secret file {file} (${{file:{name}}}) is not a regular file")
+                return ""
+            with os.fdopen(fd, "rb") as f:
                 data = f.read(_SECRET_FILE_LIMIT + 1)
         except OSError as exc:
             self.problem(path, line, f"cannot read the secret file {file} (${{file:{name}}}): {exc.strerror}")

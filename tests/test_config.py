@@ -436,7 +436,7 @@ BAD_CASES = [
     ),
     pytest.param("- model: x\n", "", 1, "the top level must be a mapping of sections", id="top-level-list"),
     pytest.param("just text\n", "", 1, "the top level must be a mapping of sections", id="top-level-scalar"),
-    pytest.param("# nothing here\n", "", None, "the file is empty", id="empty-file"),
+    pytest.param("# nothing here\n", "", 1, "the file is empty", id="empty-file"),
     pytest.param(
         MINIMAL + "publish:\n  endpoint: udp://0.0.0.0:5555\n",
         "publish.endpoint",

@@ -154,6 +154,19 @@ def test_sighup_adds_and_removes_streams_and_rejects_an_invalid_config(tmp_path:
         assert "detection.confidence" in daemon.log()
         before = _count(daemon, "keep")
         daemon.receive_until(lambda ms: _count(daemon, "keep") >= before + 5)  # still running
+
+        # An alias bomb (10 levels of 10) as the new file: refused like any invalid file, never wedging.
+        bomb = "x-bomb:\n  a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
+            f"  a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]\n" for i in range(1, 10)
+        )
+        config.write_text(text + bomb)
+        daemon.proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while "expands to more than 100,000 values" not in daemon.log():
+            assert time.monotonic() < deadline, daemon.log()
+            time.sleep(0.1)
+        before = _count(daemon, "keep")
+        daemon.receive_until(lambda ms: _count(daemon, "keep") >= before + 5)
         assert daemon.stop() == 0, daemon.log()
     finally:
         daemon.close()
