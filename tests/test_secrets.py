@@ -96,7 +96,7 @@ def test_unreadable_secret_files_are_problems_with_key_line_and_file(tmp_path: P
             "such as a password",
         ),
         ("sources[3].url", 11, f"the secret file {tmp_path / 'binary'} is not UTF-8 text"),
-        ("sources[4].url", 13, f"{cannot} {tmp_path / 'dir'} (${{file:dir}}): Is a directory"),
+        ("sources[4].url", 13, f"the secret file {tmp_path / 'dir'} (${{file:dir}}) is not a regular file"),
         ("sources[5].url", 15, "${file:} names no file: use ${file:/path/to/secret}"),
     ]
 
