@@ -22,16 +22,9 @@ import pytest
 
 from streamer.config import MAX_CONFIG_BYTES, load_config, parse_config
 from streamer.errors import ConfigError
+from tests.test_config import MINIMAL
 
 REPO = Path(__file__).resolve().parents[1]
-
-MINIMAL = """\
-model:
-  onnx: yolov7.onnx
-sources:
-  - id: cam1
-    url: rtsp://cam/stream
-"""
 
 
 @contextlib.contextmanager
