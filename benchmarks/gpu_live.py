@@ -44,7 +44,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from gpu_pipeline import gpu_used_mib
+from gpu_pipeline import gpu_used_mib, stop_daemon
 
 from streamer.client import ReceiveTimeout, Subscriber
 
@@ -79,12 +79,18 @@ def _alive(proc: subprocess.Popen) -> None:
         raise SystemExit(f"the daemon exited with code {proc.returncode} (see its log)")
 
 
+def _next(sub: Subscriber, proc: subprocess.Popen):
+    """The next message within a second, or None (after checking that the daemon still runs)."""
+    try:
+        return sub.recv(timeout=1.0)
+    except ReceiveTimeout:
+        _alive(proc)
+        return None
+
+
 def receive_until(sub: Subscriber, proc: subprocess.Popen, deadline: float, on_det=None, on_evt=None) -> None:
     while time.perf_counter() < deadline:
-        try:
-            msg = sub.recv(timeout=1.0)
-        except ReceiveTimeout:
-            _alive(proc)
+        if (msg := _next(sub, proc)) is None:
             continue
         if msg.type == "det":  # type: ignore[union-attr]
             if on_det is not None:
@@ -103,13 +109,9 @@ def wait_for_streams(sub: Subscriber, proc: subprocess.Popen, streams: int, time
     while len(seen) < streams:
         if time.perf_counter() - started > timeout:
             raise SystemExit(f"only {len(seen)} of {streams} streams published within {timeout:.0f} s")
-        try:
-            msg = sub.recv(timeout=1.0)
-        except ReceiveTimeout:
-            _alive(proc)
-            continue
-        if msg.type == "det":  # type: ignore[union-attr]
-            seen.add(msg.stream)  # type: ignore[union-attr]
+        msg = _next(sub, proc)
+        if msg is not None and msg.type == "det":
+            seen.add(msg.stream)
     return time.perf_counter() - started
 
 
@@ -257,11 +259,7 @@ def main() -> None:
                     rows.append(row)
                     print(json.dumps(row), flush=True)
             finally:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(60)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
+                stop_daemon(proc)
                 log.close()
         ceil, variant = engine_alone(model, args)
     (args.out / "gpu_live.json").write_text(

@@ -57,6 +57,15 @@ def gpu_used_mib() -> float | None:
     return float(out[0]) if out else None
 
 
+def stop_daemon(proc: subprocess.Popen) -> None:
+    """SIGTERM (the daemon drains and exits), SIGKILL if it has not within 60 s."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
 def daemon_throughput(
     model: Path, clip: Path, streams: int, batch: int, precision: str, decoder: str,
     warmup: float, seconds: float, workdir: Path, log: Path | None, ring_slots: int = 4,
@@ -100,11 +109,7 @@ def daemon_throughput(
                     seen.add(msg.stream)  # type: ignore[union-attr]
             rate = count / (now - start)
         finally:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+            stop_daemon(proc)
             if out:
                 out.close()
     held = None if memory is None or before is None else memory - before
