@@ -124,7 +124,6 @@ class CudaExecutor(InflightSlots):
         self.layout = engine.layout
         self.output_specs = engine.outputs
         self.input_dtype = engine.input.dtype
-        self.name = f"{engine.name} {getattr(engine, 'variant', '')}".strip()
         self.max_batch = engine.spec.max_batch
         self._slots = [_Slot(engine, self.max_batch, conf, device) for _ in range(slots)]
         self.gpu_filter = self._slots[0].candidates is not None

@@ -83,8 +83,6 @@ class Executor(Protocol):
     on_gpu: bool
     """Whether frames in GPU memory can be written straight into `device_input`."""
     input_dtype: str
-    name: str
-    """The backend's name and variant, for logs and reports (``torch fp16, compiled, CUDA graphs``)."""
 
     @property
     def wake_fd(self) -> int: ...
@@ -179,7 +177,6 @@ class CpuExecutor(InflightSlots):
         self.engine = engine
         self._owns_engine = owns_engine
         self.spec = spec
-        self.name = engine.name
         self.input_dtype = "float32"
         self.output_specs: tuple[TensorSpec, ...] = (
             TensorSpec("output", "float32", (-1, spec.boxes, spec.outputs_per_box)),
