@@ -99,7 +99,7 @@ print('PyAV', av.__version__, '| cuda-bindings', cuda.bindings.__version__, '| t
             --log "$OUT/daemon-pipeline.log" ;;
     mps-live)  # live streams under CUDA MPS (one GPU context for every process instead of one each)
         with_mps python benchmarks/gpu_live.py --streams ${LIVE_STREAMS:-32 48} --seconds ${LIVE_SECONDS:-30} \
-            --warmup 8 --batch ${LIVE_BATCH:-16} --out "$OUT/mps" ;;
+            --warmup 8 --batch ${LIVE_BATCH:-16} --out "$OUT/${LIVE_OUT:-mps}" ;;
     pipeline-mps)  # unpaced under CUDA MPS, fp16 compiled, 16 and 48 streams
         with_mps python benchmarks/gpu_pipeline.py --streams 16 48 --batch 16 --seconds 15 --warmup 8 \
             --precision fp16 --log "$OUT/daemon-pipeline-mps.log" ;;
