@@ -126,20 +126,26 @@ def measure(sub: Subscriber, proc: subprocess.Popen, streams: int, seconds: floa
             c.seqs.append(msg.seq)
             latencies.append(msg.publish_ts - msg.capture_ts)
 
+    events: dict[str, int] = {}
+
     def on_evt(msg) -> None:  # events share the stream's seq: a gap is only what did not arrive
         c = counts.get(msg.stream)
         if c is not None:
             c.seqs.append(msg.seq)
+        events[msg.event] = events.get(msg.event, 0) + 1
 
     start_wall, start = time.time(), time.perf_counter()
     receive_until(sub, proc, start + seconds, on_det, on_evt)
     elapsed = time.perf_counter() - start
     dropped = lost = 0
     rates = []
-    for c in counts.values():
+    missing: dict[str, list[int]] = {}  # the first few frame indices each stream did not publish
+    for stream, c in counts.items():
         rates.append(len(c.frames) / elapsed)
         if c.frames:
             dropped += (max(c.frames) - min(c.frames) + 1) - len(set(c.frames))
+            if gaps := sorted(set(range(min(c.frames), max(c.frames) + 1)) - set(c.frames))[:5]:
+                missing[stream] = gaps
             seqs = np.sort(np.asarray(c.seqs))
             lost += int(np.sum(np.maximum(np.diff(seqs) - 1, 0))) if len(seqs) > 1 else 0
     lat = np.asarray(latencies) * 1e3 if latencies else np.zeros(1)
@@ -147,7 +153,7 @@ def measure(sub: Subscriber, proc: subprocess.Popen, streams: int, seconds: floa
         "streams": streams, "seconds": elapsed, "window": (start_wall, start_wall + elapsed),
         "delivered": sum(len(c.frames) for c in counts.values()) / elapsed, "wanted": streams * FPS,
         "slowest": min(rates), "p50": float(np.percentile(lat, 50)), "p99": float(np.percentile(lat, 99)),
-        "max": float(lat.max()), "dropped": dropped, "lost": lost,
+        "max": float(lat.max()), "dropped": dropped, "lost": lost, "missing": missing, "events": events,
     }  # fmt: skip
 
 
