@@ -10,9 +10,13 @@ import importlib
 import logging
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from streamer.engine.base import Engine, EngineOptions, ModelSpec
 from streamer.errors import EngineError
+
+if TYPE_CHECKING:
+    from streamer.engine.model_info import ModelInfo
 
 __all__ = ["Engine", "EngineOptions", "ModelSpec", "load_engine"]
 
@@ -26,8 +30,11 @@ _BACKENDS = {
 }
 
 
-def load_engine(backend: str, model: Path, options: EngineOptions) -> Engine:
-    """Load `model` with `backend` (``auto`` picks the best available) and return the ready engine."""
+def load_engine(backend: str, model: Path, options: EngineOptions, info: ModelInfo | None = None) -> Engine:
+    """Load `model` with `backend` (``auto`` picks the best available) and return the ready engine.
+
+    `info`: the model as `model_info.inspect_model` read it, when the caller has it already.
+    """
     if backend == "auto":
         # The synchronous (CPU-side) engines; `streamer.engine.select` resolves auto for the daemon.
         backend = "onnxruntime"
@@ -42,5 +49,5 @@ def load_engine(backend: str, model: Path, options: EngineOptions) -> Engine:
         module = importlib.import_module(module_name)
     except ImportError as exc:
         raise EngineError(f"engine backend {backend!r} needs a package that is not installed: {exc}") from exc
-    engine_cls: Callable[[Path, EngineOptions], Engine] = getattr(module, cls_name)
-    return engine_cls(model, options)
+    engine_cls: Callable[..., Engine] = getattr(module, cls_name)
+    return engine_cls(model, options, info=info)

@@ -37,6 +37,8 @@ class ModelSpec:
     """5 + number of classes (the YOLOv7 ``--grid`` layout: cx, cy, w, h, objectness, class scores)."""
     boxes: int
     """Rows per image in the raw output (25200 for YOLOv7 at 640)."""
+    fixed_batch: bool = False
+    """The engine runs only batches of `max_batch` (a graph exported with a fixed batch): pad to it."""
 
     @property
     def num_classes(self) -> int:

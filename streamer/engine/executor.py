@@ -204,7 +204,8 @@ class CpuExecutor(InflightSlots):
         return batch
 
     def _run(self, batch: Batch) -> np.ndarray:
-        out = self.engine.infer(self.buffers[batch.slot][: batch.size])
+        rows = self.spec.max_batch if self.spec.fixed_batch else batch.size  # (rows past size: ignored)
+        out = self.engine.infer(self.buffers[batch.slot][:rows])[: batch.size]
         batch.finished = time.perf_counter()
         return out
 

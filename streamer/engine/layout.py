@@ -208,7 +208,8 @@ def image_input(model: onnx.ModelProto) -> ImageInput:
         raise ModelError(f"expected one NCHW image input, found: {found}")
     dtype = _dtype(inputs[0])
     if dtype not in _FLOATS:
-        raise ModelError(f"input {inputs[0].name!r} is {dtype or 'of an unsupported type'}, expected float32")
+        elem = TensorProto.DataType.Name(inputs[0].type.tensor_type.elem_type).lower()
+        raise ModelError(f"input {inputs[0].name!r} is {elem}, expected float32 (or float16)")
     batch, channels, height, width = shape
     if channels not in (None, 3):
         raise ModelError(f"input {inputs[0].name!r} has {channels} channels, expected 3")

@@ -21,6 +21,7 @@ from streamer.engine import load_engine
 from streamer.engine.base import EngineOptions
 from streamer.engine.device import DeviceEngine
 from streamer.engine.executor import CpuExecutor, Executor
+from streamer.engine.model_info import inspect_model
 from streamer.errors import EngineError
 
 if TYPE_CHECKING:
@@ -119,6 +120,7 @@ def open_executor(cfg: Config, model: Path) -> Executor:
     On the GPU the executor runs NMS's first step (the confidence filter) on the device for grid models.
     """
     options, slots = engine_options(cfg), cfg.engine.inflight
+    info = inspect_model(model, options)  # once, for whichever backend runs it
     backend = choose_backend(cfg.engine.backend, options.device)
     on_gpu = options.device != "cpu"
     conf = cfg.detection.confidence
@@ -126,7 +128,8 @@ def open_executor(cfg: Config, model: Path) -> Executor:
         from streamer.engine.cuda_executor import CudaExecutor
         from streamer.engine.tensorrt import TensorRTBuildOptions, TensorRTEngine
 
-        engine: DeviceEngine = TensorRTEngine(model, options, TensorRTBuildOptions(**tensorrt_settings(cfg)))
+        build = TensorRTBuildOptions(**tensorrt_settings(cfg))
+        engine: DeviceEngine = TensorRTEngine(model, options, build, info=info)
         return CudaExecutor(engine, slots=slots, device=_index(options.device), conf=conf, owns_engine=True)
     if backend == "torch" and on_gpu and (options.device != "auto" or _torch_cuda_usable() is None):
         from streamer.engine.cuda_executor import CudaExecutor
@@ -134,7 +137,7 @@ def open_executor(cfg: Config, model: Path) -> Executor:
 
         e = cfg.engine
         engine = TorchDeviceEngine(
-            model, options, cuda_graph=e.cuda_graphs, compile=e.compile, sizes=e.batch_sizes
+            model, options, cuda_graph=e.cuda_graphs, compile=e.compile, sizes=e.batch_sizes, info=info
         )
         return CudaExecutor(engine, slots=slots, device=_index(options.device), conf=conf, owns_engine=True)
     if backend in ("onnxruntime", "torch"):
@@ -144,7 +147,7 @@ def open_executor(cfg: Config, model: Path) -> Executor:
                 "exported with (fp16 and int8 are for tensorrt and torch on CUDA)",
                 options.precision,
             )
-        return CpuExecutor(load_engine(backend, model, options), slots=slots, owns_engine=True)
+        return CpuExecutor(load_engine(backend, model, options, info), slots=slots, owns_engine=True)
     raise EngineError(f"unknown engine backend {backend!r}")
 
 

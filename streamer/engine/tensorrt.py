@@ -6,9 +6,9 @@ Written against the TensorRT 10 Python API and type-checked with mypy against ``
 
 How a model becomes an engine (`build_plan`, and `TensorRTEngine` on a cache miss):
 
-1. the ONNX graph is read with the ``onnx`` package: its image input (`layout.image_input`) and output
-   layout (`layout.detect_layout`: ``--grid``, EfficientNMS_TRT or ONNX NonMaxSuppression) are known
-   before TensorRT is touched, and a graph yolostream cannot post-process fails here;
+1. the ONNX graph is read once (`model_info.inspect_model`, as for every backend): its image input and
+   output layout (``--grid``, EfficientNMS_TRT or ONNX NonMaxSuppression) are known before TensorRT is
+   touched, and a graph yolostream cannot post-process fails here;
 2. the plan cache key (`plan_cache.PlanKey`) is made from the ONNX bytes, TensorRT version, GPU name and
    compute capability, precision (+ INT8 calibration cache), batch profile, input size and workspace;
 3. on a miss: TensorRT's plugins are registered (EfficientNMS_TRT lives there), the ONNX is parsed
@@ -31,25 +31,18 @@ import math
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
 import cv2
 import numpy as np
-import onnx
 import tensorrt as trt
 
-from streamer.engine.base import EngineOptions, ModelSpec, resolve_input_size
+from streamer.engine.base import EngineOptions, ModelSpec
 from streamer.engine.cuda import check, load_cudart
 from streamer.engine.device import DeviceEngine, OutputLayout, TensorSpec
-from streamer.engine.layout import (
-    ImageInput,
-    describe_outputs,
-    detect_layout,
-    detect_num_classes,
-    image_input,
-)
+from streamer.engine.model_info import ModelInfo, describe_outputs_short, inspect_model
 from streamer.engine.plan_cache import PRECISIONS, PlanCache, PlanKey, atomic_write, file_sha256
 from streamer.errors import EXIT_OK, EngineError, ModelError
 from streamer.paths import cache_dir
@@ -292,19 +285,10 @@ def _dims(d: trt.Dims) -> tuple[int, ...]:
 
 
 @dataclass(frozen=True)
-class _Model:
-    """What the ONNX file says, read before TensorRT is involved."""
+class _Model(ModelInfo):
+    """The model as `inspect_model` read it, and its file's hash (part of the plan cache's key)."""
 
-    path: Path
-    sha256: str
-    input: ImageInput
-    height: int
-    width: int
-    max_batch: int
-    dynamic_batch: bool
-    layout: OutputLayout
-    outputs: tuple[TensorSpec, ...]
-    num_classes: int | None
+    sha256: str = ""
 
 
 def _require_tensorrt_10() -> None:
@@ -317,33 +301,15 @@ def _require_tensorrt_10() -> None:
         )
 
 
-def _read_model(path: Path, options: EngineOptions) -> _Model:
+def _read_model(path: Path, options: EngineOptions, info: ModelInfo | None = None) -> _Model:
     _require_tensorrt_10()
     if options.precision not in PRECISIONS:
         raise EngineError(
             f"precision {options.precision!r}: the TensorRT backend builds {', '.join(PRECISIONS)}"
         )
-    if not path.is_file():
-        raise ModelError(f"model file not found: {path}")
-    try:
-        proto = onnx.load(str(path), load_external_data=False)
-    except Exception as exc:
-        raise ModelError(f"cannot read ONNX model {path}: {exc}") from exc
-    inp = image_input(proto)
-    layout, outputs = detect_layout(proto)
-    height, width = resolve_input_size(path, (inp.height, inp.width), options)
-    max_batch = options.max_batch
-    if inp.batch is not None and inp.batch != max_batch:
-        log.warning(
-            "%s was exported with a fixed batch of %d: the engine runs batches of %d (engine.max_batch %d "
-            "does not apply)", path.name, inp.batch, inp.batch, max_batch,
-        )  # fmt: skip
-        max_batch = inp.batch
-    num_classes = None if layout is OutputLayout.GRID else detect_num_classes(proto)
-    return _Model(
-        path=path, sha256=file_sha256(path), input=inp, height=height, width=width, max_batch=max_batch,
-        dynamic_batch=inp.batch is None, layout=layout, outputs=outputs, num_classes=num_classes,
-    )  # fmt: skip
+    info = info or inspect_model(path, options)
+    info.warn_if_batch_fixed(options)
+    return _Model(**{f.name: getattr(info, f.name) for f in fields(ModelInfo)}, sha256=file_sha256(path))
 
 
 def _calibration_cache(model: _Model, build: TensorRTBuildOptions) -> Path:
@@ -517,10 +483,15 @@ class TensorRTEngine(DeviceEngine):
     name = "tensorrt"
 
     def __init__(
-        self, model: Path, options: EngineOptions, build: TensorRTBuildOptions | None = None
+        self,
+        model: Path,
+        options: EngineOptions,
+        build: TensorRTBuildOptions | None = None,
+        *,
+        info: ModelInfo | None = None,
     ) -> None:
         build = build or TensorRTBuildOptions()
-        info = _read_model(model, options)
+        info = _read_model(model, options, info)
         gpu = _gpu(_device_index(options.device))
         plan, path, key, built = _load_or_build(info, options, build, gpu)
         self._logger = _Logger()
@@ -676,10 +647,6 @@ class TensorRTEngine(DeviceEngine):
         self._runtime = None
 
 
-def describe_outputs_short(specs: Sequence[TensorSpec]) -> str:
-    return ", ".join(f"{s.name} {list(s.shape)} {s.dtype}" for s in specs)
-
-
 # --------------------------------------------------------------------------------------------- build
 
 
@@ -696,11 +663,6 @@ def build_main(cfg: Config, build: TensorRTBuildOptions | None = None) -> int:
     )
     if build is None:
         build = TensorRTBuildOptions(swap_rb=cfg.model.channel_order == "rgb")
-    try:
-        proto = onnx.load(str(model), load_external_data=False)
-        log.info("%s: outputs %s", model.name, describe_outputs(proto))
-    except Exception as exc:
-        raise ModelError(f"cannot read ONNX model {model}: {exc}") from exc
     path = build_plan(model, options, build)
     print(path)
     return EXIT_OK

@@ -28,7 +28,8 @@ from typing import Any
 import numpy as np
 import onnx
 
-from streamer.engine.base import Engine, EngineOptions, ModelSpec, resolve_input_size
+from streamer.engine.base import Engine, EngineOptions, ModelSpec
+from streamer.engine.model_info import ModelInfo, inspect_model
 from streamer.engine.onnxgraph import fp16_nodes, widen_to_fp32
 from streamer.errors import EngineError, ModelError
 
@@ -124,14 +125,13 @@ def _register_scatter_nd(registry: Any) -> None:
     registry._yolostream_scatter_nd = True
 
 
-def _static(dim: onnx.TensorShapeProto.Dimension) -> int | None:
-    return dim.dim_value if dim.HasField("dim_value") and dim.dim_value > 0 else None
-
-
 class TorchEngine(Engine):
     name = "torch"
 
-    def __init__(self, model: Path, options: EngineOptions) -> None:
+    def __init__(self, model: Path, options: EngineOptions, *, info: ModelInfo | None = None) -> None:
+        info = info or inspect_model(model, options)
+        info.require_grid(self.name)
+        info.warn_if_batch_fixed(options)
         torch = _import_torch()
         if options.precision != "fp32":
             raise EngineError(
@@ -145,13 +145,11 @@ class TorchEngine(Engine):
             torch.backends.cudnn.allow_tf32 = False
         if options.threads:
             torch.set_num_threads(options.threads)
-        if not model.is_file():
-            raise ModelError(f"model file not found: {model}")
         try:
-            proto = onnx.load(str(model))
+            proto = onnx.load(str(model))  # (with the weights: `inspect_model` read the graph alone)
         except Exception as exc:
             raise ModelError(f"cannot read ONNX model {model}: {exc}") from exc
-        height, width, batch_dim = self._input_shape(model, proto, options)
+        height, width = info.height, info.width
         widened = fp16_nodes(proto)
         if widened:
             log.info("%s computes in float16 (%d places): converting an fp32 copy", model.name, widened)
@@ -162,8 +160,7 @@ class TorchEngine(Engine):
         except Exception as exc:  # onnx2torch raises NotImplementedError and friends for unknown ops
             raise ModelError(f"onnx2torch cannot convert {model}: {exc}") from exc
         self._module = module.to(self._device).eval()
-        max_batch = batch_dim or options.max_batch
-        max_batch = min(max_batch, options.max_batch)
+        max_batch = info.max_batch
         out = self._forward(np.zeros((1, 3, height, width), np.float32))  # learns the layout, warms up
         if out.ndim != 3 or out.shape[2] < 6:
             raise ModelError(
@@ -171,8 +168,9 @@ class TorchEngine(Engine):
                 "[batch, boxes, 5 + classes]"
             )
         self.spec = ModelSpec(
-            proto.graph.input[0].name, height, width, max_batch, int(out.shape[2]), int(out.shape[1])
-        )
+            info.input.name, height, width, max_batch, int(out.shape[2]), int(out.shape[1]),
+            fixed_batch=not info.dynamic_batch,
+        )  # fmt: skip
         log.info(
             "torch %s loaded %s on %s (fp32): input %dx%d, batch <= %d, %d classes",
             torch.__version__, model.name, self._device, width, height, max_batch, self.spec.num_classes,
@@ -185,23 +183,6 @@ class TorchEngine(Engine):
         if device.startswith("cuda") and not torch.cuda.is_available():
             raise EngineError(f"device {device!r} asked for, but this PyTorch sees no CUDA GPU")
         return torch.device(device)
-
-    @staticmethod
-    def _input_shape(
-        model: Path, proto: onnx.ModelProto, options: EngineOptions
-    ) -> tuple[int, int, int | None]:
-        initializers = {t.name for t in proto.graph.initializer}
-        inputs = [i for i in proto.graph.input if i.name not in initializers]
-        dims = inputs[0].type.tensor_type.shape.dim if len(inputs) == 1 else []
-        if len(dims) != 4:
-            raise ModelError(f"{model}: expected one NCHW image input, got {[i.name for i in inputs]}")
-        if inputs[0].type.tensor_type.elem_type != onnx.TensorProto.FLOAT:
-            raise ModelError(f"{model}: input {inputs[0].name!r} is not float32")
-        batch, channels, h_dim, w_dim = (_static(d) for d in dims)
-        if channels not in (None, 3):
-            raise ModelError(f"{model}: input has {channels} channels, expected 3")
-        height, width = resolve_input_size(model, (h_dim, w_dim), options)
-        return height, width, batch
 
     def _forward(self, batch: np.ndarray) -> np.ndarray:
         torch = self._torch

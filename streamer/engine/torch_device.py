@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from streamer.engine.base import EngineOptions, ModelSpec, batch_sizes
 from streamer.engine.device import DeviceEngine, OutputLayout, TensorSpec
+from streamer.engine.model_info import ModelInfo, inspect_model
 from streamer.engine.torch_static import NotBatchGeneric, convert_any_batch, convert_static
 from streamer.errors import EngineError, ModelError
 from streamer.paths import cache_dir
@@ -81,7 +82,11 @@ class TorchDeviceEngine(DeviceEngine):
         cuda_graph: bool = True,
         compile: str = "auto",
         sizes: Sequence[int] | None = None,
+        info: ModelInfo | None = None,
     ) -> None:
+        # The conversion (`convert_any_batch`) rewrites a fixed batch away: the config's max_batch holds.
+        info = (info or inspect_model(model, options)).any_batch(options.max_batch)
+        info.require_grid(self.name)  # before a conversion and compile of a minute or more
         import torch
 
         if not torch.cuda.is_available():
@@ -102,14 +107,15 @@ class TorchDeviceEngine(DeviceEngine):
         self._module = module.to(self._device).eval()
         self._forward: Any = self._eager
         self.compiled = False
-        height, width = self._input_hw(model, options)
+        height, width = info.height, info.width
         if compile != "off":
             self._compile(compile)
         y = self._warm_up(height, width, compile)
         if y.ndim != 3 or y.shape[2] < 6:
             raise ModelError(f"{model}: output {tuple(y.shape)} is not the YOLOv7 --grid layout")
-        self.spec = ModelSpec("images", height, width, options.max_batch, int(y.shape[2]), int(y.shape[1]))
-        self.input = TensorSpec("images", "float32", (-1, 3, height, width))
+        name = info.input.name
+        self.spec = ModelSpec(name, height, width, options.max_batch, int(y.shape[2]), int(y.shape[1]))
+        self.input = TensorSpec(name, "float32", (-1, 3, height, width))
         self.outputs = (TensorSpec("output", "float32", (-1, int(y.shape[1]), int(y.shape[2]))),)
         self.cuda_graph = cuda_graph
         self.variant = (
@@ -135,16 +141,6 @@ class TorchDeviceEngine(DeviceEngine):
                 model.name, exc, max_batch,
             )  # fmt: skip
             return convert_static(model, max_batch), (max_batch,)
-
-    @staticmethod
-    def _input_hw(model: Path, options: EngineOptions) -> tuple[int, int]:
-        import onnx
-
-        dims = onnx.load(str(model), load_external_data=False).graph.input[0].type.tensor_type.shape.dim
-        h, w = (d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in dims[2:])
-        if options.input_size is not None:
-            return options.input_size
-        return h or 640, w or 640
 
     def _eager(self, x: Any) -> Any:
         if self._half:

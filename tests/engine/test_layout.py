@@ -218,7 +218,7 @@ def test_image_input() -> None:
     [
         (["batch", 3, 64], TensorProto.FLOAT, "expected one NCHW image input, found: images"),
         (["batch", 1, 64, 64], TensorProto.FLOAT, "has 1 channels, expected 3"),
-        (["batch", 3, 64, 64], TensorProto.UINT8, "is of an unsupported type"),
+        (["batch", 3, 64, 64], TensorProto.UINT8, "is uint8, expected float32"),
     ],
 )
 def test_image_input_errors(shape: list, elem: int, message: str) -> None:

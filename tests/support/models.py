@@ -28,6 +28,7 @@ def write_oracle_model(
     num_classes: int = 80,
     threshold: float = 0.5,
     dynamic_batch: bool = True,
+    fixed_batch: int = 1,
     opset: int = 17,
 ) -> Path:
     """Write the oracle graph to `path` and return it.
@@ -52,12 +53,12 @@ def write_oracle_model(
     input gives ``sum(weight) = 0`` and a centre of (0, 0) (a tiny epsilon avoids NaN).
 
     Objectness is 1.0, the score of `class_id` 1.0 and every other class 0.0. `dynamic_batch` names the
-    batch dimension ``batch``, otherwise it is 1.
+    batch dimension ``batch``, otherwise it is `fixed_batch`.
     """
     h, w = input_size
     if not 0 <= class_id < num_classes:
         raise ValueError(f"class_id {class_id} not in [0, {num_classes})")
-    batch: str | int = "batch" if dynamic_batch else 1
+    batch: str | int = "batch" if dynamic_batch else fixed_batch
 
     tail = np.zeros((1, 3 + num_classes), dtype=np.float32)  # w, h, objectness, class scores
     tail[0, 0], tail[0, 1], tail[0, 2], tail[0, 3 + class_id] = box_size[0], box_size[1], 1.0, 1.0
