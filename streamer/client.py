@@ -375,6 +375,10 @@ def format_message(msg: Message) -> str:
     return line
 
 
+QUIET_HINT_S = 10.0
+"""`subscribe_main` says once that nothing has arrived yet after this many seconds."""
+
+
 def subscribe_main(
     endpoint: str,
     streams: list[str] | None,
@@ -414,11 +418,30 @@ def subscribe_main(
     except (ValueError, KeyFileError, SubscribeError) as exc:
         print(f"yolostream subscribe: {exc}", file=sys.stderr)
         return EXIT_USAGE if isinstance(exc, (ValueError, KeyFileError)) else EXIT_FAILURE
+    which = ", ".join(streams) if streams else "every stream"
+    print(
+        f"yolostream subscribe: waiting for messages of {which} from {endpoint}", file=sys.stderr, flush=True
+    )
+    hinted = False
     try:
         with sub:
             while limit is None or sub.received < limit:
                 try:
-                    msg = sub.recv(timeout)
+                    if hinted or sub.received or (timeout is not None and timeout <= QUIET_HINT_S):
+                        msg = sub.recv(timeout)
+                    else:  # one hint when a first message is long in coming (then wait as asked)
+                        try:
+                            msg = sub.recv(QUIET_HINT_S)
+                        except ReceiveTimeout:
+                            hinted = True
+                            why = f" ({sub.handshake_error})" if sub.handshake_error else ""
+                            print(
+                                f"yolostream subscribe: nothing from {endpoint} in {QUIET_HINT_S:g} s{why}; "
+                                "is the daemon running and publishing there? (`yolostream status --config CONFIG`)",
+                                file=sys.stderr, flush=True,
+                            )  # fmt: skip
+                            left = None if timeout is None else timeout - QUIET_HINT_S
+                            msg = sub.recv(left)
                 except ProtocolError as exc:
                     print(f"yolostream subscribe: skipping a message: {exc}", file=sys.stderr)
                     continue

@@ -327,11 +327,29 @@ def test_subscribe_main_times_out(pub: Publisher, capsys: pytest.CaptureFixture[
     assert f"no message from {pub.endpoint} for 0.5 s" in capsys.readouterr().err
 
 
+def test_subscribe_main_says_what_it_waits_for_and_hints_once_when_nothing_comes(
+    pub: Publisher, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import streamer.client
+
+    monkeypatch.setattr(streamer.client, "QUIET_HINT_S", 0.3)
+    code, lines = run_main(pub, 2, [], streams=["cam1", "cam2"], timeout=1.5)
+    assert code == 1 and lines == []  # stdout keeps only messages
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == f"yolostream subscribe: waiting for messages of cam1, cam2 from {pub.endpoint}"
+    hints = [line for line in err if "nothing from" in line]
+    assert len(hints) == 1 and "is the daemon running and publishing there?" in hints[0]
+    assert f"no message from {pub.endpoint} for 1.5 s" in err[-1]
+
+
 def test_subscribe_main_invalid_arguments(capsys: pytest.CaptureFixture[str]) -> None:
     assert subscribe_main("tcp://127.0.0.1:1", ["bad id"], False, None, 1.0) == 2
     assert "invalid stream id" in capsys.readouterr().err
     assert subscribe_main("nonsense://x", None, False, None, 1.0) == 1
     assert "nonsense://x" in capsys.readouterr().err
+
+
+WAITING = "yolostream subscribe: waiting for messages of every stream from {}"  # (on stderr: no traceback)
 
 
 def _start_subscribe_process(endpoint: str, **popen: object) -> subprocess.Popen[str]:
@@ -355,7 +373,7 @@ def test_subscribe_main_ctrl_c_is_quiet(pub: Publisher) -> None:
     finally:
         proc.kill()
         proc.wait()
-    assert proc.returncode == 0 and err == "" and out == ""
+    assert proc.returncode == 0 and err.splitlines() == [WAITING.format(pub.endpoint)] and out == ""
 
 
 def test_subscribe_main_closed_pipe_is_quiet(pub: Publisher) -> None:
@@ -376,4 +394,4 @@ def test_subscribe_main_closed_pipe_is_quiet(pub: Publisher) -> None:
     finally:
         proc.kill()
         proc.wait()
-    assert proc.returncode == 0 and err == ""
+    assert proc.returncode == 0 and err.splitlines() == [WAITING.format(pub.endpoint)]
