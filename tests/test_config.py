@@ -179,6 +179,19 @@ def test_example_config_loads() -> None:
     assert "pw" not in cfg.sources[1].display_url
 
 
+def test_the_check_command_written_at_the_top_of_the_example_config_passes() -> None:
+    """A first user copies the command from config/example.yaml's header: it must work as written."""
+    header = (REPO / "config" / "example.yaml").read_text().splitlines()[:6]
+    command = next(line.lstrip("# ").strip() for line in header if "yolostream check" in line)
+    env = {k: v for k, v in os.environ.items() if k != "CAM_PASSWORD"}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    result = subprocess.run(
+        command, shell=True, cwd=REPO, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == EXIT_OK, result.stderr
+    assert "OK (2 stream(s)" in result.stdout
+
+
 def test_config_is_frozen_and_hashable() -> None:
     cfg = parse(MINIMAL)
     with pytest.raises(ValidationError):
