@@ -379,6 +379,15 @@ QUIET_HINT_S = 10.0
 """`subscribe_main` says once that nothing has arrived yet after this many seconds."""
 
 
+def _say_nothing_came(endpoint: str, sub: Subscriber) -> None:
+    why = f" ({sub.handshake_error})" if sub.handshake_error else ""
+    print(
+        f"yolostream subscribe: nothing from {endpoint} in {QUIET_HINT_S:g} s{why}; is the daemon running "
+        "and publishing there? (`yolostream status --config CONFIG`)",
+        file=sys.stderr, flush=True,
+    )  # fmt: skip
+
+
 def subscribe_main(
     endpoint: str,
     streams: list[str] | None,
@@ -434,14 +443,8 @@ def subscribe_main(
                             msg = sub.recv(QUIET_HINT_S)
                         except ReceiveTimeout:
                             hinted = True
-                            why = f" ({sub.handshake_error})" if sub.handshake_error else ""
-                            print(
-                                f"yolostream subscribe: nothing from {endpoint} in {QUIET_HINT_S:g} s{why}; "
-                                "is the daemon running and publishing there? (`yolostream status --config CONFIG`)",
-                                file=sys.stderr, flush=True,
-                            )  # fmt: skip
-                            left = None if timeout is None else timeout - QUIET_HINT_S
-                            msg = sub.recv(left)
+                            _say_nothing_came(endpoint, sub)
+                            msg = sub.recv(None if timeout is None else timeout - QUIET_HINT_S)
                 except ProtocolError as exc:
                     print(f"yolostream subscribe: skipping a message: {exc}", file=sys.stderr)
                     continue

@@ -40,7 +40,7 @@ from streamer.errors import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, ConfigError, Mod
 from streamer.health import MetricsServer, Snapshot, build_snapshot
 from streamer.logs import setup_main
 from streamer.messages import EVENT_ERROR, Shutdown, StreamEvent
-from streamer.models.registry import ensure_model
+from streamer.models.registry import ensure_model_apart
 from streamer.processes import (
     SOURCE_JOIN_S,
     InferenceProcess,
@@ -123,12 +123,15 @@ class Supervisor:
         self._loading = False
         self._ready_at = 0.0
         self._restarts: Counter[tuple[str, str]] = Counter()
+        self._log_queue: Any = (
+            None  # the workers' (and a model fetch's) log records, to this process's handler
+        )
 
     # -- set-up and tear-down ----------------------------------------------------------------------
 
     def run(self) -> int:
         handler = setup_main(self.cfg.logging.level, self.cfg.logging.format)
-        log_queue = self._mp.Queue()
+        log_queue = self._log_queue = self._mp.Queue()
         listener = logging.handlers.QueueListener(log_queue, handler, respect_handler_level=False)
         listener.start()
         root = shm_root()
@@ -180,6 +183,14 @@ class Supervisor:
 
     # -- the main loop -----------------------------------------------------------------------------
 
+    def _model_file(self, cfg: Config) -> Path:
+        """The config's ONNX file; a named model not cached yet is fetched by a child process."""
+        if cfg.model.onnx is not None:
+            return cfg.model.onnx
+        return ensure_model_apart(
+            cfg.model.name or "", log_queue=self._log_queue, log_level=cfg.logging.level
+        )
+
     def _supervise(self) -> int:
         cfg = self.cfg
         problem = check_key_files(cfg)
@@ -187,7 +198,7 @@ class Supervisor:
             log.error("%s", problem)
             return EXIT_CONFIG
         try:
-            self._model = cfg.model.onnx if cfg.model.onnx is not None else ensure_model(cfg.model.name or "")
+            self._model = self._model_file(cfg)
         except ModelError as exc:
             log.error("%s", exc)
             return EXIT_FAILURE
@@ -547,9 +558,7 @@ class Supervisor:
         if pipeline_changed and self._inference is not None:
             self._inference.planned = True
             try:
-                self._model = (
-                    new.model.onnx if new.model.onnx is not None else ensure_model(new.model.name or "")
-                )
+                self._model = self._model_file(new)
             except ModelError as exc:
                 log.error("SIGHUP: %s; the inference worker keeps the previous model", exc)
             if self._notify is not None:

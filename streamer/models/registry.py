@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import json
 import logging
+import multiprocessing
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from streamer.errors import ModelError
 from streamer.paths import cache_dir
@@ -100,6 +103,35 @@ def ensure_model(name: str, *, index_url: str | None = None, source: Path | None
     onnx_path.with_suffix(".json").write_text(json.dumps(meta, indent=2) + "\n")
     log.info("model %s ready in %.0f s: %s", name, time.monotonic() - started, onnx_path)
     return onnx_path
+
+
+def ensure_model_apart(
+    name: str, *, log_queue: Any = None, log_level: str = "INFO", source: Path | None = None
+) -> Path:
+    """`ensure_model`, with a fetch and conversion (if needed) done in a child process.
+
+    For a long-running caller (the supervisor): converting a checkpoint peaks at several hundred MiB
+    that the allocator keeps once freed (700 MiB of the supervisor's RSS for the rest of a run, measured);
+    a child hands all of it back when it exits. `log_queue`: where the child's log records go (the
+    supervisor's queue), else the child logs to stderr.
+    """
+    onnx_path = cached_onnx(lookup(name).name)
+    if onnx_path.exists():
+        return onnx_path
+    spawn = multiprocessing.get_context("spawn")  # (no fork: the caller may hold threads and sockets)
+    with ProcessPoolExecutor(
+        1, mp_context=spawn, initializer=_child_logging, initargs=(log_queue, log_level)
+    ) as pool:
+        return pool.submit(ensure_model, name, source=source).result()
+
+
+def _child_logging(queue: Any, level: str) -> None:
+    from streamer.logs import setup_child, setup_main
+
+    if queue is None:
+        setup_main(level)
+    else:
+        setup_child(queue, level)
 
 
 def list_models() -> list[tuple[str, str, Path | None]]:

