@@ -166,3 +166,27 @@ def test_reference_map(model: str, split: str, expected: float, tmp_path: Path) 
     result = evaluate(cfg, ann, images, EvalParams())  # type: ignore[arg-type]
     assert abs(result.map - expected) <= 0.005, format_table(result)
     assert result.map50 > result.map
+
+
+def test_person_only_labels_reproduce_the_person_ap(tmp_path: Path) -> None:
+    """A person-only file (tinycoco's person boxes) with the 80-class yolov7 gives the full file's person
+    AP for the same images: the other classes' detections are left out after NMS, as the daemon runs it."""
+    ann, images = _tinycoco("val2017")
+    data = json.loads(ann.read_text())
+    person = [c for c in data["categories"] if c["name"] == "person"]
+    person_only = tmp_path / "person.json"
+    boxes = [a | {"category_id": 7} for a in data["annotations"] if a["category_id"] == person[0]["id"]]
+    person_only.write_text(json.dumps({
+        "images": data["images"], "categories": [{"id": 7, "name": "Person"}],  # another case, another id
+        "annotations": boxes,
+    }))  # fmt: skip
+    cfg = _config(shared_model("yolov7-coco.onnx"), tmp_path, "detection:\n  classes: [person]\n")
+    full = evaluate(cfg, ann, images)  # type: ignore[arg-type]
+    only = evaluate(cfg, person_only, images)  # type: ignore[arg-type]
+    full_person = next(row for row in full.per_class if row.name == "person")
+    assert only.evaluated == ["person"] and len(only.ignored) == 79 and "car" in only.ignored
+    assert [row.name for row in only.per_class] == ["person"] and only.instances == full_person.instances > 0
+    assert abs(only.map - full_person.ap) <= 0.002, (only.map, full_person.ap)
+    assert abs(only.per_class[0].ap50 - full_person.ap50) <= 0.002
+    table = format_table(only)
+    assert "classes evaluated (1): person" in table and "model classes ignored, not in the file (79)" in table
