@@ -231,7 +231,8 @@ def _add_accuracy_commands(sub: argparse._SubParsersAction[argparse.ArgumentPars
     frames.add_argument("--video", metavar="FILE", help="video file")
     p.add_argument(
         "--backends", default="onnxruntime,torch", metavar="LIST",
-        help="comma-separated NAME[:MODEL][@PREPROCESS]; the first is the reference [onnxruntime,torch]",
+        help="comma-separated NAME[/PRECISION][/compiled|eager][:MODEL][@PREPROCESS], each opened as the "
+        "daemon opens it (e.g. torch/fp32,torch/fp16); the first is the reference [onnxruntime,torch]",
     )  # fmt: skip
     p.add_argument("--stages", action="store_true", help="also compare preprocessing and layers (ONNX)")
     p.add_argument("--out", default="parity-report", metavar="DIR", help="report folder [parity-report]")

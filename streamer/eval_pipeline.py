@@ -41,7 +41,7 @@ if TYPE_CHECKING:
     from streamer.config import Config
     from streamer.sources.base import DeviceFrame
 
-__all__ = ["PREPROCESS_MODES", "DeployedPipeline", "EngineSetup", "Overrides", "open_pipeline"]
+__all__ = ["PREPROCESS_MODES", "DeployedPipeline", "EngineSetup", "Overrides", "Prepared", "open_pipeline"]
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,15 @@ PREPROCESS_TEXT = {
 }
 K = TypeVar("K")
 Frame = Any
-"""An RGB ``HxWx3`` uint8 array, or a `DeviceFrame` (NV12 in GPU memory)."""
+"""An RGB ``HxWx3`` uint8 array, a `DeviceFrame` (NV12 in GPU memory) or a `Prepared` input tensor."""
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """An input tensor ``3xHxW`` already letterboxed (parity's preprocessing stage), and its geometry."""
+
+    tensor: np.ndarray
+    geometry: LetterboxGeometry
 
 
 class PipelineError(YolostreamError, ValueError):
@@ -207,6 +215,9 @@ class DeployedPipeline:
             yield from self._collect(block=True)
 
     def _fill(self, slot: int, index: int, frame: Frame, on_device: list[int]) -> LetterboxGeometry:
+        if isinstance(frame, Prepared):
+            self.executor.host_input(slot)[index] = frame.tensor
+            return frame.geometry
         if isinstance(frame, np.ndarray):
             if self.setup.preprocess == "cuda":
                 on_device.append(index)
