@@ -41,7 +41,16 @@ if TYPE_CHECKING:
     from streamer.config import Config
     from streamer.sources.base import DeviceFrame
 
-__all__ = ["PREPROCESS_MODES", "DeployedPipeline", "EngineSetup", "Overrides", "Prepared", "open_pipeline"]
+__all__ = [
+    "PREPROCESS_MODES",
+    "DeployedPipeline",
+    "EngineSetup",
+    "Overrides",
+    "PipelineError",
+    "Prepared",
+    "open_pipeline",
+    "rgb_to_nv12",
+]
 
 log = logging.getLogger(__name__)
 
@@ -232,7 +241,11 @@ class DeployedPipeline:
 
     def _kernel(self) -> _DeviceLetterbox:
         if self._device is None:
-            self._device = _DeviceLetterbox(self.width, self.height, self.swap_rb, self.executor.input_dtype)
+            device = self.setup.device
+            index = int(device.split(":", 1)[1]) if device.startswith("cuda:") else 0
+            self._device = _DeviceLetterbox(
+                self.width, self.height, self.swap_rb, self.executor.input_dtype, index
+            )
         return self._device
 
     def _collect(self, *, block: bool) -> Iterator[tuple[K, np.ndarray, np.ndarray | None]]:
@@ -266,10 +279,11 @@ def rgb_to_nv12(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
     h, w = rgb.shape[:2]
     padded = cv2.copyMakeBorder(rgb, 0, h % 2, 0, w % 2, cv2.BORDER_REPLICATE)
     ph, pw = padded.shape[:2]
-    i420 = cv2.cvtColor(padded, cv2.COLOR_RGB2YUV_I420)  # planar: Y (ph rows), U, V (ph/4 rows of pw)
-    y = i420[:ph]
-    u = i420[ph : ph + ph // 4].reshape(ph // 2, pw // 2)
-    v = i420[ph + ph // 4 :].reshape(ph // 2, pw // 2)
+    flat = cv2.cvtColor(padded, cv2.COLOR_RGB2YUV_I420).ravel()  # planar: Y, then U, then V
+    n, q = ph * pw, ph * pw // 4
+    y = flat[:n].reshape(ph, pw)
+    u = flat[n : n + q].reshape(ph // 2, pw // 2)
+    v = flat[n + q : n + 2 * q].reshape(ph // 2, pw // 2)
     uv = np.empty((ph // 2, pw), np.uint8)
     uv[:, 0::2], uv[:, 1::2] = u, v
     return np.ascontiguousarray(y[:h]), uv[: (h + 1) // 2], pw
@@ -305,12 +319,12 @@ class _DeviceLetterbox:
     an NVDEC frame's planes, valid only until the decoder's next frame, are never read late.
     """
 
-    def __init__(self, width: int, height: int, swap_rb: bool, dtype: str) -> None:
+    def __init__(self, width: int, height: int, swap_rb: bool, dtype: str, device: int) -> None:
         from streamer.engine.cuda import load_cudart
         from streamer.preprocess.cuda_kernel import LetterboxKernel
 
         self.width, self.height = width, height
-        self.kernel = LetterboxKernel(width, height, swap_rb=swap_rb, dtype=dtype)
+        self.kernel = LetterboxKernel(width, height, swap_rb=swap_rb, dtype=dtype, device=device)
         self.cudart = load_cudart()
         self._upload: Any = None  # a DeviceArray for images converted to NV12, grown as needed
 
