@@ -28,7 +28,7 @@ from streamer.errors import YolostreamError
 if TYPE_CHECKING:
     from streamer.config import Config
 
-__all__ = ["FRAME_KEYS", "VideoError", "frame_indices", "frame_of", "video_frames"]
+__all__ = ["FRAME_KEYS", "ClipFrames", "VideoError", "frame_indices", "frame_of"]
 
 FRAME_KEYS = ("frame_index", "frame")
 _TRAILING_NUMBER = re.compile(r"(\d+)$")
@@ -68,52 +68,64 @@ def frame_indices(entries: Sequence[dict[str, Any]], source: str) -> dict[int, d
     return out
 
 
-def video_frames(
-    cfg: Config,
-    video: Path,
-    frames: dict[int, dict[str, Any]],
-    *,
-    decoder: str | None = None,
-    engine_on_gpu: bool = False,
-) -> Iterator[tuple[int, Any]]:
+class ClipFrames:
     """``(image id, frame)`` for every annotated frame of `video`, decoded by the daemon's source.
 
     A frame is an RGB array (PyAV) or a `DeviceFrame` (NVDEC; valid until the next frame is asked for).
+    Once iterated, `decoder` says which decoder ran (``cpu`` or ``nvdec``; a stream NVDEC cannot decode
+    falls back to ``cpu``, as in the daemon).
     """
-    from streamer.config import SourceConfig
-    from streamer.sources import open_source
-    from streamer.sources.base import DecodedFrame
 
-    if not video.is_file():
-        raise VideoError(f"video {video} does not exist")
-    decoder = decoder or cfg.sources[0].decoder
-    source_cfg = SourceConfig(id="eval", url=str(video.resolve()), decoder=decoder)  # type: ignore[arg-type]
-    source = open_source(source_cfg, engine_on_gpu=engine_on_gpu)
-    last = max(frames)
-    decoded = 0
-    source.open()
-    try:
-        for frame in source.frames():
-            decoded = frame.index + 1
-            entry = frames.get(frame.index)
-            if entry is not None:
-                if isinstance(frame, DecodedFrame):
-                    image: Any = frame.image
-                    h, w = image.shape[:2]
-                else:
-                    image, h, w = frame, frame.height, frame.width
-                want = (entry.get("width"), entry.get("height"))
-                if want != (None, None) and want != (w, h):
-                    raise VideoError(
-                        f"frame {frame.index} of {video.name} is {w}x{h} but its image entry "
-                        f"{entry.get('id')} ({entry.get('file_name')!r}) is {want[0]}x{want[1]}"
-                    )
-                yield int(entry["id"]), image
-            if frame.index >= last:
-                return
-    finally:
-        source.close()
-    raise VideoError(
-        f"the annotation file lists frame {last} but {video.name} has {decoded} frame(s) "
-        "(frames are counted from 0)"
-    )
+    def __init__(
+        self,
+        cfg: Config,
+        video: Path,
+        frames: dict[int, dict[str, Any]],
+        *,
+        decoder: str | None = None,
+        engine_on_gpu: bool = False,
+    ) -> None:
+        if not video.is_file():
+            raise VideoError(f"video {video} does not exist")
+        self.cfg, self.video, self.frames, self.engine_on_gpu = cfg, video, frames, engine_on_gpu
+        self.requested = decoder or cfg.sources[0].decoder
+        self.decoder = ""
+
+    def __iter__(self) -> Iterator[tuple[int, Any]]:
+        from streamer.config import SourceConfig
+        from streamer.sources import open_source
+        from streamer.sources.base import DecodedFrame
+
+        video, frames = self.video, self.frames
+        source_cfg = SourceConfig(id="eval", url=str(video.resolve()), decoder=self.requested)  # type: ignore[arg-type]
+        source = open_source(source_cfg, engine_on_gpu=self.engine_on_gpu)
+        last = max(frames)
+        decoded = 0
+        self.decoder = source.open().decoder
+        try:
+            for frame in source.frames():
+                decoded = frame.index + 1
+                entry = frames.get(frame.index)
+                if entry is not None:
+                    if isinstance(frame, DecodedFrame):
+                        image: Any = frame.image
+                        h, w = image.shape[:2]
+                    else:
+                        image, h, w = frame, frame.height, frame.width
+                    want = (entry.get("width"), entry.get("height"))
+                    if want != (None, None) and want != (w, h):
+                        raise VideoError(
+                            f"frame {frame.index} of {video.name} is {w}x{h} but its image entry "
+                            f"{entry.get('id')} ({entry.get('file_name')!r}) is {want[0]}x{want[1]}"
+                        )
+                    yield int(entry["id"]), image
+                if frame.index >= last:
+                    return
+        finally:
+            if source.info is not None:
+                self.decoder = source.info.decoder
+            source.close()
+        raise VideoError(
+            f"the annotation file lists frame {last} but {video.name} has {decoded} frame(s) "
+            "(frames are counted from 0)"
+        )

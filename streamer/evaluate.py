@@ -37,7 +37,7 @@ import numpy as np
 from streamer.errors import YolostreamError
 from streamer.eval_classes import ClassMapping, class_mapping, parse_class_map
 from streamer.eval_pipeline import Overrides, open_pipeline
-from streamer.eval_video import frame_indices, video_frames
+from streamer.eval_video import ClipFrames, frame_indices
 from streamer.postprocess import NmsParams
 
 if TYPE_CHECKING:
@@ -82,6 +82,8 @@ class ClassAP:
     ap: float
     """AP@[.5:.95] (NaN when the class has no ground truth in the evaluated images)."""
     ap50: float
+    category: str = ""
+    """The annotation file's name of the category (differs from `name` through ``--class-map``)."""
 
 
 @dataclass
@@ -199,10 +201,10 @@ def evaluate(
                 f"the model predicts {pipeline.executor.spec.num_classes} classes but the config names "
                 f"{len(mapping.class_names)}; set model.class_names"
             )
+        clip = None
         if video is not None:
-            frames: Iterable[tuple[int, Any]] = video_frames(
-                cfg, video, by_frame, decoder=decoder, engine_on_gpu=pipeline.executor.on_gpu
-            )
+            clip = ClipFrames(cfg, video, by_frame, decoder=decoder, engine_on_gpu=pipeline.executor.on_gpu)
+            frames: Iterable[tuple[int, Any]] = clip
         else:
             assert images_dir is not None  # (checked above; for mypy)
             frames = ((im["id"], read_rgb(images_dir / im["file_name"])) for im in entries)
@@ -220,8 +222,11 @@ def evaluate(
         seconds = time.monotonic() - started
     result = _score(gt, COCOeval, results, [im["id"] for im in entries], mapping, params, seconds)
     result.setup = asdict(pipeline.setup) | {"description": pipeline.setup.describe()}
-    result.source = f"video {video.name} ({decoder or cfg.sources[0].decoder} decoder)" if video else (
-        f"images in {images_dir}")  # fmt: skip
+    if clip is not None:
+        result.source = f"video {clip.video.name}, decoded by the daemon's {clip.decoder} source"
+        result.setup["decoder"] = clip.decoder
+    else:
+        result.source = f"images in {images_dir}"
     return result
 
 
@@ -255,7 +260,7 @@ def _score(
     if not results:  # COCO.loadRes refuses an empty list: nothing detected scores 0 everywhere
         per_class = [
             ClassAP(c, mapping.class_names[c], cat, instances[cat], 0.0 if instances[cat] else math.nan,
-                    0.0 if instances[cat] else math.nan)
+                    0.0 if instances[cat] else math.nan, mapping.category_names[cat])
             for c, cat in pairs
         ]  # fmt: skip
         return EvalResult(0.0, 0.0, 0.0, len(image_ids), 0, sum(instances.values()), per_class, [0.0] * 12,
@@ -279,7 +284,7 @@ def _score(
             ClassAP(
                 cls, mapping.class_names[cls], cid, instances[cid],
                 float(valid.mean()) if valid.size else math.nan,
-                float(p50.mean()) if p50.size else math.nan,
+                float(p50.mean()) if p50.size else math.nan, mapping.category_names[cid],
             )
         )  # fmt: skip
     stats = [float(s) for s in ev.stats]
@@ -323,7 +328,8 @@ def format_table(result: EvalResult, *, all_classes: bool = False) -> str:
         if row.instances or all_classes:
             ap = "-" if math.isnan(row.ap) else f"{row.ap:.4f}"
             ap50 = "-" if math.isnan(row.ap50) else f"{row.ap50:.4f}"
-            lines.append(f"{row.name:<16} {row.category_id:>3} {row.instances:>5} {ap:>7} {ap50:>7}")
+            renamed = f"   (file: {row.category})" if row.category and row.category != row.name else ""
+            lines.append(f"{row.name:<16} {row.category_id:>3} {row.instances:>5} {ap:>7} {ap50:>7}{renamed}")
     return "\n".join(lines)
 
 

@@ -86,7 +86,7 @@ def test_labelled_frames_of_a_clip_score_perfectly(tmp_path: Path, entry: Any) -
     result = evaluate(cfg, ann, video=clip)
     assert (result.images, result.detections, result.instances) == (4, 4, 4), format_table(result)
     assert result.map50 == pytest.approx(1.0) and result.map > 0.9
-    assert result.source == "video clip.mp4 (cpu decoder)"
+    assert result.source == "video clip.mp4, decoded by the daemon's cpu source"
 
 
 def test_a_misplaced_box_is_found_wrong(tmp_path: Path) -> None:
@@ -129,7 +129,8 @@ def test_cli_evaluates_a_clip(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     config.write_text(f"model:\n  onnx: {model}\nsources:\n  - id: x\n    url: x.mp4\n")
     assert main(["eval", str(config), "--coco", str(ann), "--video", str(clip), "--decoder", "cpu"]) == 0
     out = capsys.readouterr().out
-    assert "frames: video clip.mp4 (cpu decoder)" in out and "mAP@.5        1.0000" in out
+    assert "frames: video clip.mp4, decoded by the daemon's cpu source" in out
+    assert "mAP@.5        1.0000" in out
 
 
 # --- real photographs (../shared) ----------------------------------------------------------------------
