@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 import cv2
 import numpy as np
 
+from streamer.engine.device import OutputLayout
 from streamer.engine.executor import Executor
 from streamer.errors import YolostreamError
 from streamer.postprocess import NmsParams, to_source_frame
@@ -255,9 +256,10 @@ class DeployedPipeline:
             batch, outputs = done
             items: list[_Pending[K]] = list(batch.items)
             dets = decode(outputs, self.executor, len(items), self.nms)
-            raw = next(iter(outputs.tensors.values()), None) if self.keep_raw else None
+            grid = self.keep_raw and outputs.layout is OutputLayout.GRID
+            raw = next(iter(outputs.tensors.values()), None) if grid else None  # ({} after the GPU filter)
             for i, item in enumerate(items):
-                kept = raw[i].copy() if raw is not None and raw.ndim == 3 else None
+                kept = raw[i].copy() if raw is not None else None
                 yield item.key, to_source_frame(dets[i], item.geometry), kept
             if block:
                 return
