@@ -24,6 +24,7 @@ copied back and letterboxed by the kernel's NumPy model (`streamer.preprocess.nv
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -169,9 +170,29 @@ def _setup(cfg: Config, backend: str, executor: Executor, preprocess: str) -> En
     precision: str = cfg.engine.precision
     if backend == "onnxruntime":
         precision = "as stored in the model file (onnxruntime does not apply engine.precision)"
-    device = cfg.engine.device if executor.on_gpu else "cpu"
+    device = _gpu(cfg.engine.device) if executor.on_gpu else "cpu"
     return EngineSetup(backend, name, type(executor).__name__, device, precision, preprocess,
                        bool(getattr(executor, "gpu_filter", False)))  # fmt: skip
+
+
+def _gpu_index(device: str) -> int:
+    """N of ``cuda:N`` (also of the header's ``cuda:N (name)``); 0 for ``cuda`` and ``auto``."""
+    match = re.match(r"cuda:(\d+)", device)
+    return int(match.group(1)) if match else 0
+
+
+def _gpu(device: str) -> str:
+    """``cuda:N (GPU name)`` for the header; the config's word where CUDA cannot say more."""
+    from streamer.engine.cuda import load_cudart
+
+    index = _gpu_index(device)
+    try:
+        _, props = load_cudart().cudaGetDeviceProperties(index)
+        name = bytes(props.name).split(b"\0", 1)[0].decode(errors="replace")
+    except Exception as exc:  # only the header's wording depends on it
+        log.debug("no GPU name for %s: %s", device, exc)
+        return device
+    return f"cuda:{index} ({name})" if name else f"cuda:{index}"
 
 
 @dataclass
@@ -242,8 +263,7 @@ class DeployedPipeline:
 
     def _kernel(self) -> _DeviceLetterbox:
         if self._device is None:
-            device = self.setup.device
-            index = int(device.split(":", 1)[1]) if device.startswith("cuda:") else 0
+            index = _gpu_index(self.setup.device)
             self._device = _DeviceLetterbox(
                 self.width, self.height, self.swap_rb, self.executor.input_dtype, index
             )

@@ -102,3 +102,9 @@ def test_fp16_on_the_cpu_torch_engine_is_refused_clearly(tmp_path: Path) -> None
     cfg = _config(model, tmp_path, "  device: cpu\n")
     with pytest.raises(EngineError, match="precision 'fp16'"):
         open_pipeline(cfg, model, NmsParams(), Overrides(backend="torch", precision="fp16"))
+
+
+def test_the_gpu_index_is_read_from_the_config_and_the_header() -> None:
+    from streamer.eval_pipeline import _gpu_index
+
+    assert [_gpu_index(d) for d in ("cuda:3", "cuda:1 (NVIDIA H200)", "cuda", "auto")] == [3, 1, 0, 0]
