@@ -20,7 +20,8 @@
 #   variants  the torch engine eager vs compiled: build time cold and warm, images/s and host cost per size
 #   executor  CUDA executor + GPU candidate filter + torch device engine tests (SITE=.whl-gpu/site-lite.tar.xz ok)
 #   real-accuracy  fp16 compiled / fp16 eager / fp32 vs ONNX Runtime fp32 on yolov5s + tinycoco (lite site)
-#   eval-gpu  `yolostream eval` on the daemon's GPU engine fp32 / fp16 vs ONNX Runtime fp32 CPU (mAP on tinycoco),
+#   eval-gpu  tests/test_eval_gpu.py (the oracle through the GPU path, CPU and CUDA letterbox), then
+#             `yolostream eval` on the daemon's GPU engine fp32 / fp16 vs ONNX Runtime fp32 CPU (mAP on tinycoco),
 #             `yolostream parity` fp16 vs fp32 (lite site + pycocotools; benchmarks/.cache/{yolov5s-coco.onnx,tinycoco})
 #   save-cache  the compile caches into $OUT/cache.tar.xz (copy it to .whl-gpu/ and carry it: a warm start)
 #   live      benchmarks/gpu_live.py: LIVE_STREAMS (4 16 32 48 64), LIVE_SECONDS (60) per count
@@ -108,6 +109,7 @@ print('PyAV', av.__version__, '| cuda-bindings', cuda.bindings.__version__, '| t
         # Needs benchmarks/.cache/{yolov5s-coco.onnx,tinycoco} and pycocotools in the (lite) site.
         python -c "import pycocotools" 2>/dev/null ||
             { echo "pycocotools is not importable: add its wheel to the site (../shared/device/wheels pycocotools)"; return 1; }
+        python -m pytest -p no:cacheprovider -q -rs tests/test_eval_gpu.py
         local tc=benchmarks/.cache/tinycoco cfg=/tmp/eval-gpu.yaml
         printf 'model:\n  onnx: %s\nengine:\n  backend: torch\n  device: cuda\n  max_batch: 8\n  batch_sizes: [8]\nsources:\n  - id: x\n    url: x.mp4\n' \
             "$PWD/benchmarks/.cache/yolov5s-coco.onnx" > "$cfg"
