@@ -121,9 +121,11 @@ print('PyAV', av.__version__, '| cuda-bindings', cuda.bindings.__version__, '| t
             python -m streamer eval "$cfg" --coco $tc/annotations/instances_train2017.json \
                 --images $tc/images/train2017 "${@:2}" --json "$OUT/eval-$1.json" || echo "eval $1 failed"
         done
-        echo "--- parity torch/fp32 vs torch/fp16"
+        echo "--- parity torch/fp32 vs torch/fp16 (host letterbox), then both with the CUDA kernel (@cuda)"
         python -m streamer parity "$cfg" --images $tc/images/train2017 --backends torch/fp32,torch/fp16 \
             --out "$OUT/parity-fp16"
+        python -m streamer parity "$cfg" --images $tc/images/train2017 \
+            --backends torch/fp32@cuda,torch/fp16@cuda --out "$OUT/parity-fp16-cuda"
         python -c "
 import json, pathlib, sys
 out = pathlib.Path(sys.argv[1])
@@ -133,11 +135,13 @@ for name in ('ort-fp32-cpu', 'gpu-fp32', 'gpu-fp16', 'gpu-fp32-cpu-letterbox'):
     p = out / f'eval-{name}.json'
     d = json.loads(p.read_text()) if p.exists() else None
     print(f\"{name} | {d['map']:.4f} | {d['map50']:.4f} | {d['setup']['description']}\" if d else f'{name} | failed')
-p = out / 'parity-fp16' / 'summary.json'
-s = json.loads(p.read_text())['pairs'][0]['detections'] if p.exists() else None
-print('parity fp16 vs fp32 (serving thresholds): ' + (
-    f\"matched IoU>=0.9 {s['agreement_0.9']:.2%}, IoU>=0.99 {s['agreement']:.2%}, \"
-    f\"score max|d| {s['score_delta_max']:.4f}, box max|d| {s['box_delta_max']:.2f} px\" if s else 'failed'))
+for folder in ('parity-fp16-cuda', 'parity-fp16'):
+    p = out / folder / 'summary.json'
+    j = json.loads(p.read_text()) if p.exists() else None
+    s = j['pairs'][0]['detections'] if j else None
+    print(f'{folder} fp16 vs fp32 (serving thresholds): ' + (
+        f\"{j['verdict']}, matched IoU>=0.9 {s['agreement_0.9']:.2%}, IoU>=0.99 {s['agreement']:.2%}, \"
+        f\"score max|d| {s['score_delta_max']:.4f}, box max|d| {s['box_delta_max']:.2f} px\" if s else 'failed'))
 " "$OUT" ;;
     save-cache)  # the compile caches (inductor, kernels) into $OUT/cache.tar.xz for the next call to carry
         tar cJf "$OUT/cache.tar.xz" -C "$YOLOSTREAM_CACHE" inductor kernels && ls -l "$OUT/cache.tar.xz" ;;

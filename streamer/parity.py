@@ -55,7 +55,6 @@ from streamer.parity_compare import (
 )
 from streamer.parity_stages import PREPROCESSORS, InputDiff, first_divergence
 from streamer.postprocess import NmsParams, serving_nms
-from streamer.preprocess import LetterboxGeometry
 
 if TYPE_CHECKING:
     from streamer.config import Config
@@ -102,8 +101,10 @@ class BackendSpec:
     """engine.compile for this backend: ``on`` / ``off`` (None: the config's)."""
 
     def overrides(self) -> Overrides:
-        # parity's preprocessing stage makes the input tensors on the host
-        return Overrides(self.backend, self.precision, self.compile, preprocess="cpu")
+        # Input tensors are made on the host (the preprocessing stage compares them), except that
+        # ``@cuda`` on a GPU engine runs the daemon's CUDA kernel itself.
+        preprocess = "auto" if self.preprocess == "cuda" else "cpu"
+        return Overrides(self.backend, self.precision, self.compile, preprocess=preprocess)
 
 
 def parse_backends(text: str, default_model: Path, base: Path | None = None) -> list[BackendSpec]:
@@ -217,12 +218,10 @@ def _computes_in(setup: EngineSetup) -> str:
     return "fp32" if setup.backend == "onnxruntime" else setup.precision
 
 
-def _infer(
-    pipe: DeployedPipeline, tensor: np.ndarray, geometry: LetterboxGeometry
-) -> tuple[np.ndarray, np.ndarray | None]:
+def _infer(pipe: DeployedPipeline, frame: np.ndarray | Prepared) -> tuple[np.ndarray, np.ndarray | None]:
     """One frame through `pipe`: detections in source pixels and the raw output (None where the GPU
     executor returned only the candidate rows)."""
-    for _, dets, raw in pipe.run([(0, Prepared(tensor, geometry))]):
+    for _, dets, raw in pipe.run([(0, frame)]):
         return dets, raw
     raise ParityError("the executor returned no result")  # (run yields one result per frame)
 
@@ -304,7 +303,8 @@ def _run(
                     inputs[spec.preprocess] = PREPROCESSORS[spec.preprocess](rgb, w, h, swap_rb)
             raws, dets = [], []
             for spec, pipe in zip(specs, pipes, strict=True):
-                found, raw = _infer(pipe, *inputs[spec.preprocess])
+                on_gpu = pipe.setup.preprocess == "cuda"  # the kernel letterboxes the frame itself
+                found, raw = _infer(pipe, rgb if on_gpu else Prepared(*inputs[spec.preprocess]))
                 raws.append(raw)
                 dets.append(found)
             ref_tensor, ref_geometry = inputs[specs[0].preprocess]

@@ -175,7 +175,15 @@ def notes_for(result: ParityResult) -> list[str]:
                 "detections are compared in full."
             )
     for spec in result.specs:
-        if spec.preprocess != "reference":
+        if spec.preprocess == "cuda":
+            notes.append(
+                f"{spec.label} letterboxes as the daemon does NVDEC frames: the image converted to NV12 "
+                "(BT.601, chroma at half resolution) and letterboxed by the CUDA kernel (by its bit-exact "
+                "NumPy model where the engine runs on the CPU). Against RGB input that changes the tensor by "
+                "a few levels of 255 on average (more at sharp colour edges), as every 4:2:0 video does: "
+                "the preprocessing stage reports that difference by design."
+            )
+        elif spec.preprocess != "reference":
             notes.append(
                 f"{spec.label} uses the preprocessing {spec.preprocess!r}, "
                 "not the daemon's reference letterbox."

@@ -39,7 +39,7 @@ def _smooth_picture(w: int, h: int, seed: int = 0) -> np.ndarray:
     return cv2.GaussianBlur(np.clip(img, 0, 255).astype(np.uint8), (0, 0), 3)
 
 
-@pytest.mark.parametrize("size", [(640, 480), (333, 211), (500, 375)])
+@pytest.mark.parametrize("size", [(640, 480), (333, 211), (500, 375), (1280, 720)])
 def test_images_as_nv12_letterbox_like_the_rgb_path(size: tuple[int, int]) -> None:
     """What the CUDA kernel is given for an image (RGB → NV12 BT.601 limited, odd sizes padded) comes back
     through the kernel's arithmetic within a level or so of the CPU letterbox (the rest is swscale's

@@ -185,6 +185,20 @@ def test_preprocessing_defect_is_caught_by_the_stage(tmp_path: Path, pre: str, c
     assert any("preprocessing differs" in f and cause in f for f in failures), failures
 
 
+def test_the_nvdec_path_letterbox_is_a_backend_preprocessing(tmp_path: Path) -> None:
+    """``@cuda``: the image as NV12 through the kernel's arithmetic (its NumPy model on a CPU engine);
+    the oracle still finds every spot, and the report says why the inputs differ."""
+    # (threshold 0.6: NV12 dims the disc by ~1 %, and half of it would be the padding's 3 x 114 levels)
+    model = write_oracle_model(tmp_path / "oracle.onnx", threshold=0.6)
+    specs = parse_backends("onnxruntime,onnxruntime@cuda", model)
+    assert specs[1].overrides().preprocess == "auto" and specs[0].overrides().preprocess == "cpu"
+    result = run_parity(_config(model, tmp_path), _spot_frames(), specs, stages=True)  # type: ignore[arg-type]
+    pair = result.pairs[0]
+    assert pair.detections_a == pair.detections_b == 4 and pair.agreement_90 == 1.0
+    assert pair.inputs is not None and pair.inputs.max_levels > 1  # chroma at half resolution
+    assert any("letterboxes as the daemon does NVDEC frames" in n for n in result.notes)
+
+
 def test_layer_stage_names_the_perturbed_conv(tmp_path: Path) -> None:
     model = chain_model(tmp_path / "chain.onnx", layers=6)
     bad, _ = perturb_conv(model, tmp_path / "bad.onnx", "conv3")
