@@ -149,7 +149,10 @@ def _add_models_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser
 def _engine_overrides(args: argparse.Namespace) -> Any:
     from streamer.eval_pipeline import Overrides
 
-    return Overrides(args.backend, args.precision, args.compile, args.device, args.preprocess)
+    return Overrides(
+        backend=args.backend, precision=args.precision, compile=args.compile, device=args.device,
+        preprocess=args.preprocess,
+    )  # fmt: skip
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:

@@ -78,7 +78,7 @@ class PipelineError(YolostreamError, ValueError):
     """The requested engine or preprocessing cannot run here."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Overrides:
     """Engine settings that replace the config's for one run (None: the config's)."""
 

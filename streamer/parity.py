@@ -104,7 +104,9 @@ class BackendSpec:
         # Input tensors are made on the host (the preprocessing stage compares them), except that
         # ``@cuda`` on a GPU engine runs the daemon's CUDA kernel itself.
         preprocess = "auto" if self.preprocess == "cuda" else "cpu"
-        return Overrides(self.backend, self.precision, self.compile, preprocess=preprocess)
+        return Overrides(
+            backend=self.backend, precision=self.precision, compile=self.compile, preprocess=preprocess
+        )
 
 
 def parse_backends(text: str, default_model: Path, base: Path | None = None) -> list[BackendSpec]:
