@@ -202,11 +202,11 @@ def evaluate(
                 f"{len(mapping.class_names)}; set model.class_names"
             )
         clip = None
+        frames: Iterable[tuple[int, Any]] = ()
         if video is not None:
             clip = ClipFrames(cfg, video, by_frame, decoder=decoder, engine_on_gpu=pipeline.executor.on_gpu)
-            frames: Iterable[tuple[int, Any]] = clip
-        else:
-            assert images_dir is not None  # (checked above; for mypy)
+            frames = clip
+        elif images_dir is not None:
             frames = ((im["id"], read_rgb(images_dir / im["file_name"])) for im in entries)
         started = time.monotonic()
         results: list[dict[str, Any]] = []
