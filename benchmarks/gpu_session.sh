@@ -20,6 +20,9 @@
 #   variants  the torch engine eager vs compiled: build time cold and warm, images/s and host cost per size
 #   executor  CUDA executor + GPU candidate filter + torch device engine tests (SITE=.whl-gpu/site-lite.tar.xz ok)
 #   real-accuracy  fp16 compiled / fp16 eager / fp32 vs ONNX Runtime fp32 on yolov5s + tinycoco (lite site)
+#   eval-gpu  tests/test_eval_gpu.py (the oracle through the GPU path, CPU and CUDA letterbox), then
+#             `yolostream eval` on the daemon's GPU engine fp32 / fp16 vs ONNX Runtime fp32 CPU (mAP on tinycoco),
+#             `yolostream parity` fp16 vs fp32 (lite site + pycocotools; benchmarks/.cache/{yolov5s-coco.onnx,tinycoco})
 #   save-cache  the compile caches into $OUT/cache.tar.xz (copy it to .whl-gpu/ and carry it: a warm start)
 #   live      benchmarks/gpu_live.py: LIVE_STREAMS (4 16 32 48 64), LIVE_SECONDS (60) per count
 #   mps-live  the same under CUDA MPS (LIVE_STREAMS 32 48, LIVE_SECONDS 30, LIVE_BATCH 16)
@@ -106,6 +109,29 @@ print('PyAV', av.__version__, '| cuda-bindings', cuda.bindings.__version__, '| t
     pipeline-fp32)  # unpaced, fp32 compiled, 16 streams
         python benchmarks/gpu_pipeline.py --streams 16 --batch 16 --seconds 15 --warmup 8 --precision fp32 \
             --log "$OUT/daemon-pipeline-fp32.log" ;;
+    eval-gpu)  # #13: `yolostream eval` through the daemon's GPU engine (torch, CUDA executor, CUDA letterbox
+        # kernel) fp32 and fp16, the CPU letterbox, ONNX Runtime fp32 on the CPU; then `parity` fp16 vs fp32.
+        # Needs benchmarks/.cache/{yolov5s-coco.onnx,tinycoco} and pycocotools in the (lite) site.
+        python -c "import pycocotools" 2>/dev/null ||
+            { echo "pycocotools is not importable: add its wheel to the site (../shared/device/wheels pycocotools)"; return 1; }
+        python -m pytest -p no:cacheprovider -q -rs tests/test_eval_gpu.py
+        local tc=benchmarks/.cache/tinycoco cfg=/tmp/eval-gpu.yaml
+        printf 'model:\n  onnx: %s\nengine:\n  backend: torch\n  device: cuda\n  max_batch: 8\n  batch_sizes: [8]\nsources:\n  - id: x\n    url: x.mp4\n' \
+            "$PWD/benchmarks/.cache/yolov5s-coco.onnx" > "$cfg"
+        local run
+        for run in "ort-fp32-cpu --backend onnxruntime --device cpu" "gpu-fp32 --precision fp32" \
+                   "gpu-fp16 --precision fp16" "gpu-fp32-cpu-letterbox --precision fp32 --preprocess cpu"; do
+            set -- $run
+            echo "--- eval $*"
+            python -m streamer eval "$cfg" --coco $tc/annotations/instances_train2017.json \
+                --images $tc/images/train2017 "${@:2}" --json "$OUT/eval-$1.json" || echo "eval $1 failed"
+        done
+        echo "--- parity torch/fp32 vs torch/fp16 (host letterbox), then both with the CUDA kernel (@cuda)"
+        python -m streamer parity "$cfg" --images $tc/images/train2017 --backends torch/fp32,torch/fp16 \
+            --out "$OUT/parity-fp16"
+        python -m streamer parity "$cfg" --images $tc/images/train2017 \
+            --backends torch/fp32@cuda,torch/fp16@cuda --out "$OUT/parity-fp16-cuda"
+        python benchmarks/gpu_eval_table.py "$OUT" ;;
     save-cache)  # the compile caches (inductor, kernels) into $OUT/cache.tar.xz for the next call to carry
         tar cJf "$OUT/cache.tar.xz" -C "$YOLOSTREAM_CACHE" inductor kernels && ls -l "$OUT/cache.tar.xz" ;;
     variants)  # the torch engine's variants: eager / compiled per size / compiled dynamic, build time, img/s
@@ -121,7 +147,7 @@ declare -A LIMIT=([env]=60 [probe]=90 [kernel]=90 [nvdec]=200 [engine]=200 [accu
                   [fp16-mps]=200 [fp16-contexts]=200 [variants]=560
                   [executor]=200 [real-accuracy]=400 [live]=580
                   [pipeline-fp16]=330 [mps-live]=330 [pipeline-mps]=300
-                  [pipeline-fp32]=300 [save-cache]=60)
+                  [pipeline-fp32]=300 [save-cache]=60 [eval-gpu]=560)
 SUMMARY=()
 for name in "$@"; do
     start=$(date +%s)

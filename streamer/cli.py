@@ -6,7 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from streamer import __version__
 from streamer.errors import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, ConfigError, EngineError, YolostreamError
@@ -146,11 +146,23 @@ def _add_models_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser
     p.set_defaults(func=_cmd_models_list)
 
 
+def _engine_overrides(args: argparse.Namespace) -> Any:
+    from streamer.eval_pipeline import Overrides
+
+    return Overrides(
+        backend=args.backend, precision=args.precision, compile=args.compile, device=args.device,
+        preprocess=args.preprocess,
+    )  # fmt: skip
+
+
 def _cmd_eval(args: argparse.Namespace) -> int:
     from streamer.evaluate import EvalParams, eval_main
 
     params = EvalParams(conf=args.conf, iou=args.iou, multi_label=args.multi_label, max_det=args.max_det)
-    return eval_main(args.config, args.coco, args.images, params, backend=args.backend, json_out=args.json)
+    return eval_main(
+        args.config, args.coco, args.images, params, video=args.video, decoder=args.decoder,
+        overrides=_engine_overrides(args), class_map=args.class_map or (), json_out=args.json,
+    )  # fmt: skip
 
 
 def _cmd_parity(args: argparse.Namespace) -> int:
@@ -167,11 +179,43 @@ def _cmd_parity(args: argparse.Namespace) -> int:
     )  # fmt: skip
 
 
+def _add_engine_overrides(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--backend", choices=("auto", "onnxruntime", "torch", "tensorrt"),
+        help="engine.backend instead of the config's",
+    )  # fmt: skip
+    p.add_argument(
+        "--precision", choices=("fp32", "fp16", "int8"), help="engine.precision instead of the config's"
+    )
+    p.add_argument("--compile", choices=("auto", "on", "off"), help="engine.compile instead of the config's")
+    p.add_argument("--device", help="engine.device instead of the config's (cpu, cuda, cuda:N)")
+    p.add_argument(
+        "--preprocess", choices=("auto", "cpu", "cuda"), default="auto",
+        help="letterbox on the CPU or with the CUDA kernel [auto: the kernel when the engine is on the GPU]",
+    )  # fmt: skip
+
+
 def _add_accuracy_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("eval", help="COCO mAP of the whole pipeline (letterbox, engine, NMS) on images")
+    p = sub.add_parser(
+        "eval", help="COCO mAP of the deployed pipeline (decoder, letterbox, engine, NMS) on your labels"
+    )
     p.add_argument("config", help="path to the YAML config (its model, engine and channel order are used)")
     p.add_argument("--coco", required=True, metavar="ANN.json", help="COCO instances annotation file")
-    p.add_argument("--images", required=True, metavar="DIR", help="folder of the annotated images")
+    frames = p.add_mutually_exclusive_group(required=True)
+    frames.add_argument("--images", metavar="DIR", help="folder of the annotated images")
+    frames.add_argument(
+        "--video",
+        metavar="CLIP",
+        help="a clip whose frames are the annotation file's images (docs/accuracy.md)",
+    )
+    p.add_argument(
+        "--decoder", choices=("auto", "cpu", "nvdec"),
+        help="decoder of --video instead of the config's first stream's",
+    )  # fmt: skip
+    p.add_argument(
+        "--class-map", action="append", metavar="MODEL=FILE",
+        help="pair a model class with a category of another name (repeatable), e.g. car=vehicle",
+    )  # fmt: skip
     p.add_argument("--conf", type=float, default=0.001, help="evaluation confidence threshold [0.001]")
     p.add_argument("--iou", type=float, default=0.65, help="evaluation NMS IoU threshold [0.65]")
     p.add_argument(
@@ -179,7 +223,7 @@ def _add_accuracy_commands(sub: argparse._SubParsersAction[argparse.ArgumentPars
         help="one detection per class above --conf, as yolov7's test.py [on]",
     )  # fmt: skip
     p.add_argument("--max-det", type=int, default=300, help="detections kept per image [300]")
-    p.add_argument("--backend", help="engine backend instead of the config's (e.g. torch)")
+    _add_engine_overrides(p)
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     p.set_defaults(func=_cmd_eval)
 
@@ -190,7 +234,8 @@ def _add_accuracy_commands(sub: argparse._SubParsersAction[argparse.ArgumentPars
     frames.add_argument("--video", metavar="FILE", help="video file")
     p.add_argument(
         "--backends", default="onnxruntime,torch", metavar="LIST",
-        help="comma-separated NAME[:MODEL][@PREPROCESS]; the first is the reference [onnxruntime,torch]",
+        help="comma-separated NAME[/PRECISION][/compiled|eager][:MODEL][@PREPROCESS], each opened as the "
+        "daemon opens it (e.g. torch/fp32,torch/fp16); the first is the reference [onnxruntime,torch]",
     )  # fmt: skip
     p.add_argument("--stages", action="store_true", help="also compare preprocessing and layers (ONNX)")
     p.add_argument("--out", default="parity-report", metavar="DIR", help="report folder [parity-report]")

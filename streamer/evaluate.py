@@ -1,19 +1,21 @@
-"""COCO mAP of the whole deployed pipeline: ``yolostream eval config.yaml --coco ANN.json --images DIR``.
+"""COCO mAP of the deployed pipeline: ``yolostream eval CONFIG --coco ANN.json --images DIR | --video CLIP``.
 
-Every image goes through exactly the steps the daemon applies to a decoded frame:
+Every frame goes through exactly the steps the daemon applies to a decoded frame, with the daemon's own
+parts (`streamer.eval_pipeline`):
 
-    cv2.imread (BGR) → RGB (the frame rings hold RGB) → the daemon's letterbox and input tensor
-    (channel order from ``model.channel_order``) → the configured engine → the daemon's NMS
-    → boxes mapped to image pixels with the letterbox geometry
+    image file (cv2.imread → RGB, as the frame rings hold it) or a clip decoded by the daemon's source
+    (PyAV or NVDEC, `streamer.eval_video`) → the daemon's letterbox (CPU, or the CUDA kernel on the GPU)
+    → the engine and executor the daemon opens for the config (backend, device, precision, compile)
+    → the daemon's NMS → boxes mapped to source pixels with the letterbox geometry
 
 and the detections are scored by pycocotools' COCOeval (bbox): mAP@[.5:.95], mAP@.5 and the AP of each
 class. The NMS thresholds of an evaluation are not the serving ones of the config: by default they are
 those of yolov7's ``test.py`` (confidence 0.001, IoU 0.65, multi-label, 300 detections per image).
 
-Model class ids are mapped to the annotation file's category ids by name (the config's class names,
-COCO's 80 by default, against the file's category names): COCO's 80 classes land on its 91-id scheme
-(person 1, ..., toothbrush 90). When the names do not match, a file with exactly as many categories as
-the model has classes is mapped in order of category id, as yolov7's ``coco80_to_coco91_class`` does.
+The annotation file's categories are paired with the model's classes by name, or explicitly
+(`streamer.eval_classes`): a file may hold a subset of the model's classes; detections of the others are
+left out, and the result lists which classes were evaluated and which were ignored. COCO's 80 class
+names land on its 91-id scheme (person 1, ..., toothbrush 90) by name.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -32,25 +34,16 @@ from typing import TYPE_CHECKING, Any
 import cv2
 import numpy as np
 
-from streamer.engine import Engine, EngineOptions, load_engine
 from streamer.errors import YolostreamError
-from streamer.postprocess import NmsParams, detect_image, to_source_frame
-from streamer.preprocess import LetterboxGeometry, letterbox, to_input_tensor
+from streamer.eval_classes import ClassMapping, class_mapping, parse_class_map
+from streamer.eval_pipeline import Overrides, open_pipeline
+from streamer.eval_video import ClipFrames, frame_indices
+from streamer.postprocess import NmsParams
 
 if TYPE_CHECKING:
     from streamer.config import Config
 
-__all__ = [
-    "EvalError",
-    "EvalParams",
-    "EvalResult",
-    "category_map",
-    "evaluate",
-    "format_table",
-    "model_path",
-    "predict",
-    "read_rgb",
-]
+__all__ = ["EvalError", "EvalParams", "EvalResult", "evaluate", "format_table", "model_path", "read_rgb"]
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +82,8 @@ class ClassAP:
     ap: float
     """AP@[.5:.95] (NaN when the class has no ground truth in the evaluated images)."""
     ap50: float
+    category: str = ""
+    """The annotation file's name of the category (differs from `name` through ``--class-map``)."""
 
 
 @dataclass
@@ -105,6 +100,16 @@ class EvalResult:
     """COCOeval's 12 summary statistics, in its order."""
     params: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
+    evaluated: list[str] = field(default_factory=list)
+    """Model classes scored (those the annotation file has a category for)."""
+    ignored: list[str] = field(default_factory=list)
+    """Model classes the file has no category for: their detections were left out."""
+    not_evaluated: list[str] = field(default_factory=list)
+    """Categories of the file that no model class matches: not scored."""
+    setup: dict[str, Any] = field(default_factory=dict)
+    """The engine, precision, preprocessing and device that produced the numbers (`EngineSetup`)."""
+    source: str = ""
+    """Where the frames came from (an image folder, or a video and its decoder)."""
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
@@ -122,39 +127,6 @@ def read_rgb(path: Path) -> np.ndarray:
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
-def predict(
-    engine: Engine,
-    images: Sequence[Path],
-    nms: NmsParams,
-    *,
-    swap_rb: bool = False,
-) -> Iterator[tuple[Path, np.ndarray]]:
-    """Run `images` through letterbox → `engine` → NMS; yield ``(path, detections)`` in image pixels.
-
-    Detections are ``[K, 6]`` float32 (x1, y1, x2, y2, score, class id), as the daemon publishes them.
-    Images are batched up to the engine's largest batch (batch and single results are identical).
-    """
-    spec = engine.spec
-    batch = np.zeros((spec.max_batch, 3, spec.height, spec.width), np.float32)
-    canvas = np.empty((spec.height, spec.width, 3), np.uint8)
-    pending: list[tuple[Path, LetterboxGeometry]] = []
-
-    def flush() -> Iterator[tuple[Path, np.ndarray]]:
-        out = engine.infer(batch[: len(pending)])
-        for i, (path, geometry) in enumerate(pending):
-            yield path, to_source_frame(detect_image(out[i], nms), geometry)
-        pending.clear()
-
-    for path in images:
-        _, geometry = letterbox(read_rgb(path), spec.width, spec.height, out=canvas)
-        to_input_tensor(canvas, swap_rb=swap_rb, out=batch[len(pending)])
-        pending.append((path, geometry))
-        if len(pending) == spec.max_batch:
-            yield from flush()
-    if pending:
-        yield from flush()
-
-
 def model_path(cfg: Config) -> Path:
     """The config's model file: ``model.onnx``, or the named model (fetched and cached on first use)."""
     if cfg.model.onnx is not None:
@@ -162,23 +134,6 @@ def model_path(cfg: Config) -> Path:
     from streamer.models.registry import ensure_model
 
     return ensure_model(cfg.model.name or "")
-
-
-def category_map(class_names: Sequence[str], categories: Sequence[dict[str, Any]]) -> list[int]:
-    """The annotation category id of each model class id (see the module docstring)."""
-    by_name = {c["name"]: int(c["id"]) for c in categories}
-    if all(name in by_name for name in class_names):
-        return [by_name[name] for name in class_names]
-    if len(categories) == len(class_names):
-        ids = sorted(int(c["id"]) for c in categories)
-        log.warning("class names do not match the annotation categories: mapping by category id order")
-        return ids
-    missing = [n for n in class_names if n not in by_name][:5]
-    raise EvalError(
-        f"cannot map the model's {len(class_names)} classes to the {len(categories)} categories of the "
-        f"annotation file (no category named {', '.join(repr(n) for n in missing)}); "
-        "set model.class_names to the annotation file's category names"
-    )
 
 
 def _coco_api() -> tuple[Any, Any]:
@@ -193,33 +148,89 @@ def _coco_api() -> tuple[Any, Any]:
 def evaluate(
     cfg: Config,
     annotations: Path,
-    images_dir: Path,
+    images_dir: Path | None = None,
     params: EvalParams | None = None,
     *,
-    backend: str | None = None,
-    engine: Engine | None = None,
+    video: Path | None = None,
+    decoder: str | None = None,
+    overrides: Overrides | None = None,
+    class_map: Sequence[tuple[str, str]] = (),
 ) -> EvalResult:
-    """COCO bbox evaluation of `cfg`'s model and pipeline on the images of `annotations` in `images_dir`.
+    """COCO bbox evaluation of `cfg`'s deployed pipeline on the images (or video frames) of `annotations`.
 
     Args:
-        cfg: the daemon's config: model, engine backend and device, channel order (not its thresholds).
-        annotations: a COCO instances JSON; every image it lists must be in `images_dir`.
-        images_dir: the folder of the images (looked up by the JSON's ``file_name``).
+        cfg: the daemon's config: model, engine (backend, device, precision, compile), channel order; not
+            its serving thresholds.
+        annotations: a COCO instances JSON; its categories may be a subset of the model's classes.
+        images_dir: the folder of the images (looked up by the JSON's ``file_name``); or
+        video: a clip whose frames are the file's images (`streamer.eval_video`), decoded by the
+            daemon's source with `decoder` (default: the config's first stream's).
         params: the evaluation NMS settings (yolov7 test.py's by default).
-        backend: overrides ``cfg.engine.backend``.
-        engine: an engine already loaded (then `backend` and the config's engine section are unused).
+        overrides: engine settings instead of the config's (backend, precision, compile, device,
+            preprocessing).
+        class_map: explicit (model class, file category) pairs (`streamer.eval_classes`).
 
     Returns:
-        The summary statistics and per-class AP.
+        The summary statistics, per-class AP, the class pairing and the engine that produced them.
 
     Raises:
-        EvalError: missing images, classes that cannot be mapped, pycocotools not installed.
+        EvalError, ClassMapError, VideoError: missing images, classes that cannot be paired, a clip that
+            does not fit the file, pycocotools not installed.
     """
+    if (images_dir is None) == (video is None):
+        raise EvalError("evaluate images (a folder) or a video, one of the two")
     params = params or EvalParams()
     COCO, COCOeval = _coco_api()
-    with contextlib.redirect_stdout(io.StringIO()):
-        gt = COCO(str(annotations))
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            gt = COCO(str(annotations))
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise EvalError(f"cannot read the COCO annotation file {annotations}: {exc}") from exc
     entries = sorted(gt.imgs.values(), key=lambda im: im["id"])
+    if not entries:
+        raise EvalError(f"{annotations} lists no images")
+    mapping = class_mapping(cfg.model.effective_class_names, list(gt.cats.values()), class_map,
+                            source=annotations.name)  # fmt: skip
+    by_frame = frame_indices(entries, annotations.name) if video is not None else {}
+    if images_dir is not None:
+        _check_images(entries, images_dir, annotations)
+    pipeline = open_pipeline(cfg, model_path(cfg), params.nms(), overrides)
+    with pipeline:
+        if pipeline.executor.spec.num_classes != len(mapping.class_names):
+            raise EvalError(
+                f"the model predicts {pipeline.executor.spec.num_classes} classes but the config names "
+                f"{len(mapping.class_names)}; set model.class_names"
+            )
+        clip = None
+        frames: Iterable[tuple[int, Any]] = ()
+        if video is not None:
+            clip = ClipFrames(cfg, video, by_frame, decoder=decoder, engine_on_gpu=pipeline.executor.on_gpu)
+            frames = clip
+        elif images_dir is not None:
+            frames = ((im["id"], read_rgb(images_dir / im["file_name"])) for im in entries)
+        started = time.monotonic()
+        results: list[dict[str, Any]] = []
+        for image_id, dets, _ in pipeline.run(frames):
+            for x1, y1, x2, y2, score, cls in dets.tolist():
+                category = mapping.category_of.get(int(cls))
+                if category is None:  # a class the file does not have: left out
+                    continue
+                results.append({
+                    "image_id": image_id, "category_id": category,
+                    "bbox": [x1, y1, x2 - x1, y2 - y1], "score": score,
+                })  # fmt: skip
+        seconds = time.monotonic() - started
+    result = _score(gt, COCOeval, results, [im["id"] for im in entries], mapping, params, seconds)
+    result.setup = asdict(pipeline.setup) | {"description": pipeline.setup.describe()}
+    if clip is not None:
+        result.source = f"video {clip.video.name}, decoded by the daemon's {clip.decoder} source"
+        result.setup["decoder"] = clip.decoder
+    else:
+        result.source = f"images in {images_dir}"
+    return result
+
+
+def _check_images(entries: list[dict[str, Any]], images_dir: Path, annotations: Path) -> None:
     paths = [images_dir / im["file_name"] for im in entries]
     missing = [p for p in paths if not p.is_file()]
     if missing:
@@ -227,44 +238,6 @@ def evaluate(
             f"{len(missing)} of the {len(paths)} images of {annotations.name} are not in {images_dir} "
             f"(first: {missing[0].name})"
         )
-    class_names = cfg.model.effective_class_names
-    own_engine = engine is None
-    if engine is None:
-        from streamer.engine.select import choose_backend
-
-        options = EngineOptions(
-            device=cfg.engine.device,
-            precision=cfg.engine.precision,
-            max_batch=cfg.engine.max_batch,
-            threads=cfg.engine.threads,
-            input_size=cfg.model.input_size,
-        )
-        name = choose_backend(backend or cfg.engine.backend, cfg.engine.device)  # `auto` as the daemon does
-        engine = load_engine(name, model_path(cfg), options)
-    try:
-        if engine.spec.num_classes != len(class_names):
-            raise EvalError(
-                f"the model predicts {engine.spec.num_classes} classes but the config names "
-                f"{len(class_names)}; set model.class_names"
-            )
-        cat_ids = category_map(class_names, list(gt.cats.values()))
-        image_id = {p: im["id"] for p, im in zip(paths, entries, strict=True)}
-        started = time.monotonic()
-        results: list[dict[str, Any]] = []
-        swap_rb = cfg.model.channel_order == "bgr"
-        for path, dets in predict(engine, paths, params.nms(), swap_rb=swap_rb):
-            for x1, y1, x2, y2, score, cls in dets.tolist():
-                results.append({
-                    "image_id": image_id[path],
-                    "category_id": cat_ids[int(cls)],
-                    "bbox": [x1, y1, x2 - x1, y2 - y1],
-                    "score": score,
-                })  # fmt: skip
-        seconds = time.monotonic() - started
-    finally:
-        if own_engine:
-            engine.close()
-    return _score(gt, COCOeval, results, [im["id"] for im in entries], class_names, cat_ids, params, seconds)
 
 
 def _score(
@@ -272,59 +245,78 @@ def _score(
     COCOeval: Any,
     results: list[dict[str, Any]],
     image_ids: list[int],
-    class_names: Sequence[str],
-    cat_ids: list[int],
+    mapping: ClassMapping,
     params: EvalParams,
     seconds: float,
 ) -> EvalResult:
-    instances = {
-        cid: len(gt.getAnnIds(imgIds=image_ids, catIds=[cid], iscrowd=False)) for cid in set(cat_ids)
+    pairs = mapping.evaluated
+    cat_ids = [cat for _, cat in pairs]
+    instances = {cid: len(gt.getAnnIds(imgIds=image_ids, catIds=[cid], iscrowd=False)) for cid in cat_ids}
+    extra: dict[str, Any] = {
+        "evaluated": [mapping.class_names[c] for c, _ in pairs],
+        "ignored": list(mapping.ignored),
+        "not_evaluated": list(mapping.not_evaluated),
     }
     if not results:  # COCO.loadRes refuses an empty list: nothing detected scores 0 everywhere
         per_class = [
-            ClassAP(
-                i, n, c, instances[c], 0.0 if instances[c] else math.nan, 0.0 if instances[c] else math.nan
-            )
-            for i, (n, c) in enumerate(zip(class_names, cat_ids, strict=True))
-        ]
+            ClassAP(c, mapping.class_names[c], cat, instances[cat], 0.0 if instances[cat] else math.nan,
+                    0.0 if instances[cat] else math.nan, mapping.category_names[cat])
+            for c, cat in pairs
+        ]  # fmt: skip
         return EvalResult(0.0, 0.0, 0.0, len(image_ids), 0, sum(instances.values()), per_class, [0.0] * 12,
-                          asdict(params), seconds)  # fmt: skip
+                          asdict(params), seconds, **extra)  # fmt: skip
     with contextlib.redirect_stdout(io.StringIO()):
         dt = gt.loadRes(results)
         ev = COCOeval(gt, dt, "bbox")
         ev.params.imgIds = image_ids
+        ev.params.catIds = sorted(cat_ids)  # categories no model class matches are not scored
         ev.evaluate()
         ev.accumulate()
         ev.summarize()
     precision = ev.eval["precision"]  # [iou thresholds, recall, categories, area ranges, max dets]
     column = {cid: k for k, cid in enumerate(ev.params.catIds)}
     per_class = []
-    for i, (name, cid) in enumerate(zip(class_names, cat_ids, strict=True)):
+    for cls, cid in pairs:
         p = precision[:, :, column[cid], 0, -1]
         valid = p[p > -1]
         p50 = p[0][p[0] > -1]
         per_class.append(
             ClassAP(
-                i, name, cid, instances[cid],
+                cls, mapping.class_names[cls], cid, instances[cid],
                 float(valid.mean()) if valid.size else math.nan,
-                float(p50.mean()) if p50.size else math.nan,
+                float(p50.mean()) if p50.size else math.nan, mapping.category_names[cid],
             )
         )  # fmt: skip
     stats = [float(s) for s in ev.stats]
     return EvalResult(
         map=stats[0], map50=stats[1], map75=stats[2], images=len(image_ids), detections=len(results),
         instances=sum(instances.values()), per_class=per_class, stats=stats, params=asdict(params),
-        seconds=seconds,
+        seconds=seconds, **extra,
     )  # fmt: skip
 
 
 def format_table(result: EvalResult, *, all_classes: bool = False) -> str:
-    """A plain-text table: the summary, then AP per class (classes with ground truth unless `all_classes`)."""
+    """A plain-text table: what ran, the summary, the classes, then AP per class (classes with ground
+    truth unless `all_classes`)."""
     p = result.params
-    lines = [
+    lines = []
+    if result.setup:
+        lines.append(f"{result.setup.get('description')}")
+    if result.source:
+        lines.append(f"frames: {result.source}")
+    lines += [
         f"images {result.images}   ground-truth boxes {result.instances}   detections {result.detections}   "
         f"(conf {p.get('conf')}, NMS IoU {p.get('iou')}, multi-label {p.get('multi_label')}, "
         f"max {p.get('max_det')} per image; inference {result.seconds:.1f} s)",
+        f"classes evaluated ({len(result.evaluated)}): {_names(result.evaluated)}",
+    ]
+    if result.ignored:
+        lines.append(
+            f"model classes ignored, not in the file ({len(result.ignored)}): {_names(result.ignored)}"
+        )
+    if result.not_evaluated:
+        lines.append(f"file categories not evaluated, no model class: {_names(result.not_evaluated)}")
+    lines += [
         "",
         f"mAP@[.5:.95]  {result.map:.4f}",
         f"mAP@.5        {result.map50:.4f}",
@@ -336,24 +328,37 @@ def format_table(result: EvalResult, *, all_classes: bool = False) -> str:
         if row.instances or all_classes:
             ap = "-" if math.isnan(row.ap) else f"{row.ap:.4f}"
             ap50 = "-" if math.isnan(row.ap50) else f"{row.ap50:.4f}"
-            lines.append(f"{row.name:<16} {row.category_id:>3} {row.instances:>5} {ap:>7} {ap50:>7}")
+            renamed = f"   (file: {row.category})" if row.category and row.category != row.name else ""
+            lines.append(f"{row.name:<16} {row.category_id:>3} {row.instances:>5} {ap:>7} {ap50:>7}{renamed}")
     return "\n".join(lines)
+
+
+def _names(names: Sequence[str], most: int = 12) -> str:
+    shown = ", ".join(names[:most])
+    return shown + (f", ... ({len(names) - most} more)" if len(names) > most else "")
 
 
 def eval_main(
     config: str,
     annotations: str,
-    images: str,
+    images: str | None,
     params: EvalParams,
     *,
-    backend: str | None = None,
+    video: str | None = None,
+    decoder: str | None = None,
+    overrides: Overrides | None = None,
+    class_map: Sequence[str] = (),
     json_out: str | None = None,
 ) -> int:
     """The ``yolostream eval`` command: evaluate, print the table, optionally write the JSON."""
     from streamer.config import load_config
 
     cfg = load_config(config)
-    result = evaluate(cfg, Path(annotations), Path(images), params, backend=backend)
+    result = evaluate(
+        cfg, Path(annotations), Path(images) if images else None, params,
+        video=Path(video) if video else None, decoder=decoder, overrides=overrides,
+        class_map=parse_class_map(class_map),
+    )  # fmt: skip
     print(format_table(result))
     if json_out:
         Path(json_out).write_text(json.dumps(result.to_json(), indent=2) + "\n")

@@ -1,21 +1,28 @@
 """``yolostream parity``: do two inference backends see the same thing in the same frames?
 
-The same frames go through every backend named with ``--backends`` (each as the daemon would run it:
-the config's model, input size, channel order, serving thresholds and NMS). The first backend is the
+The same frames go through every backend named with ``--backends``, each opened exactly as the daemon
+opens it (`streamer.eval_pipeline`: the config's engine section with the backend's overrides, the
+executor — CPU, or CUDA streams with NMS's first step on the GPU — and the worker's decoding), with the
+config's model, input size, channel order, serving thresholds and NMS. The first backend is the
 reference; each other one is compared with it on
 
 - the raw outputs: max and mean |Δ| (box coordinates in input pixels, objectness, class scores
-  separately) and the cosine similarity of the whole output;
+  separately) and the cosine similarity of the whole output (where both executors return the whole
+  output: the CUDA executor's GPU filter returns only the candidate rows);
 - the detections the daemon would publish: pairs of the same class matched greedily by IoU (≥ 0.5),
   the share of detections matched at IoU ≥ 0.99 (``agreement``: pairs at 0.99 over the larger of the
-  two counts), score differences of the pairs, and the boxes only one of the two found;
+  two counts) and at IoU ≥ 0.9, score and box-coordinate differences of the pairs, and the boxes only
+  one of the two found;
 - with ``--stages``: the preprocessing (each backend's input tensor against the reference's, with the
   cause named) and, for two ONNX Runtime backends, the model layer by layer (the first node whose output
   diverges, see `streamer.parity_stages`).
 
-A backend is written ``NAME[:MODEL][@PREPROCESS]``: ``onnxruntime``, ``torch``,
-``onnxruntime:other.onnx`` (the same backend on another model file, e.g. a re-export or a suspect
-copy), ``onnxruntime@pad128`` (another preprocessing implementation, see `PREPROCESSORS`).
+A backend is written ``NAME[/PRECISION][/compiled|eager][:MODEL][@PREPROCESS]``: ``onnxruntime``,
+``torch``, ``torch/fp16`` (engine.precision fp16), ``torch/fp16/compiled`` (and engine.compile on),
+``onnxruntime:other.onnx`` (the same backend on another model file, e.g. a re-export or a suspect copy),
+``onnxruntime@pad128`` (another preprocessing implementation, see `PREPROCESSORS`). Two engines that
+compute in different precisions (fp16 vs fp32) are judged on matches at IoU ≥ 0.9 and a looser score
+limit (`Thresholds`' ``precision_*``), and the report says that precision is the cause of what differs.
 
 The verdict is PASS when every comparison meets `Thresholds`; the report (``report.md``), a picture of
 each disagreeing frame and a histogram of score differences go to the output folder.
@@ -36,9 +43,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 import onnx
 
-from streamer.engine import Engine, EngineOptions, load_engine
 from streamer.engine.onnxgraph import fp16_nodes, widen_to_fp32
 from streamer.errors import YolostreamError
+from streamer.eval_pipeline import DeployedPipeline, EngineSetup, Overrides, Prepared, open_pipeline
 from streamer.parity_compare import (
     FrameDiff,
     PairResult,
@@ -47,7 +54,7 @@ from streamer.parity_compare import (
     match_detections,
 )
 from streamer.parity_stages import PREPROCESSORS, InputDiff, first_divergence
-from streamer.postprocess import detect_image, serving_nms, to_source_frame
+from streamer.postprocess import NmsParams, serving_nms
 
 if TYPE_CHECKING:
     from streamer.config import Config
@@ -76,6 +83,10 @@ class ParityError(YolostreamError, ValueError):
     """The parity run cannot start: a bad backend list, no frames."""
 
 
+PRECISIONS = ("fp32", "fp16", "int8")
+COMPILE_WORDS = {"compiled": "on", "eager": "off"}
+
+
 @dataclass(frozen=True)
 class BackendSpec:
     """One backend of a parity run."""
@@ -84,10 +95,23 @@ class BackendSpec:
     model: Path
     preprocess: str = "reference"
     label: str = ""
+    precision: str | None = None
+    """engine.precision for this backend (None: the config's)."""
+    compile: str | None = None
+    """engine.compile for this backend: ``on`` / ``off`` (None: the config's)."""
+
+    def overrides(self) -> Overrides:
+        # Input tensors are made on the host (the preprocessing stage compares them), except that
+        # ``@cuda`` on a GPU engine runs the daemon's CUDA kernel itself.
+        preprocess = "auto" if self.preprocess == "cuda" else "cpu"
+        return Overrides(
+            backend=self.backend, precision=self.precision, compile=self.compile, preprocess=preprocess
+        )
 
 
 def parse_backends(text: str, default_model: Path, base: Path | None = None) -> list[BackendSpec]:
-    """``"onnxruntime,torch"`` → specs; ``NAME[:MODEL][@PREPROCESS]`` each (see the module docstring).
+    """``"onnxruntime,torch/fp16"`` → specs; ``NAME[/PRECISION][/compiled|eager][:MODEL][@PREPROCESS]``
+    each (see the module docstring).
 
     Relative model paths are relative to `base` (the current directory by default).
     """
@@ -95,18 +119,32 @@ def parse_backends(text: str, default_model: Path, base: Path | None = None) -> 
     for raw in (part.strip() for part in text.split(",")):
         if not raw:
             continue
-        match = re.fullmatch(r"([A-Za-z0-9_]+)(?::([^@]+))?(?:@([A-Za-z0-9_]+))?", raw)
+        match = re.fullmatch(r"([A-Za-z0-9_]+)((?:/[A-Za-z0-9_]+)*)(?::([^@]+))?(?:@([A-Za-z0-9_]+))?", raw)
         if match is None:
-            raise ParityError(f"cannot read backend {raw!r}: write NAME[:MODEL][@PREPROCESS]")
-        name, model, pre = match.group(1), match.group(2), match.group(3) or "reference"
+            raise ParityError(
+                f"cannot read backend {raw!r}: write NAME[/PRECISION][/compiled|eager][:MODEL][@PREPROCESS]"
+            )
+        name, options, model, pre = match.group(1), match.group(2), match.group(3), match.group(4)
+        pre = pre or "reference"
         if pre not in PREPROCESSORS:
             raise ParityError(f"unknown preprocessing {pre!r} in {raw!r}; known: {', '.join(PREPROCESSORS)}")
+        precision = compile_ = None
+        for option in filter(None, options.split("/")):
+            if option in PRECISIONS:
+                precision = option
+            elif option in COMPILE_WORDS:
+                compile_ = COMPILE_WORDS[option]
+            else:
+                raise ParityError(
+                    f"unknown option {option!r} in {raw!r}: a precision ({', '.join(PRECISIONS)}) "
+                    "or compiled / eager"
+                )
         path = default_model
         if model:
             path = Path(model)
             if not path.is_absolute() and base is not None:
                 path = base / path
-        specs.append(BackendSpec(name, path, pre, raw))
+        specs.append(BackendSpec(name, path, pre, raw, precision, compile_))
     if len(specs) < 2:
         raise ParityError(f"parity needs at least two backends to compare, got {text!r}")
     labels = [s.label for s in specs]
@@ -158,28 +196,36 @@ def read_frames(
 # ------------------------------------------------------------------------------------------------- run
 
 
-def _engines(cfg: Config, specs: Sequence[BackendSpec]) -> list[Engine]:
-    options = EngineOptions(
-        device=cfg.engine.device,
-        precision=cfg.engine.precision,
-        max_batch=1,
-        threads=cfg.engine.threads,
-        input_size=cfg.model.input_size,
-    )
-    engines: list[Engine] = []
+def _pipelines(cfg: Config, specs: Sequence[BackendSpec], nms: NmsParams) -> list[DeployedPipeline]:
+    """Each backend as the daemon opens it (`streamer.eval_pipeline`), with the spec's overrides."""
+    pipes: list[DeployedPipeline] = []
     try:
         for spec in specs:
-            engines.append(load_engine(spec.backend, spec.model, options))
+            pipes.append(open_pipeline(cfg, spec.model, nms, spec.overrides(), keep_raw=True))
     except BaseException:
-        for engine in engines:
-            engine.close()
+        for pipe in pipes:
+            pipe.close()
         raise
-    sizes = {(e.spec.height, e.spec.width) for e in engines}
+    sizes = {(p.height, p.width) for p in pipes}
     if len(sizes) != 1:
-        for engine in engines:
-            engine.close()
+        for pipe in pipes:
+            pipe.close()
         raise ParityError(f"the backends' models take different input sizes: {sorted(sizes)}")
-    return engines
+    return pipes
+
+
+def _computes_in(setup: EngineSetup) -> str:
+    """The precision an engine computes in: ONNX Runtime runs the file as stored (fp32 for parity's
+    purpose; a file stored in fp16 gets its own note, `streamer.parity_report.notes_for`)."""
+    return "fp32" if setup.backend == "onnxruntime" else setup.precision
+
+
+def _infer(pipe: DeployedPipeline, frame: np.ndarray | Prepared) -> tuple[np.ndarray, np.ndarray | None]:
+    """One frame through `pipe`: detections in source pixels and the raw output (None where the GPU
+    executor returned only the candidate rows)."""
+    for _, dets, raw in pipe.run([(0, frame)]):
+        return dets, raw
+    raise ParityError("the executor returned no result")  # (run yields one result per frame)
 
 
 def run_parity(
@@ -238,10 +284,14 @@ def _run(
     nms = serving_nms(cfg.detection)
     swap_rb = cfg.model.channel_order == "bgr"
     started = time.monotonic()
-    engines = _engines(cfg, specs)
+    pipes = _pipelines(cfg, specs, nms)
     try:
-        h, w = engines[0].spec.height, engines[0].spec.width
-        pairs = [PairResult(specs[0].label, s.label) for s in specs[1:]]
+        h, w = pipes[0].height, pipes[0].width
+        computes_in = [_computes_in(p.setup) for p in pipes]
+        pairs = [
+            PairResult(specs[0].label, s.label, precisions=(computes_in[0], computes_in[k]))
+            for k, s in enumerate(specs[1:], start=1)
+        ]
         if stages:
             for pair, spec in zip(pairs, specs[1:], strict=True):
                 if spec.preprocess != specs[0].preprocess:
@@ -254,15 +304,19 @@ def _run(
                 if spec.preprocess not in inputs:
                     inputs[spec.preprocess] = PREPROCESSORS[spec.preprocess](rgb, w, h, swap_rb)
             raws, dets = [], []
-            for spec, engine in zip(specs, engines, strict=True):
-                tensor, geometry = inputs[spec.preprocess]
-                raw = engine.infer(tensor[None])[0]
+            for spec, pipe in zip(specs, pipes, strict=True):
+                on_gpu = pipe.setup.preprocess == "cuda"  # the kernel letterboxes the frame itself
+                found, raw = _infer(pipe, rgb if on_gpu else Prepared(*inputs[spec.preprocess]))
                 raws.append(raw)
-                dets.append(to_source_frame(detect_image(raw, nms), geometry))
+                dets.append(found)
             ref_tensor, ref_geometry = inputs[specs[0].preprocess]
             for k, pair in enumerate(pairs, start=1):
                 frame = FrameDiff(name, dets[0], dets[k], match_detections(dets[0], dets[k]))
-                frame.raw_max = pair.raw.add(raws[0], raws[k])
+                ref_raw, raw = raws[0], raws[k]
+                if ref_raw is not None and raw is not None:
+                    frame.raw_max = pair.raw.add(ref_raw, raw)
+                else:
+                    pair.raw_compared = False
                 pair.frames.append(frame)
                 if frame.raw_max > pair.worst_frame[0]:
                     pair.worst_frame = (frame.raw_max, name, ref_tensor.copy())
@@ -274,14 +328,15 @@ def _run(
         if count == 0:
             raise ParityError("no frames to compare")
     finally:
-        for engine in engines:
-            engine.close()
+        for pipe in pipes:
+            pipe.close()
     if stages:
         for pair, spec in zip(pairs, specs[1:], strict=True):
             _layer_stage(pair, specs[0], spec, thresholds)
     result = ParityResult(
-        pairs, list(specs), thresholds, count, nms, seconds=time.monotonic() - started, widened=widened
-    )
+        pairs, list(specs), thresholds, count, nms, seconds=time.monotonic() - started, widened=widened,
+        setups=[p.setup for p in pipes],
+    )  # fmt: skip
     result.notes = notes_for(result)
     if out_dir is not None:
         write_report(out_dir, result, cfg)

@@ -18,6 +18,7 @@ from streamer.parity_stages import InputDiff, LayerReport
 from streamer.postprocess import NmsParams, box_iou
 
 if TYPE_CHECKING:
+    from streamer.eval_pipeline import EngineSetup
     from streamer.parity import BackendSpec
 
 __all__ = ["FrameDiff", "PairResult", "ParityResult", "RawStats", "Thresholds", "match_detections"]
@@ -42,6 +43,13 @@ class Thresholds:
     """Preprocessing: share of input values that may differ at all."""
     layer_tolerance: float = 1e-3
     """Layers: relative error ``max |a - b| / max |a|`` of a node output."""
+    precision_agreement: float = 0.99
+    """Backends of different precisions (fp16 vs fp32): share of detections matched at IoU ≥ 0.9, which
+    replaces `min_agreement` (fp16 rounding moves boxes by a fraction of a pixel)."""
+    precision_score_delta: float = 0.05
+    """Backends of different precisions: largest |score difference| of a matched pair (replaces
+    `max_score_delta`; the raw-score limit does not apply, the cosine limit is `precision_cosine`)."""
+    precision_cosine: float = 0.999
 
 
 @dataclass
@@ -149,6 +157,14 @@ class PairResult:
     layers_note: str | None = None
     worst_frame: tuple[float, str, np.ndarray | None] = (-1.0, "", None)
     """(raw max |Δ|, name, reference input tensor) of the frame where the outputs differ most."""
+    raw_compared: bool = True
+    """False when a backend's executor returned only candidate rows (the GPU confidence filter)."""
+    precisions: tuple[str, str] = ("fp32", "fp32")
+    """(reference, candidate) precision the engines compute in."""
+
+    @property
+    def precision_differs(self) -> bool:
+        return self.precisions[0] != self.precisions[1]
 
     @property
     def detections_a(self) -> int:
@@ -167,9 +183,27 @@ class PairResult:
         return sum(sum(p[2] >= 0.99 for p in f.pairs) for f in self.frames)
 
     @property
+    def matched_90(self) -> int:
+        return sum(sum(p[2] >= 0.9 for p in f.pairs) for f in self.frames)
+
+    @property
     def agreement(self) -> float:
+        """Pairs at IoU ≥ 0.99 over the larger detection count."""
         most = max(self.detections_a, self.detections_b)
         return self.matched_99 / most if most else 1.0
+
+    @property
+    def agreement_90(self) -> float:
+        """Pairs at IoU ≥ 0.9 over the larger detection count."""
+        most = max(self.detections_a, self.detections_b)
+        return self.matched_90 / most if most else 1.0
+
+    def box_deltas(self) -> np.ndarray:
+        """Largest |Δ| of the four coordinates (source pixels) of every matched pair."""
+        values = [
+            float(np.abs(f.dets_b[j, :4] - f.dets_a[i, :4]).max()) for f in self.frames for i, j, _ in f.pairs
+        ]
+        return np.asarray(values, dtype=np.float64)
 
     @property
     def only_a(self) -> int:
@@ -185,19 +219,32 @@ class PairResult:
         return np.asarray(values, dtype=np.float64)
 
     def failures(self, t: Thresholds) -> list[str]:
-        """Why this comparison fails `t` (empty: it passes)."""
+        """Why this comparison fails `t` (empty: it passes).
+
+        Between engines of different precisions the limits are `Thresholds`' ``precision_*`` ones.
+        """
         out = []
-        if self.agreement < t.min_agreement:
-            out.append(f"detections matched at IoU ≥ 0.99: {self.agreement:.2%} < {t.min_agreement:.2%}")
         deltas = np.abs(self.score_deltas())
-        if deltas.size and deltas.max() > t.max_score_delta:
-            out.append(f"score difference up to {deltas.max():.4f} > {t.max_score_delta}")
-        raw_scores = max(self.raw.max_obj, self.raw.max_cls)
-        if raw_scores > t.max_raw_score_delta:
-            limit = t.max_raw_score_delta
-            out.append(f"raw objectness/class scores differ by up to {raw_scores:.3g} > {limit:g}")
-        if self.raw.cosine < t.min_cosine:
-            out.append(f"raw output cosine similarity {self.raw.cosine:.6f} < {t.min_cosine}")
+        if self.precision_differs:
+            why = f" ({self.precisions[1]} vs {self.precisions[0]})"
+            if self.agreement_90 < t.precision_agreement:
+                share, limit = self.agreement_90, t.precision_agreement
+                out.append(f"detections matched at IoU ≥ 0.9: {share:.2%} < {limit:.2%}{why}")
+            if deltas.size and deltas.max() > t.precision_score_delta:
+                out.append(f"score difference up to {deltas.max():.4f} > {t.precision_score_delta}{why}")
+            if self.raw_compared and self.raw.cosine < t.precision_cosine:
+                out.append(f"raw output cosine similarity {self.raw.cosine:.6f} < {t.precision_cosine}{why}")
+        else:
+            if self.agreement < t.min_agreement:
+                out.append(f"detections matched at IoU ≥ 0.99: {self.agreement:.2%} < {t.min_agreement:.2%}")
+            if deltas.size and deltas.max() > t.max_score_delta:
+                out.append(f"score difference up to {deltas.max():.4f} > {t.max_score_delta}")
+            raw_scores = max(self.raw.max_obj, self.raw.max_cls)
+            if self.raw_compared and raw_scores > t.max_raw_score_delta:
+                limit = t.max_raw_score_delta
+                out.append(f"raw objectness/class scores differ by up to {raw_scores:.3g} > {limit:g}")
+            if self.raw_compared and self.raw.cosine < t.min_cosine:
+                out.append(f"raw output cosine similarity {self.raw.cosine:.6f} < {t.min_cosine}")
         if self.inputs is not None and not self.inputs.passes(t.input_levels, t.input_fraction):
             causes = "; ".join(self.inputs.causes) or "unknown cause"
             out.append(f"preprocessing differs (up to {self.inputs.max_levels:.0f} levels): {causes}")
@@ -221,6 +268,8 @@ class ParityResult:
     seconds: float = 0.0
     widened: list[str] = field(default_factory=list)
     """Labels of the backends that ran an fp32 copy of a float16 model (``widen_fp16``)."""
+    setups: list[EngineSetup] = field(default_factory=list)
+    """What ran each backend (engine, precision, executor, device), in `specs` order."""
 
     @property
     def passed(self) -> bool:

@@ -3,8 +3,10 @@
 Preprocessing: every backend of a parity run turns a frame into its input tensor with a named
 implementation (`PREPROCESSORS`): ``reference`` is the daemon's CPU letterbox (yolov7's, exactly); the
 others reproduce the defects of known hand-written pipelines — padding with 128 instead of 114, the image
-put at the top-left instead of centred, BGR instead of RGB — so that the check itself can be checked, and
-the CUDA kernel will join them. `compare_inputs` says how two input tensors differ and names the cause.
+put at the top-left instead of centred, BGR instead of RGB — so that the check itself can be checked;
+``cuda`` is the daemon's letterbox of NVDEC frames: the image converted to NV12 and letterboxed by the
+CUDA kernel's arithmetic (its NumPy model here, the kernel itself where the engine runs on the GPU).
+`compare_inputs` says how two input tensors differ and names the cause.
 
 Layers: for two ONNX models run by ONNX Runtime, `first_divergence` marks node outputs as extra graph
 outputs (in copies of the models), runs both on the same input, and returns the first node, in
@@ -59,13 +61,25 @@ def _swapped(rgb: np.ndarray, w: int, h: int, swap_rb: bool) -> tuple[np.ndarray
     return _reference(rgb, w, h, not swap_rb)
 
 
+def _cuda(rgb: np.ndarray, w: int, h: int, swap_rb: bool) -> tuple[np.ndarray, LetterboxGeometry]:
+    """The image as NV12 (BT.601 limited), letterboxed by the kernel's NumPy model (bit-exact with it)."""
+    from streamer.eval_pipeline import rgb_to_nv12
+    from streamer.preprocess.nv12 import YuvCoefficients, letterbox_nv12
+
+    y, uv, _ = rgb_to_nv12(rgb)
+    coefficients = YuvCoefficients.for_stream("bt601", full_range=False)
+    return letterbox_nv12(y, uv, rgb.shape[1], rgb.shape[0], w, h, coefficients, swap_rb=swap_rb)
+
+
 PREPROCESSORS: dict[str, Preprocessor] = {
     "reference": _reference,
     "pad128": _pad128,
     "topleft": _topleft,
     "swaprb": _swapped,
+    "cuda": _cuda,
 }
-"""Preprocessing implementations by name: the daemon's reference and emulations of known defects."""
+"""Preprocessing implementations by name: the daemon's reference, emulations of known defects, and the
+daemon's NVDEC-path letterbox (``cuda``: on a GPU engine the CUDA kernel itself runs)."""
 
 
 # ----------------------------------------------------------------------------------------- preprocessing

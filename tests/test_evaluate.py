@@ -18,7 +18,8 @@ import pytest
 from streamer.cli import main
 from streamer.coco import COCO_CLASSES
 from streamer.config import parse_config
-from streamer.evaluate import EvalError, EvalParams, category_map, evaluate, format_table
+from streamer.eval_classes import ClassMapError, class_mapping, parse_class_map
+from streamer.evaluate import EvalError, EvalParams, evaluate, format_table
 from tests.support.models import write_oracle_model
 from tests.support.paths import SHARED, coco_json, shared_model
 
@@ -44,15 +45,48 @@ def _tinycoco(split: str) -> tuple[Path, Path]:
 
 def test_coco_names_map_to_the_91_id_scheme() -> None:
     ann = json.loads(coco_json("val2017").read_text())
-    assert category_map(COCO_CLASSES, ann["categories"]) == COCO80_TO_91
+    mapping = class_mapping(COCO_CLASSES, ann["categories"])
+    assert [mapping.category_of[i] for i in range(80)] == COCO80_TO_91
+    assert mapping.ignored == () and mapping.not_evaluated == ()
 
 
-def test_category_map_by_order_and_refusal() -> None:
-    cats = [{"id": 7, "name": "a"}, {"id": 3, "name": "b"}]
-    assert category_map(("b", "a"), cats) == [3, 7]  # by name
-    assert category_map(("x", "y"), cats) == [3, 7]  # same count: in id order
-    with pytest.raises(EvalError, match="cannot map"):
-        category_map(("x", "y", "z"), cats)
+def test_a_subset_of_the_classes_is_matched_by_name_ignoring_case() -> None:
+    cats = [{"id": 7, "name": "Car"}, {"id": 3, "name": " PERSON "}, {"id": 9, "name": "forklift"}]
+    mapping = class_mapping(COCO_CLASSES, cats)
+    assert mapping.category_of == {0: 3, 2: 7}
+    assert mapping.evaluated == [(0, 3), (2, 7)]
+    assert len(mapping.ignored) == 78 and "bicycle" in mapping.ignored and "person" not in mapping.ignored
+    assert mapping.not_evaluated == ("forklift",)
+
+
+def test_class_map_pairs_other_names() -> None:
+    cats = [{"id": 1, "name": "pedestrian"}, {"id": 2, "name": "vehicle"}, {"id": 3, "name": "truck"}]
+    pairs = parse_class_map(["person=pedestrian", " car = Vehicle "])
+    mapping = class_mapping(COCO_CLASSES, cats, pairs)
+    assert mapping.category_of == {0: 1, 2: 2, 7: 3}  # truck still by name
+
+
+@pytest.mark.parametrize(
+    ("names", "cats", "class_map", "message"),
+    [
+        (("a", "b"), [{"id": 1, "name": "x"}], [], r"no category of ann.json \('x'\) is named like any"),
+        (("a", "A"), [{"id": 1, "name": "a"}], [], r"model classes 'a' and 'A' have the same name"),
+        (("a",), [{"id": 1, "name": "a"}, {"id": 2, "name": "a "}], [], r"categories of ann.json 'a' and"),
+        (("a", "b"), [{"id": 1, "name": "x"}], [("c", "x")], r"the model has no class 'c'"),
+        (("a", "b"), [{"id": 1, "name": "x"}], [("a", "y")], r"ann.json has no category 'y' \(it has 'x'\)"),
+        (("a", "b"), [{"id": 1, "name": "a"}], [("b", "a")], r"'a' and 'b' both map to the category 'a'"),
+    ],
+)
+def test_class_mapping_errors_name_the_problem(
+    names: tuple[str, ...], cats: list[dict[str, object]], class_map: list[tuple[str, str]], message: str
+) -> None:
+    with pytest.raises(ClassMapError, match=message):
+        class_mapping(names, cats, class_map, source="ann.json")
+
+
+def test_class_map_entries_must_have_both_names() -> None:
+    with pytest.raises(ClassMapError, match="write MODEL_CLASS=FILE_CATEGORY"):
+        parse_class_map(["person"])
 
 
 def _oracle_dataset(tmp_path: Path) -> tuple[Path, Path, list[tuple[float, float]]]:
@@ -88,7 +122,9 @@ def test_oracle_pipeline_scores_perfectly(tmp_path: Path) -> None:
     assert (person.name, person.category_id, person.instances) == ("person", 1, 3)
     assert all(math.isnan(row.ap) for row in result.per_class[1:])
     table = format_table(result)
-    assert "mAP@[.5:.95]" in table and "person" in table and "bicycle" not in table
+    assert table.startswith("engine onnxruntime (OnnxRuntimeEngine) on cpu") and "CPU letterbox" in table
+    rows = table.split("AP50\n", 1)[1]
+    assert "mAP@[.5:.95]" in table and "person" in rows and "bicycle" not in rows
 
 
 def test_missing_images_are_refused(tmp_path: Path) -> None:
@@ -130,3 +166,27 @@ def test_reference_map(model: str, split: str, expected: float, tmp_path: Path) 
     result = evaluate(cfg, ann, images, EvalParams())  # type: ignore[arg-type]
     assert abs(result.map - expected) <= 0.005, format_table(result)
     assert result.map50 > result.map
+
+
+def test_person_only_labels_reproduce_the_person_ap(tmp_path: Path) -> None:
+    """A person-only file (tinycoco's person boxes) with the 80-class yolov7 gives the full file's person
+    AP for the same images: the other classes' detections are left out after NMS, as the daemon runs it."""
+    ann, images = _tinycoco("val2017")
+    data = json.loads(ann.read_text())
+    person = [c for c in data["categories"] if c["name"] == "person"]
+    person_only = tmp_path / "person.json"
+    boxes = [a | {"category_id": 7} for a in data["annotations"] if a["category_id"] == person[0]["id"]]
+    person_only.write_text(json.dumps({
+        "images": data["images"], "categories": [{"id": 7, "name": "Person"}],  # another case, another id
+        "annotations": boxes,
+    }))  # fmt: skip
+    cfg = _config(shared_model("yolov7-coco.onnx"), tmp_path, "detection:\n  classes: [person]\n")
+    full = evaluate(cfg, ann, images)  # type: ignore[arg-type]
+    only = evaluate(cfg, person_only, images)  # type: ignore[arg-type]
+    full_person = next(row for row in full.per_class if row.name == "person")
+    assert only.evaluated == ["person"] and len(only.ignored) == 79 and "car" in only.ignored
+    assert [row.name for row in only.per_class] == ["person"] and only.instances == full_person.instances > 0
+    assert abs(only.map - full_person.ap) <= 0.002, (only.map, full_person.ap)
+    assert abs(only.per_class[0].ap50 - full_person.ap50) <= 0.002
+    table = format_table(only)
+    assert "classes evaluated (1): person" in table and "model classes ignored, not in the file (79)" in table

@@ -25,7 +25,10 @@ from streamer.parity import (
     read_frames,
     run_parity,
 )
+from streamer.parity_compare import FrameDiff, PairResult, ParityResult
+from streamer.parity_report import format_summary, notes_for
 from streamer.parity_stages import PREPROCESSORS, diagnose_input, first_divergence
+from streamer.postprocess import NmsParams
 from streamer.preprocess import letterbox_geometry
 from tests.support.defects import bn_eps_factors, chain_model, perturb_conv
 from tests.support.media import write_clip
@@ -74,6 +77,53 @@ def test_parse_backends(tmp_path: Path) -> None:
             parse_backends(bad, model)
 
 
+def test_parse_backends_reads_precision_and_compile(tmp_path: Path) -> None:
+    model = tmp_path / "m.onnx"
+    specs = parse_backends(
+        "torch/fp32/eager,torch/fp16/compiled:sub/m.onnx@pad128,torch/fp16", model, tmp_path
+    )
+    assert [(s.backend, s.precision, s.compile, s.model, s.preprocess) for s in specs] == [
+        ("torch", "fp32", "off", model, "reference"),
+        ("torch", "fp16", "on", tmp_path / "sub" / "m.onnx", "pad128"),
+        ("torch", "fp16", None, model, "reference"),
+    ]
+    assert specs[1].overrides().precision == "fp16" and specs[1].overrides().compile == "on"
+    with pytest.raises(ParityError, match="unknown option 'fp8'"):
+        parse_backends("torch,torch/fp8", model)
+
+
+def _shifted_pair(shift: float, score: float, precisions: tuple[str, str]) -> PairResult:
+    """100 detections; the candidate's boxes moved by `shift` px and scores by `score`."""
+    a = np.array([[10 * k, 0, 10 * k + 50, 50, 0.9, 0] for k in range(100)], np.float32)
+    b = a.copy()
+    b[:, 0] += shift
+    b[:, 4] -= score
+    pair = PairResult("torch/fp32", "torch/fp16", precisions=precisions)
+    pair.frames.append(FrameDiff("f", a, b, match_detections(a, b)))
+    return pair
+
+
+def test_precision_pairs_are_judged_at_iou_0_9_and_said_so() -> None:
+    """fp16-sized differences (boxes 1 px off: IoU 0.98) fail an fp32 pair but pass an fp16 one, whose
+    report names precision as the cause; a larger shift fails both."""
+    t = Thresholds()
+    same = _shifted_pair(1.0, 0.02, ("fp32", "fp32"))
+    assert same.agreement == 0.0 and same.agreement_90 == 1.0
+    assert any("IoU ≥ 0.99" in f for f in same.failures(t))
+    fp16 = _shifted_pair(1.0, 0.02, ("fp32", "fp16"))
+    assert fp16.failures(t) == []
+    assert fp16.box_deltas().max() == pytest.approx(1.0) and fp16.matched_90 == 100
+    result = ParityResult([fp16], [], t, 1, NmsParams())
+    notes = notes_for(result)
+    assert any(
+        "computes in fp16, torch/fp32 in fp32" in n and "rounding of the lower precision" in n for n in notes
+    )
+    far = _shifted_pair(8.0, 0.02, ("fp32", "fp16"))  # IoU 0.84: below 0.9
+    assert any("IoU ≥ 0.9: 0.00% < 99.00% (fp16 vs fp32)" in f for f in far.failures(t))
+    loud = _shifted_pair(1.0, 0.2, ("fp32", "fp16"))
+    assert any("score difference up to 0.2000 > 0.05 (fp16 vs fp32)" in f for f in loud.failures(t))
+
+
 def test_match_detections_is_one_to_one_by_class_and_iou() -> None:
     a = np.array([[0, 0, 10, 10, 0.9, 0], [20, 20, 30, 30, 0.8, 1], [50, 50, 60, 60, 0.7, 2]], np.float32)
     b = np.array([[0, 0, 10, 11, 0.9, 0], [0, 0, 10, 10, 0.5, 0], [20, 20, 30, 30, 0.8, 3]], np.float32)
@@ -109,6 +159,9 @@ def test_identical_models_pass_and_write_a_report(tmp_path: Path) -> None:
     assert pair.layers is not None and pair.layers.first is None and pair.layers.compared
     report = (tmp_path / "out" / "report.md").read_text()
     assert report.startswith("# Parity report: PASS")
+    assert "engine onnxruntime (OnnxRuntimeEngine) on cpu" in report and "CpuExecutor" in report
+    summary = format_summary(result)
+    assert "at IoU>=0.9 4 (100.00%)" in summary and "box max|d| 0 px" in summary
     assert (tmp_path / "out" / "score_delta_hist.png").stat().st_size > 1000
     assert not (tmp_path / "out" / "frames").exists()  # no disagreeing frame, no picture
 
@@ -130,6 +183,20 @@ def test_preprocessing_defect_is_caught_by_the_stage(tmp_path: Path, pre: str, c
     assert not staged.passed
     failures = staged.pairs[0].failures(staged.thresholds)
     assert any("preprocessing differs" in f and cause in f for f in failures), failures
+
+
+def test_the_nvdec_path_letterbox_is_a_backend_preprocessing(tmp_path: Path) -> None:
+    """``@cuda``: the image as NV12 through the kernel's arithmetic (its NumPy model on a CPU engine);
+    the oracle still finds every spot, and the report says why the inputs differ."""
+    # (threshold 0.6: NV12 dims the disc by ~1 %, and half of it would be the padding's 3 x 114 levels)
+    model = write_oracle_model(tmp_path / "oracle.onnx", threshold=0.6)
+    specs = parse_backends("onnxruntime,onnxruntime@cuda", model)
+    assert specs[1].overrides().preprocess == "auto" and specs[0].overrides().preprocess == "cpu"
+    result = run_parity(_config(model, tmp_path), _spot_frames(), specs, stages=True)  # type: ignore[arg-type]
+    pair = result.pairs[0]
+    assert pair.detections_a == pair.detections_b == 4 and pair.agreement_90 == 1.0
+    assert pair.inputs is not None and pair.inputs.max_levels > 1  # chroma at half resolution
+    assert any("letterboxes as the daemon does NVDEC frames" in n for n in result.notes)
 
 
 def test_layer_stage_names_the_perturbed_conv(tmp_path: Path) -> None:
