@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import logging
+import logging.handlers
 import multiprocessing as mp
 import os
+import re
 import signal
+import subprocess
+import sys
+from multiprocessing.connection import Connection
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +20,9 @@ from streamer.config import SourceConfig, SupervisorConfig, parse_config
 from streamer.decoder_groups import DecoderGroups, GroupMember, decoder_kind
 from streamer.errors import ConfigError
 from streamer.processes import SourceProcess, parse_compute_apps, policy_of
-from streamer.workers.common import WorkerContext
+from streamer.workers.common import StopFlag, WorkerContext
+from streamer.workers.decoder_group import _Group
+from streamer.workers.source import EXIT_SOURCE_STALLED
 from tests.support.daemon import Daemon, alive, run_dirs, start_daemon
 from tests.support.media import bright_spot_clip
 from tests.support.models import write_oracle_model
@@ -106,16 +114,27 @@ def test_a_stream_that_ends_or_fails_leaves_its_group_mates_running(tmp_path: Pa
     )
     (tmp_path / "broken.mp4").write_bytes(b"not a video at all")
     text = text.replace("  - id: broken\n    url: a.mp4\n", "  - id: broken\n    url: broken.mp4\n")
-    daemon = start_daemon(tmp_path, text)
+    daemon = start_daemon(tmp_path, text + "metrics:\n  listen: 127.0.0.1:0\n")
     try:
         daemon.until_ended({"once", "broken"})
         _started(daemon, {"loops": 1, "once": 1})
-        assert _pid(daemon, "once") == _pid(daemon, "loops")
+        group = _pid(daemon, "loops")
+        assert _pid(daemon, "once") == group
         assert len(daemon.events("once", "eos")) == 1 and len(daemon.events("broken", "error")) == 1
         _more_frames(daemon, ["loops"], 30)
         frames = _frames(daemon, "loops")
         assert frames == list(range(len(frames))) and len(daemon.events("loops", "started")) == 1
-        assert alive(_pid(daemon, "loops"))
+        assert alive(group)
+        # `yolostream status`: one row for the shared process, its memory, its streams.
+        found = re.search(r"metrics and health checks on (http://\S+) ", daemon.log())
+        assert found is not None, daemon.log()
+        out = subprocess.run(
+            [sys.executable, "-m", "streamer", "status", "--url", found.group(1), "--interval", "0"],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert out.returncode == 0, out.stderr
+        assert re.search(r"^decoders +loops,once,broken +\d+ MiB +- +0$", out.stdout, re.M), out.stdout
+        assert not re.search(r"^source ", out.stdout, re.M), out.stdout
         assert daemon.stop() == 0, daemon.log()
     finally:
         daemon.close()
@@ -219,3 +238,36 @@ def test_gpu_memory_per_process_is_read_from_nvidia_smi_output() -> None:
     # one line per process and GPU; a process on two GPUs counts both.
     text = "4242, 585\n4243, 92\n4242, 10\n[N/A], [N/A]\n"
     assert parse_compute_apps(text) == {4242: 595.0, 4243: 92.0}
+
+
+def _hang_in_group(conn: Connection, queue: object) -> None:
+    logging.getLogger().addHandler(logging.handlers.QueueHandler(queue))  # type: ignore[arg-type]
+    logging.getLogger().setLevel(logging.INFO)
+    ctx = WorkerContext("", "", queue, "INFO", None, os.getppid())
+    _Group("cpu0", ctx, conn, StopFlag(ctx)).stalled("stuck", "reading the stream", 15.0)
+
+
+def test_a_hung_decoder_restarts_its_whole_group_and_its_mates_are_told_why() -> None:
+    # The group's watchdog verdict, in a real child process: report the hung stream, exit with code 4.
+    limits = SupervisorConfig(cpu_streams_per_process=2)
+    streams = [SourceConfig(id=sid, url="/v.mp4", decoder="cpu") for sid in ("stuck", "mate")]
+    members = _placed(limits, streams, on_gpu=False)
+    assert all(isinstance(m, GroupMember) for m in members)
+    group = members[0].group  # type: ignore[attr-defined]
+    spawn = mp.get_context("spawn")
+    queue = spawn.Queue()
+    mine, theirs = spawn.Pipe()
+    group.proc = spawn.Process(target=_hang_in_group, args=(theirs, queue))
+    group.proc.start()
+    theirs.close()
+    group.conn = mine
+    for m in members:
+        m.running = True  # type: ignore[attr-defined]
+    group.proc.join(30)
+    codes = [m.exited() for m in members]
+    assert codes == [EXIT_SOURCE_STALLED, EXIT_SOURCE_STALLED] and group.stalled == "stuck"
+    hung, mate = (m.on_exit(code) for m, code in zip(members, codes, strict=True))
+    assert hung is not None and "the decoder hung" in hung
+    assert mate == "the decoder of stream stuck hung in the shared source worker; restarting it"
+    assert all(m.restart_at is not None and not m.done for m in members)  # a stall is not a crash
+    assert "stream stuck: reading the stream took more than 15 s" in queue.get(timeout=5).getMessage()
