@@ -164,9 +164,12 @@ class GroupProcess:
                 member.ended(code if code is not None else -1)
 
     def retire_if_idle(self) -> None:
-        """Forget finished streams; end the process when none of its streams runs or is due to restart."""
+        """Forget removed streams; end the process when none of its streams runs or is due to restart.
+
+        A stream that ended stays a member (it takes no place): changed by a reload, it comes back here.
+        """
         for sid, member in list(self.members.items()):
-            if (member.done or member.removed) and not member.running:
+            if member.removed and not member.running:
                 del self.members[sid]
         if self.proc is not None and not any(
             m.running or m.restart_at is not None for m in self.members.values()

@@ -144,13 +144,16 @@ def test_a_stream_that_ends_or_fails_leaves_its_group_mates_running(tmp_path: Pa
 
 
 def test_sighup_changing_one_stream_of_a_group_restarts_only_that_stream(tmp_path: Path, model: Path) -> None:
-    daemon = start_daemon(tmp_path, _config(model, ["keep", "change", "drop"], per_process=3))
+    # Two processes of two: [keep, drop] and [change, mate]. The reload removes drop, changes change and
+    # adds added: change restarts in its own process (not in the place drop left), added takes that place.
+    streams = ["keep", "drop", "change", "mate"]
+    daemon = start_daemon(tmp_path, _config(model, streams, per_process=2))
     config = tmp_path / "daemon.yaml"
     try:
-        _started(daemon, {"keep": 1, "change": 1, "drop": 1})
-        group = _pid(daemon, "keep")
-        assert _pid(daemon, "change") == _pid(daemon, "drop") == group
-        _more_frames(daemon, ["keep", "change", "drop"], 5)
+        _started(daemon, dict.fromkeys(streams, 1))
+        first, second = _pid(daemon, "keep"), _pid(daemon, "change")
+        assert _pid(daemon, "drop") == first != second == _pid(daemon, "mate")
+        _more_frames(daemon, streams, 5)
         text = config.read_text()
         text = text.replace(
             "  - id: change\n    url: a.mp4\n", "  - id: change\n    url: a.mp4\n    ring_slots: 6\n"
@@ -159,15 +162,16 @@ def test_sighup_changing_one_stream_of_a_group_restarts_only_that_stream(tmp_pat
         config.write_text(text)
         daemon.proc.send_signal(signal.SIGHUP)
         _started(daemon, {"change": 2, "added": 1})
-        # The changed stream restarted in the same process, the added one joined it, the kept one ran on.
-        assert _pid(daemon, "change", 1) == _pid(daemon, "added") == group
+        assert _pid(daemon, "change", 1) == second and _pid(daemon, "added") == first
         n_dropped = len(daemon.detections("drop"))
-        _more_frames(daemon, ["keep", "change", "added"], 10)
+        _more_frames(daemon, ["keep", "change", "added", "mate"], 10)
         assert len(daemon.detections("drop")) <= n_dropped + 4  # (frames already decoded may still come out)
-        assert len(daemon.events("keep", "started")) == 1 and not daemon.events("keep", "error")
-        frames = _frames(daemon, "keep")
-        assert frames == list(range(len(frames))), "the unchanged group mate lost frames"
+        for sid in ("keep", "mate"):  # the group mates ran on, untouched
+            assert len(daemon.events(sid, "started")) == 1 and not daemon.events(sid, "error")
+            frames = _frames(daemon, sid)
+            assert frames == list(range(len(frames))), f"the unchanged stream {sid} lost frames"
         assert not any(daemon.events(s, "error") for s in ("change", "added", "drop"))
+        assert alive(first) and alive(second)
         assert daemon.stop() == 0, daemon.log()
     finally:
         daemon.close()
