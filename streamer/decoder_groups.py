@@ -48,7 +48,13 @@ RETRY_START_S = 0.2
 
 def decoder_kind(cfg: SourceConfig, engine_on_gpu: bool) -> str:
     """``nvdec`` for a stream that will decode on the GPU, else ``cpu`` (as `open_source` decides)."""
-    return "nvdec" if cfg.decoder == "nvdec" or (cfg.decoder == "auto" and engine_on_gpu) else "cpu"
+    if cfg.decoder != "auto":
+        return cfg.decoder
+    if not engine_on_gpu:
+        return "cpu"
+    from streamer.sources.nvdec import nvdec_usable  # (looks for the driver and the modules, imports neither)
+
+    return "nvdec" if nvdec_usable() is None else "cpu"
 
 
 def _group_entry(name: str, cfgs: list[SourceConfig], ctx: WorkerContext, conn: Connection) -> None:

@@ -20,6 +20,7 @@ from streamer.config import SourceConfig, SupervisorConfig, parse_config
 from streamer.decoder_groups import DecoderGroups, GroupMember, decoder_kind
 from streamer.errors import ConfigError
 from streamer.processes import SourceProcess, parse_compute_apps, policy_of
+from streamer.sources.nvdec import nvdec_usable
 from streamer.workers.common import StopFlag, WorkerContext
 from streamer.workers.decoder_group import _Group
 from streamer.workers.source import EXIT_SOURCE_STALLED
@@ -219,11 +220,10 @@ def test_nvdec_streams_share_a_process_k_at_a_time_and_cpu_streams_get_their_own
     assert names == ["nvdec0"] * 8 + ["nvdec1"]
     cpu = [SourceConfig(id=f"c{i}", url="/v.mp4", decoder="cpu") for i in range(3)]
     assert not any(isinstance(w, GroupMember) for w in _placed(limits, cpu, on_gpu=True))
-    # `auto` decodes with NVDEC only when the engine runs on the GPU, and is placed accordingly.
+    # `auto` decodes with NVDEC only when the engine runs on the GPU and NVDEC is usable here.
     auto = SourceConfig(id="auto", url="/v.mp4")
-    assert (
-        decoder_kind(auto, engine_on_gpu=True) == "nvdec" and decoder_kind(auto, engine_on_gpu=False) == "cpu"
-    )
+    assert decoder_kind(auto, engine_on_gpu=True) == ("nvdec" if nvdec_usable() is None else "cpu")
+    assert decoder_kind(auto, engine_on_gpu=False) == "cpu"
     assert not isinstance(_placed(limits, [auto], on_gpu=False)[0], GroupMember)
     two = SupervisorConfig(cpu_streams_per_process=2)
     groups = [w.group.name for w in _placed(two, cpu, on_gpu=False) if isinstance(w, GroupMember)]
