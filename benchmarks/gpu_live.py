@@ -44,7 +44,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from gpu_pipeline import gpu_used_mib, stop_daemon
+from daemon_tools import gpu_used_mib, stop_daemon, timeline_summary
 
 from streamer.client import ReceiveTimeout, Subscriber
 
@@ -149,40 +149,6 @@ def measure(sub: Subscriber, proc: subprocess.Popen, streams: int, seconds: floa
         "slowest": min(rates), "p50": float(np.percentile(lat, 50)), "p99": float(np.percentile(lat, 99)),
         "max": float(lat.max()), "dropped": dropped, "lost": lost,
     }  # fmt: skip
-
-
-def timeline_summary(path: Path, window: tuple[float, float]) -> dict:
-    """Means and p99s of the per-batch stages (ms) and the loop's phase shares, inside `window` (wall)."""
-    if not path.is_file():
-        return {}
-    batches, loops = [], []
-    for line in path.read_text().splitlines():
-        try:
-            r = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        (batches if r["kind"] == "batch" else loops).append(r)
-    batches = [b for b in batches if window[0] <= b["publish_wall"] <= window[1]]
-    if not batches:
-        return {}
-    stages = {
-        "form": ("arrived_first", "formed"), "fill": ("formed", "filled"),
-        "launch": ("submitted", "launched"),
-        "queue": ("launched", "infer_start"), "engine": ("infer_start", "infer_end"),
-        "copy": ("infer_end", "copy_out_end"),
-        "nms": ("finished", "decoded"), "publish": ("decoded", "published"),
-    }  # fmt: skip
-    out: dict = {"batch": float(np.mean([b["n"] for b in batches])), "batches": len(batches)}
-    for name, (a, b) in stages.items():
-        values = [(r[b] - r[a]) * 1e3 for r in batches if a in r and b in r]
-        if values:
-            out[name] = (float(np.mean(values)), float(np.percentile(values, 99)))
-    loops = loops[-max(1, int((window[1] - window[0]) / 2)) :]
-    total = sum(r["seconds"] for r in loops) or 1.0
-    out["loop"] = {
-        p: sum(r[p] for r in loops) / total for p in ("poll", "accept", "collect", "dispatch", "other")
-    }
-    return out
 
 
 def engine_alone(model: Path, args: argparse.Namespace) -> tuple[float, str]:

@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -29,6 +27,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from daemon_tools import gpu_used_mib, stop_daemon, timeline_summary
 
 from streamer.client import Subscriber
 
@@ -47,30 +47,11 @@ def engine_ceiling(model: Path, batch: int, precision: str, batches: int) -> flo
         engine.close()
 
 
-def gpu_used_mib() -> float | None:
-    if shutil.which("nvidia-smi") is None:
-        return None
-    out = subprocess.run(
-        ["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
-        capture_output=True, text=True, timeout=10,
-    ).stdout.split()  # fmt: skip
-    return float(out[0]) if out else None
-
-
-def stop_daemon(proc: subprocess.Popen) -> None:
-    """SIGTERM (the daemon drains and exits), SIGKILL if it has not within 60 s."""
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(60)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-
-
 def daemon_throughput(
     model: Path, clip: Path, streams: int, batch: int, precision: str, decoder: str,
     warmup: float, seconds: float, workdir: Path, log: Path | None, ring_slots: int = 4,
-) -> tuple[float, float | None, int]:  # fmt: skip
-    """(detection messages/s, GPU MiB held by the daemon, streams that published)."""
+) -> tuple[float, float | None, int, dict]:  # fmt: skip
+    """(detection messages/s, GPU MiB held by the daemon, streams that published, timeline summary)."""
     endpoint = f"ipc://{workdir}/pub.sock"
     sources = "".join(
         f"  - id: s{i}\n    url: {clip}\n    decoder: {decoder}\n    loop: true\n"
@@ -86,9 +67,11 @@ def daemon_throughput(
     before = gpu_used_mib()
     out = log.open("w") if log else None
     seen: set[str] = set()
+    timeline = workdir / f"timeline-{streams}.jsonl"
+    env = {**os.environ, "YOLOSTREAM_TIMELINE": str(timeline)}
     with Subscriber(endpoint, events=True) as sub:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "streamer", "run", str(config)], stdout=out, stderr=out
+            [sys.executable, "-m", "streamer", "run", str(config)], stdout=out, stderr=out, env=env
         )
         try:
             first = None
@@ -101,19 +84,20 @@ def daemon_throughput(
             while time.perf_counter() - first < warmup:
                 sub.recv(timeout=60)
             memory = gpu_used_mib()
-            count, start = 0, time.perf_counter()
+            count, start, start_wall = 0, time.perf_counter(), time.time()
             while (now := time.perf_counter()) - start < seconds:
                 msg = sub.recv(timeout=60)
                 if msg.type == "det":  # type: ignore[union-attr]
                     count += 1
                     seen.add(msg.stream)  # type: ignore[union-attr]
             rate = count / (now - start)
+            stages = timeline_summary(timeline, (start_wall, start_wall + now - start))
         finally:
             stop_daemon(proc)
             if out:
                 out.close()
     held = None if memory is None or before is None else memory - before
-    return rate, held, len(seen)
+    return rate, held, len(seen), stages
 
 
 def main() -> None:
@@ -154,12 +138,16 @@ def main() -> None:
     name = name.decode(errors="replace").rstrip("\0") if isinstance(name, bytes) else name
     print(f"GPU: {name}; 1080p H.264 ({args.decoder}), YOLOv7 640 random weights, "
           f"{args.precision}, batch {args.batch}, pid {os.getpid()}")  # fmt: skip
-    header = ("streams", "publishing", "engine img/s", "daemon img/s", "ratio", "daemon GPU MiB")
+    header = ("streams", "publishing", "engine img/s", "daemon img/s", "ratio", "daemon GPU MiB",
+              "batch", "engine ms", "duty", "loop busy")  # fmt: skip
     print(" | ".join(header))
-    for n, rate, memory, published in results:
+    for n, rate, memory, published, t in results:
+        busy = 1 - t["loop"]["poll"] if t.get("loop") else float("nan")
         row = (
             str(n), str(published), f"{ceil:.1f}", f"{rate:.1f}", f"{rate / ceil:.2f}",
-            "?" if memory is None else f"{memory:.0f}",
+            "?" if memory is None else f"{memory:.0f}", f"{t.get('batch', 0):.1f}",
+            f"{t['engine'][0]:.1f}/{t['engine'][1]:.1f}" if "engine" in t else "-",
+            f"{t.get('duty', float('nan')):.2f}", f"{busy:.0%}",
         )  # fmt: skip
         print(" | ".join(f"{v:>{len(h)}}" for v, h in zip(row, header, strict=True)))
 

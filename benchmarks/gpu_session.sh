@@ -22,6 +22,8 @@
 #   real-accuracy  fp16 compiled / fp16 eager / fp32 vs ONNX Runtime fp32 on yolov5s + tinycoco (lite site)
 #   save-cache  the compile caches into $OUT/cache.tar.xz (copy it to .whl-gpu/ and carry it: a warm start)
 #   live      benchmarks/gpu_live.py: LIVE_STREAMS (4 16 32 48 64), LIVE_SECONDS (60) per count
+#   mps-live  the same under CUDA MPS (LIVE_STREAMS 32 48, LIVE_SECONDS 30, LIVE_BATCH 16)
+#   pipeline-fp16, pipeline-mps, pipeline-fp32  unpaced daemon vs engine alone (16/48 fp16, MPS, fp32 16)
 set -u
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/gpu-logs}
@@ -36,6 +38,18 @@ export YOLOSTREAM_CACHE=/tmp/yolostream-cache
 if [ -f .whl-gpu/cache.tar.xz ] && [ ! -d "$YOLOSTREAM_CACHE/inductor" ]; then
     mkdir -p "$YOLOSTREAM_CACHE" && tar xJf .whl-gpu/cache.tar.xz -C "$YOLOSTREAM_CACHE" && echo "compile cache restored"
 fi
+
+with_mps() {  # run "$@" with a CUDA MPS control daemon up (pipe and logs under /tmp), then stop it
+    export CUDA_MPS_PIPE_DIRECTORY=/tmp/mps-pipe CUDA_MPS_LOG_DIRECTORY=/tmp/mps-log
+    mkdir -p "$CUDA_MPS_PIPE_DIRECTORY" "$CUDA_MPS_LOG_DIRECTORY"
+    nvidia-cuda-mps-control -d || { echo "MPS did not start"; return 1; }
+    "$@"
+    local rc=$?
+    echo quit | nvidia-cuda-mps-control
+    tail -2 "$CUDA_MPS_LOG_DIRECTORY/control.log"
+    return $rc
+}
+export -f with_mps
 
 stage() {
     case "$1" in
@@ -67,16 +81,8 @@ print('PyAV', av.__version__, '| cuda-bindings', cuda.bindings.__version__, '| t
                 grep -v "^$" | tail -26
         done ;;
     fp16-mps)  # the fp16 daemon under CUDA MPS: one shared GPU context instead of 17 time-sliced ones
-        export CUDA_MPS_PIPE_DIRECTORY=/tmp/mps-pipe CUDA_MPS_LOG_DIRECTORY=/tmp/mps-log
-        mkdir -p "$CUDA_MPS_PIPE_DIRECTORY" "$CUDA_MPS_LOG_DIRECTORY"
-        nvidia-cuda-mps-control -d || { echo "MPS did not start"; return 1; }
-        python benchmarks/gpu_pipeline.py --streams 16 --batch 16 --seconds 20 --precision fp16 \
-            --log "$OUT/daemon-fp16-mps.log"
-        rc=$?
-        echo quit | nvidia-cuda-mps-control
-        echo "fallback events: $(grep -c 'fallback' "$OUT/daemon-fp16-mps.log")"
-        tail -3 "$CUDA_MPS_LOG_DIRECTORY/control.log"
-        return $rc ;;
+        with_mps python benchmarks/gpu_pipeline.py --streams 16 --batch 16 --seconds 20 --precision fp16 \
+            --log "$OUT/daemon-fp16-mps.log" ;;
     fp16-contexts)  # fewer source processes (contexts), same batch: 4 streams x 4 frames per batch
         python benchmarks/gpu_pipeline.py --streams 4 --batch 16 --ring-slots 12 --seconds 20 --precision fp16 \
             --log "$OUT/daemon-fp16-4streams.log" ;;
@@ -92,15 +98,14 @@ print('PyAV', av.__version__, '| cuda-bindings', cuda.bindings.__version__, '| t
         python benchmarks/gpu_pipeline.py --streams 16 48 --batch 16 --seconds 15 --warmup 8 --precision fp16 \
             --log "$OUT/daemon-pipeline.log" ;;
     mps-live)  # live streams under CUDA MPS (one GPU context for every process instead of one each)
-        export CUDA_MPS_PIPE_DIRECTORY=/tmp/mps-pipe CUDA_MPS_LOG_DIRECTORY=/tmp/mps-log
-        mkdir -p "$CUDA_MPS_PIPE_DIRECTORY" "$CUDA_MPS_LOG_DIRECTORY"
-        nvidia-cuda-mps-control -d || { echo "MPS did not start"; return 1; }
-        python benchmarks/gpu_live.py --streams ${LIVE_STREAMS:-32 48} --seconds ${LIVE_SECONDS:-30} \
-            --warmup 8 --out "$OUT/mps"
-        rc=$?
-        echo quit | nvidia-cuda-mps-control
-        tail -3 "$CUDA_MPS_LOG_DIRECTORY/control.log"
-        return $rc ;;
+        with_mps python benchmarks/gpu_live.py --streams ${LIVE_STREAMS:-32 48} --seconds ${LIVE_SECONDS:-30} \
+            --warmup 8 --batch ${LIVE_BATCH:-16} --out "$OUT/${LIVE_OUT:-mps}" ;;
+    pipeline-mps)  # unpaced under CUDA MPS, fp16 compiled, 16 and 48 streams
+        with_mps python benchmarks/gpu_pipeline.py --streams 16 48 --batch 16 --seconds 15 --warmup 8 \
+            --precision fp16 --log "$OUT/daemon-pipeline-mps.log" ;;
+    pipeline-fp32)  # unpaced, fp32 compiled, 16 streams
+        python benchmarks/gpu_pipeline.py --streams 16 --batch 16 --seconds 15 --warmup 8 --precision fp32 \
+            --log "$OUT/daemon-pipeline-fp32.log" ;;
     save-cache)  # the compile caches (inductor, kernels) into $OUT/cache.tar.xz for the next call to carry
         tar cJf "$OUT/cache.tar.xz" -C "$YOLOSTREAM_CACHE" inductor kernels && ls -l "$OUT/cache.tar.xz" ;;
     variants)  # the torch engine's variants: eager / compiled per size / compiled dynamic, build time, img/s
@@ -115,7 +120,8 @@ declare -A LIMIT=([env]=60 [probe]=90 [kernel]=90 [nvdec]=200 [engine]=200 [accu
                   [pipeline]=330 [profile]=300
                   [fp16-mps]=200 [fp16-contexts]=200 [variants]=560
                   [executor]=200 [real-accuracy]=400 [live]=580
-                  [pipeline-fp16]=230 [mps-live]=220)
+                  [pipeline-fp16]=330 [mps-live]=330 [pipeline-mps]=300
+                  [pipeline-fp32]=300 [save-cache]=60)
 SUMMARY=()
 for name in "$@"; do
     start=$(date +%s)
