@@ -54,7 +54,7 @@ def measure(
     model: Path, clip: Path, streams: int, per_process: int, args: argparse.Namespace, workdir: Path
 ) -> tuple[int, float, float | None, float | None]:
     """(source processes, source RSS MiB, source GPU MiB or None, daemon GPU MiB or None)."""
-    from gpu_pipeline import gpu_used_mib, stop_daemon
+    from daemon_tools import gpu_used_mib, stop_daemon
 
     endpoint = f"ipc://{workdir}/pub-{streams}-{per_process}.sock"
     sources = "".join(
