@@ -10,7 +10,8 @@
 #   env       GPU, driver, versions of what was unpacked
 #   probe     benchmarks/nvdec_probe.py: what PyNvVideoCodec's frames look like here
 #   kernel    letterbox kernel and two-process CUDA ring tests
-#   nvdec     NVDEC source (frames and pts equal PyAV's), fallback, the daemon with NVDEC + CPU fallback
+#   nvdec     NVDEC source (frames and pts equal PyAV's), fallback, the daemon with NVDEC + CPU fallback,
+#             NVDEC streams sharing a process (killed: they resume)
 #   engine    torch engine tests on CUDA
 #   accuracy  kernel vs CPU reference, 5 sizes × H.264/HEVC (the histogram)
 #   decode    NVDEC + ring + kernel vs bare PyNvVideoCodec, 1/4/8/16 streams
@@ -63,7 +64,8 @@ print('PyAV', av.__version__, '| cuda-bindings', cuda.bindings.__version__, '| t
       '| PyNvVideoCodec', getattr(PyNvVideoCodec, '__version__', '?'))" ;;
     probe) python benchmarks/nvdec_probe.py ;;
     kernel) python -m pytest -p no:cacheprovider -q -rs tests/preprocess/test_cuda_kernel.py tests/transport/test_cuda_ring.py ;;
-    nvdec) python -m pytest -p no:cacheprovider -q -rs tests/sources/test_nvdec_source.py tests/sources/test_nvdec_fallback.py ;;
+    nvdec) python -m pytest -p no:cacheprovider -q -rs tests/sources/test_nvdec_source.py tests/sources/test_nvdec_fallback.py \
+        tests/test_decoder_groups.py::test_nvdec_streams_share_one_process_and_resume_when_it_is_killed ;;
     engine) python -m pytest -p no:cacheprovider -q -rs tests/engine/test_torch_engine.py ;;
     accuracy) python benchmarks/gpu_kernel_accuracy.py ;;
     decode) python benchmarks/gpu_decode.py --streams 1 4 8 16 --seconds 8 ;;

@@ -275,3 +275,50 @@ def test_a_hung_decoder_restarts_its_whole_group_and_its_mates_are_told_why() ->
     assert mate == "the decoder of stream stuck hung in the shared source worker; restarting it"
     assert all(m.restart_at is not None and not m.done for m in members)  # a stall is not a crash
     assert "stream stuck: reading the stream took more than 15 s" in queue.get(timeout=5).getMessage()
+
+
+# --- on the GPU host --------------------------------------------------------------------------------------
+
+
+@pytest.mark.gpu
+def test_nvdec_streams_share_one_process_and_resume_when_it_is_killed(tmp_path: Path) -> None:
+    """Three NVDEC streams in one process (one CUDA context) by default; killed, it restarts and every
+    stream's boxes still land on their spots (new CUDA rings mapped by the same inference worker)."""
+    from streamer.sources.nvdec import nvdec_usable
+
+    if (why := nvdec_usable()) is not None:
+        pytest.skip(f"no NVDEC: {why}")
+    pytest.importorskip("torch")
+    pytest.importorskip("onnx2torch")
+    model = write_oracle_model(tmp_path / "oracle.onnx")
+    rng = np.random.default_rng(5)
+    points = [(float(rng.uniform(300, 1000)), float(rng.uniform(200, 500))) for _ in range(12)]
+    bright_spot_clip(tmp_path / "gpu.mp4", (1280, 720), points, radius=14, codec="h264")
+    ids = ["n1", "n2", "n3"]
+    sources = "".join(f"  - id: {sid}\n    url: gpu.mp4\n    decoder: nvdec\n    loop: true\n" for sid in ids)
+    daemon = start_daemon(
+        tmp_path,
+        f"model:\n  onnx: {model}\nengine:\n  backend: torch\n  device: cuda\n  max_batch: 4\n"
+        f"sources:\n{sources}publish:\n  endpoint: {{endpoint}}\nlogging:\n  stats_interval_s: 0\n",
+    )
+    try:
+        daemon.receive_until(lambda ms: all(daemon.events(s, "started") for s in ids), timeout=300)
+        (shared,) = {_pid(daemon, s) for s in ids}
+        assert all(daemon.events(s, "started")[0].detail["decoder"] == "nvdec" for s in ids)
+        _more_frames(daemon, ids, 5, timeout=120)
+        os.kill(shared, signal.SIGKILL)
+        daemon.receive_until(lambda ms: all(len(daemon.events(s, "started")) == 2 for s in ids), timeout=120)
+        (again,) = {_pid(daemon, s, 1) for s in ids}
+        assert again != shared
+        _more_frames(daemon, ids, 2 * len(points), timeout=120)
+        for sid in ids:
+            frames = _frames(daemon, sid)
+            assert frames.count(0) == 2, f"{sid}: the file did not start again in the new process"
+            for msg in daemon.detections(sid):
+                (det,) = msg.detections
+                x, y = points[msg.frame % len(points)]
+                x1, y1, x2, y2 = det.box
+                assert abs((x1 + x2) / 2 - x) <= 1.0 and abs((y1 + y2) / 2 - y) <= 1.0, (sid, msg.frame)
+        assert daemon.stop() == 0, daemon.log()
+    finally:
+        daemon.close()
