@@ -284,8 +284,6 @@ def test_a_hung_decoder_restarts_its_whole_group_and_its_mates_are_told_why() ->
 def test_nvdec_streams_share_one_process_and_resume_when_it_is_killed(tmp_path: Path) -> None:
     """Three NVDEC streams in one process (one CUDA context) by default; killed, it restarts and every
     stream's boxes still land on their spots (new CUDA rings mapped by the same inference worker)."""
-    from streamer.sources.nvdec import nvdec_usable
-
     if (why := nvdec_usable()) is not None:
         pytest.skip(f"no NVDEC: {why}")
     pytest.importorskip("torch")
