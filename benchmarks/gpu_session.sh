@@ -10,7 +10,8 @@
 #   env       GPU, driver, versions of what was unpacked
 #   probe     benchmarks/nvdec_probe.py: what PyNvVideoCodec's frames look like here
 #   kernel    letterbox kernel and two-process CUDA ring tests
-#   nvdec     NVDEC source (frames and pts equal PyAV's), fallback, the daemon with NVDEC + CPU fallback
+#   nvdec     NVDEC source (frames and pts equal PyAV's), fallback, the daemon with NVDEC + CPU fallback,
+#             NVDEC streams sharing a process (killed: they resume)
 #   engine    torch engine tests on CUDA
 #   accuracy  kernel vs CPU reference, 5 sizes × H.264/HEVC (the histogram)
 #   decode    NVDEC + ring + kernel vs bare PyNvVideoCodec, 1/4/8/16 streams
@@ -27,6 +28,8 @@
 #   live      benchmarks/gpu_live.py: LIVE_STREAMS (4 16 32 48 64), LIVE_SECONDS (60) per count
 #   mps-live  the same under CUDA MPS (LIVE_STREAMS 32 48, LIVE_SECONDS 30, LIVE_BATCH 16)
 #   pipeline-fp16, pipeline-mps, pipeline-fp32  unpaced daemon vs engine alone (16/48 fp16, MPS, fp32 16)
+#   memory    benchmarks/source_memory.py: source workers' host and GPU memory per stream, 16 and 64 1080p
+#             NVDEC streams, a process per stream vs 8 a process (MEMORY_STREAMS, MEMORY_PER_PROCESS)
 set -u
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/gpu-logs}
@@ -64,7 +67,8 @@ print('PyAV', av.__version__, '| cuda-bindings', cuda.bindings.__version__, '| t
       '| PyNvVideoCodec', getattr(PyNvVideoCodec, '__version__', '?'))" ;;
     probe) python benchmarks/nvdec_probe.py ;;
     kernel) python -m pytest -p no:cacheprovider -q -rs tests/preprocess/test_cuda_kernel.py tests/transport/test_cuda_ring.py ;;
-    nvdec) python -m pytest -p no:cacheprovider -q -rs tests/sources/test_nvdec_source.py tests/sources/test_nvdec_fallback.py ;;
+    nvdec) python -m pytest -p no:cacheprovider -q -rs tests/sources/test_nvdec_source.py tests/sources/test_nvdec_fallback.py \
+        tests/test_decoder_groups.py::test_nvdec_streams_share_one_process_and_resume_when_it_is_killed ;;
     engine) python -m pytest -p no:cacheprovider -q -rs tests/engine/test_torch_engine.py ;;
     accuracy) python benchmarks/gpu_kernel_accuracy.py ;;
     decode) python benchmarks/gpu_decode.py --streams 1 4 8 16 --seconds 8 ;;
@@ -94,6 +98,9 @@ print('PyAV', av.__version__, '| cuda-bindings', cuda.bindings.__version__, '| t
     real-accuracy)  # the GPU variants vs ONNX Runtime fp32 on yolov5s and tinycoco (carried in benchmarks/.cache)
         python benchmarks/gpu_accuracy.py --model benchmarks/.cache/yolov5s-coco.onnx \
             --images benchmarks/.cache/tinycoco --out "$OUT" ;;
+    memory)  # GPU and host memory per NVDEC stream: a process (and CUDA context) per stream vs shared
+        python benchmarks/source_memory.py --streams ${MEMORY_STREAMS:-16 64} \
+            --per-process ${MEMORY_PER_PROCESS:-1 8} --decoder nvdec --hd ;;
     live)  # live streams per GPU: 4 .. 64 realtime 1080p30 NVDEC streams, fp16 compiled, batch 16
         python benchmarks/gpu_live.py --streams ${LIVE_STREAMS:-4 16 32 48 64} --seconds ${LIVE_SECONDS:-60} \
             --warmup 10 --out "$OUT" ;;

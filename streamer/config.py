@@ -558,6 +558,20 @@ class SupervisorConfig(_Section):
     inference_rss_limit_mb: StrictInt | None = Field(
         default=None, ge=1, description="Recycle the inference worker when its memory (RSS) exceeds this."
     )
+    nvdec_streams_per_process: StrictInt = Field(
+        default=8,
+        ge=1,
+        le=64,
+        description="Streams decoded by NVDEC (decoder nvdec, or auto with an engine on the GPU) share a "
+        "source worker process, and its CUDA context, this many at a time; 1: a process per stream.",
+    )
+    cpu_streams_per_process: StrictInt = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="Streams decoded on the CPU share a source worker process this many at a time; 1 (the "
+        "default): a process per stream.",
+    )
 
 
 class LoggingConfig(_Section):

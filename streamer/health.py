@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from streamer.metrics import PREFIX
-from streamer.processes import rss_mb
+from streamer.processes import gpu_memory_by_pid, rss_mb
 
 if TYPE_CHECKING:
     from prometheus_client.registry import Collector
@@ -43,9 +43,9 @@ STREAM_STATES = ("starting", "running", "reconnecting", "down", "frozen", "resta
 @dataclass(frozen=True)
 class WorkerView:
     worker: str
-    """``supervisor``, ``inference`` or ``source``."""
+    """``supervisor``, ``inference``, ``source`` or ``decoders`` (a source worker shared by streams)."""
     stream: str
-    """The stream of a source worker; empty for the others."""
+    """The stream of a source worker (a decoder group's streams, comma-separated); empty for the others."""
     pid: int | None
     restarts: int
 
@@ -111,9 +111,13 @@ def build_snapshot(
     workers.append(
         WorkerView("inference", "", inference.pid if inference else None, restarts.get(("inference", ""), 0))
     )
-    workers += [
-        WorkerView("source", sid, w.pid, restarts.get(("source", sid), 0)) for sid, w in sources.items()
-    ]
+    processes: dict[tuple[str, str], list[str]] = {}
+    for sid, w in sources.items():
+        processes.setdefault(w.process_key(), []).append(sid)
+    for (kind, _name), sids in processes.items():  # a decoder group: one row for its streams
+        pid = next((p for p in (sources[sid].pid for sid in sids) if p is not None), None)
+        count = max(restarts.get(("source", sid), 0) for sid in sids)
+        workers.append(WorkerView(kind, ",".join(sids), pid, count))
     return Snapshot(
         started=base.started,
         phase=phase,
@@ -208,14 +212,23 @@ class SupervisorCollector:
             PREFIX + "process_resident_memory_bytes", "Resident memory of each process.",
             labels=["worker", "stream"],
         )  # fmt: skip
+        gpu = GaugeMetricFamily(
+            PREFIX + "process_gpu_memory_bytes",
+            "GPU memory used by each process (from nvidia-smi; absent without a GPU).",
+            labels=["worker", "stream"],
+        )
+        on_gpu = gpu_memory_by_pid()
         for w in snap.workers:
             if w.worker != "supervisor":
                 restarts.add_metric([w.worker, w.stream], w.restarts)
             used = rss_mb(w.pid)
             if used is not None:
                 rss.add_metric([w.worker, w.stream], used * 1024 * 1024)
+            if w.pid in on_gpu:
+                gpu.add_metric([w.worker, w.stream], on_gpu[w.pid] * 1024 * 1024)
         yield restarts
         yield rss
+        yield gpu
         ready = float(snap.inference == "ready")
         yield GaugeMetricFamily(PREFIX + "inference_ready", "1 while the inference worker is ready.", ready)
         uptime = time.time() - snap.started

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import shutil
 import signal
+import subprocess
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -62,6 +64,42 @@ def rss_mb(pid: int | None) -> float | None:
     except (OSError, ValueError, IndexError):
         return None
     return None
+
+
+_GPU_CACHE_S = 2.0
+_gpu_seen: tuple[float, dict[int, float]] = (-_GPU_CACHE_S, {})
+
+
+def gpu_memory_by_pid() -> dict[int, float]:
+    """GPU memory in MiB used by each process that has a CUDA context, by pid; {} without nvidia-smi.
+
+    Read with ``nvidia-smi --query-compute-apps`` (NVML through a library is not a dependency), at most
+    every 2 s. In a container without its own PID namespace view, the driver reports host pids, which
+    match nothing here: then no process shows GPU memory.
+    """
+    global _gpu_seen
+    now = time.monotonic()
+    if now - _gpu_seen[0] < _GPU_CACHE_S:
+        return _gpu_seen[1]
+    used: dict[int, float] = {}
+    smi = shutil.which("nvidia-smi")
+    if smi is not None:
+        query = [smi, "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"]
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            out = subprocess.run(query, capture_output=True, text=True, timeout=5, check=True).stdout
+            used = parse_compute_apps(out)
+    _gpu_seen = (now, used)
+    return used
+
+
+def parse_compute_apps(text: str) -> dict[int, float]:
+    """``pid, used_memory`` lines (MiB) → {pid: MiB}, summed over GPUs; lines it cannot read are skipped."""
+    used: dict[int, float] = {}
+    for line in text.splitlines():
+        pid, _, mib = line.partition(",")
+        with contextlib.suppress(ValueError):
+            used[int(pid)] = used.get(int(pid), 0.0) + float(mib)
+    return used
 
 
 def kill(proc: BaseProcess) -> None:
@@ -130,10 +168,27 @@ class SourceProcess(_WorkerProcess):
         self.tracker.started()
         self.restart_at, self.planned = None, False
 
+    @property
+    def label(self) -> str:
+        """What its log lines call the process."""
+        return f"stream {self.cfg.id}: source worker"
+
+    def process_key(self) -> tuple[str, str]:
+        """``(worker, name)`` of its process: streams that share a process (a decoder group) share it."""
+        return ("source", self.cfg.id)
+
+    def waitables(self) -> list[Any]:
+        """What the supervisor waits on to notice this stream's exit."""
+        return [self.proc.sentinel] if self.proc is not None else []
+
     def ask_to_stop(self, planned: bool) -> None:
         self.planned = planned
         if self.stop_event is not None:
             self.stop_event.set()
+
+    def recycle(self) -> None:
+        """Restart its process between frames (over its memory budget); not counted as a crash."""
+        self.ask_to_stop(planned=True)
 
     def join(self, timeout: float) -> None:
         if self.proc is not None:

@@ -73,6 +73,8 @@ class WorkerRow:
     worker: str
     stream: str
     rss: float | None = None
+    gpu: float | None = None
+    """GPU memory of the process (bytes), where nvidia-smi reports it."""
     restarts: float | None = None
 
 
@@ -119,11 +121,13 @@ def parse(text: str, at: float | None = None) -> Scrape:
             streams[stream].decoder = labels.get("decoder", "?")
         elif name == "frame_latency_seconds_bucket":
             streams[stream].latency[float(labels["le"])] = value
-        elif name in ("process_resident_memory_bytes", "worker_restarts_total"):
+        elif name in ("process_resident_memory_bytes", "process_gpu_memory_bytes", "worker_restarts_total"):
             key = (labels.get("worker", "?"), stream)
             row = workers.setdefault(key, WorkerRow(*key))
             if name == "worker_restarts_total":
                 row.restarts = value
+            elif name == "process_gpu_memory_bytes":
+                row.gpu = value
             else:
                 row.rss = value
         elif not labels and s.name.startswith(_P):
@@ -236,13 +240,13 @@ def render(url: str, now: Scrape, readiness: dict[str, Any], before: Scrape | No
     lines.append(f"(FPS: frames published per second, P50/P95: capture-to-publish latency, {window})")
     if drops:
         lines += ["dropped frames by reason:", *drops]
-    order = {"supervisor": 0, "inference": 1, "source": 2}
-    workers = sorted(now.workers, key=lambda w: (order.get(w.worker, 3), w.stream))
+    order = {"supervisor": 0, "inference": 1, "decoders": 2, "source": 3}
+    workers = sorted(now.workers, key=lambda w: (order.get(w.worker, 4), w.stream))
     lines.append("")
     lines += _table(
-        ["WORKER", "STREAM", "RSS", "RESTARTS"],
-        [[w.worker, w.stream, _mib(w.rss), _count(w.restarts)] for w in workers],
-        right={2, 3},
+        ["WORKER", "STREAM", "RSS", "GPU", "RESTARTS"],
+        [[w.worker, w.stream, _mib(w.rss), _mib(w.gpu), _count(w.restarts)] for w in workers],
+        right={2, 3, 4},
     )
     return "\n".join(lines)
 

@@ -36,6 +36,7 @@ from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from streamer.decoder_groups import DecoderGroups
 from streamer.errors import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, ConfigError, ModelError
 from streamer.health import MetricsServer, Snapshot, build_snapshot
 from streamer.logs import setup_main
@@ -103,6 +104,8 @@ class Supervisor:
         self._signals: list[int] = []
         self._notifier = notifier or SystemdNotifier()
         self._sources: dict[str, SourceProcess] = {}
+        """Per stream: its own process, or its place in a shared one (`streamer.decoder_groups`)."""
+        self._groups: DecoderGroups | None = None
         self._inference: InferenceProcess | None = None
         self._model: Path | None = None
         self._ctx: WorkerContext | None = None
@@ -249,6 +252,8 @@ class Supervisor:
         self._publish_health()
         self._notifier.stopping()
         self._stop_sources(list(self._sources.values()))
+        if self._groups is not None:
+            self._groups.close(SOURCE_JOIN_S)
         self._stop_inference()
         log.info("yolostream stopped")
         return exit_code
@@ -263,7 +268,8 @@ class Supervisor:
                 timeout = min(timeout, max(0.0, due - now))
         if self._notifier.watchdog_interval:
             timeout = min(timeout, self._notifier.watchdog_interval / 2)
-        waitables: list[Any] = [s.proc.sentinel for s in self._sources.values() if s.proc is not None]
+        # (dict: the streams of a decoder group share its process's sentinel and pipe)
+        waitables: list[Any] = list(dict.fromkeys(w for s in self._sources.values() for w in s.waitables()))
         if self._inference is not None and self._inference.proc is not None:
             waitables.append(self._inference.proc.sentinel)
         waitables.append(self._wake)
@@ -343,7 +349,10 @@ class Supervisor:
     # -- source workers ----------------------------------------------------------------------------
 
     def _add_source(self, scfg: Any) -> None:
-        worker = SourceProcess(self._mp, scfg, self._ctx, policy_of(self.cfg))  # type: ignore[arg-type]
+        if self._groups is None:
+            self._groups = DecoderGroups(self._mp, self._ctx)  # type: ignore[arg-type]
+        on_gpu = self._ctx is not None and bool(self._ctx.engine_on_gpu.value)
+        worker = self._groups.worker_for(scfg, self.cfg.supervisor, on_gpu, policy_of(self.cfg))
         self._sources[scfg.id] = worker
         worker.start()
 
@@ -399,16 +408,20 @@ class Supervisor:
         self._memory_at = now
         limits = self.cfg.supervisor
         if limits.source_rss_limit_mb:
+            checked = set()
             for worker in self._sources.values():
+                if worker.pid in checked:  # a decoder group: one process, one budget
+                    continue
+                checked.add(worker.pid)
                 used = rss_mb(worker.pid)
                 if worker.alive() and used is not None and used > limits.source_rss_limit_mb:
                     log.warning(
-                        "stream %s: source worker uses %.0f MiB > %d MiB: recycling it",
-                        worker.cfg.id,
+                        "%s uses %.0f MiB > %d MiB: recycling it",
+                        worker.label,
                         used,
                         limits.source_rss_limit_mb,
                     )
-                    worker.ask_to_stop(planned=True)
+                    worker.recycle()
         inference = self._inference
         used = rss_mb(inference.pid) if inference else None
         if inference and limits.inference_rss_limit_mb and used and used > limits.inference_rss_limit_mb:

@@ -66,8 +66,12 @@ def _exposition(published: float, latencies: list[float]) -> str:
     rss = Gauge("yolostream_process_resident_memory_bytes", "", ["worker", "stream"], registry=r)
     rss.labels("supervisor", "").set(70 * 2**20)
     rss.labels("source", "cam1").set(99 * 2**20)
+    rss.labels("decoders", "cam2,cam3").set(380 * 2**20)
+    gpu = Gauge("yolostream_process_gpu_memory_bytes", "", ["worker", "stream"], registry=r)
+    gpu.labels("decoders", "cam2,cam3").set(585 * 2**20)
     restarts = Counter("yolostream_worker_restarts_total", "", ["worker", "stream"], registry=r)
     restarts.labels("source", "cam1").inc(2)
+    restarts.labels("decoders", "cam2,cam3").inc(1)
     Gauge("yolostream_uptime_seconds", "", registry=r).set(3725)
     Counter("yolostream_publish_overflows_total", "", registry=r).inc(7)
     Gauge("yolostream_subscriptions", "", registry=r).set(2)
@@ -89,8 +93,11 @@ def test_parse_and_render_the_status_table() -> None:
     assert row.split() == ["cam1", "running", "nvdec", "153", "150", "3", "25.0", "75", "ms", "98", "ms", "0"]
     assert "over the last 2.0 s" in text
     assert "  cam1: inference_behind 2, ring_full 1" in lines
-    assert re.search(r"^supervisor +70 MiB +-$", text, re.M)
-    assert re.search(r"^source +cam1 +99 MiB +2$", text, re.M)
+    assert re.search(r"^supervisor +70 MiB +- +-$", text, re.M)
+    assert re.search(r"^source +cam1 +99 MiB +- +2$", text, re.M)  # GPU memory: '-' where none is known
+    # A decoder group: one row for its process (host and GPU memory), its streams comma-separated.
+    assert re.search(r"^decoders +cam2,cam3 +380 MiB +585 MiB +1$", text, re.M)
+    assert re.search(r"^WORKER +STREAM +RSS +GPU +RESTARTS$", text, re.M)
     # Without a first scrape: totals since the start, no frames per second.
     text = render("http://h:1", now, {"ready": False, "reason": "no stream is running"})
     assert "not ready (no stream is running)" in text and "since the start" in text
@@ -326,7 +333,7 @@ def test_metrics_health_and_status_of_a_running_daemon(tmp_path: Path, clip: Pat
         assert re.search(r"^cam +(reconnecting|down) +- +0 +0 +0 +0\.0 +- +- +\d+$", out.stdout, re.M), (
             out.stdout
         )
-        assert re.search(r"^source +files +\d+ MiB +0$", out.stdout, re.M), out.stdout
+        assert re.search(r"^source +files +\d+ MiB +- +0$", out.stdout, re.M), out.stdout
 
         # A worker killed: its counters stay in the totals (multiprocess files of a dead pid), a restart
         # is counted, and counting goes on in the new worker.

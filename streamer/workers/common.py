@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import cProfile
+import itertools
 import os
 import signal
 import threading
@@ -61,6 +62,11 @@ def start_worker(ctx: WorkerContext) -> StopFlag:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, lambda *_: flag.set())
     return flag
+
+
+next_generation = itertools.count(1).__next__
+"""A number new within this process, for the name of a ring file (``<stream>.<pid>.<generation>``): a
+stream restarted inside the same process (a decoder group) never reuses a file the reader has mapped."""
 
 
 SLOT_WAIT_S = (0.0002, 0.002)

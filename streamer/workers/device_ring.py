@@ -19,7 +19,7 @@ from streamer.messages import FrameReady
 from streamer.sources.base import DeviceFrame
 from streamer.transport.cuda_ring import CudaRingWriter
 from streamer.transport.notify import NotifySender
-from streamer.workers.common import wait_for_slot
+from streamer.workers.common import next_generation, wait_for_slot
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ class DeviceRing:
         if self.ring is None or not self.ring.fits(width, height):
             if self.ring is not None:
                 self._retired.append(self.ring)  # the reader may still hold some of its slots
-            self._generation += 1
+            self._generation = next_generation()  # per process: see `source.RingWriter.ring_for`
             path = self._dir / f"{self._stream}.{os.getpid()}.{self._generation}.cring"
             self.ring = CudaRingWriter(path, self._slots, width, height, self._device)
             self._exported = False

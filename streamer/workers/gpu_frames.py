@@ -37,7 +37,8 @@ from streamer.transport.ring import FrameRing, StaleSlotError
 log = logging.getLogger(__name__)
 
 MANY_CONTEXTS = 16
-"""Above this many NVDEC streams (one CUDA context each) without CUDA MPS, the worker says so once."""
+"""Above this many NVDEC source processes (one CUDA context each) without CUDA MPS, the worker says so once.
+(A process may decode several streams: ``supervisor.nvdec_streams_per_process``.)"""
 
 
 def mps_active() -> bool:
@@ -55,6 +56,8 @@ class DeviceFrames:
         self.on_device = executor.on_gpu
         self.readers: dict[str, CudaRingReader] = {}
         self._stream_of: dict[str, str] = {}  # ring path → stream id
+        self._pid_of: dict[str, int] = {}  # ring path → the source process that exported it
+        self._warned = False
         self.pending = PendingReleases(self._release)
         self._kernel: Any = None
         self._batch: dict[int, list[Picture]] = {}  # executor slot → pictures to letterbox on the device
@@ -74,12 +77,16 @@ class DeviceFrames:
             log.error("stream %s: cannot map CUDA frame ring %s: %s", export.stream, export.ring, exc)
             return
         self._stream_of[export.ring] = export.stream
-        if len(self.readers) == MANY_CONTEXTS + 1 and not mps_active():
+        self._pid_of[export.ring] = export.pid
+        contexts = len(set(self._pid_of.values()))
+        if contexts > MANY_CONTEXTS and not self._warned and not mps_active():
+            self._warned = True
             log.warning(
-                "%d NVDEC streams, each with a CUDA context of its own, and no CUDA MPS: the GPU time-slices "
-                "between the contexts and inference slows down (H200, 48 streams: a batch of 16 took 22 ms "
-                "instead of 9). Run the daemon under MPS: docs/gpu.md, systemd/yolostream-mps.service",
-                len(self.readers),
+                "%d NVDEC source processes, each with a CUDA context of its own, and no CUDA MPS: the GPU "
+                "time-slices between the contexts and inference slows down (H200, 48 contexts: a batch of 16 "
+                "took 22 ms instead of 9). Share processes (supervisor.nvdec_streams_per_process) or run the "
+                "daemon under MPS: docs/gpu.md, systemd/yolostream-mps.service",
+                contexts,
             )
         log.info(
             "stream %s: mapped CUDA frame ring %s (%d slots, %dx%d, pid %d)",
@@ -92,6 +99,7 @@ class DeviceFrames:
             self.pending.drain(ring)
             reader = self.readers.pop(ring, None)
             del self._stream_of[ring]
+            self._pid_of.pop(ring, None)
             if reader is not None:
                 reader.close()
                 log.info("stream %s: closed CUDA frame ring %s", stream, ring)

@@ -158,6 +158,7 @@ class InferenceLoop:
         elif isinstance(msg, SourceExit):
             self.book.get(msg.stream).exited = True
         elif isinstance(msg, RingExport):  # a source's CUDA frame ring (NVDEC): mapped once
+            self.book.get(msg.stream).exited = False  # (from a new worker, as for a frame: see add_frame)
             self._device_frames().accept_export(msg)
         elif isinstance(msg, Shutdown):
             log.info("draining: finishing the frames already decoded")

@@ -45,7 +45,7 @@ from streamer.sources.reconnect import Backoff, BackoffPolicy
 from streamer.sources.watchdog import Watchdog
 from streamer.transport.notify import NotifySender
 from streamer.transport.ring import FrameRing
-from streamer.workers.common import StopFlag, WorkerContext, start_worker, wait_for_slot
+from streamer.workers.common import StopFlag, WorkerContext, next_generation, start_worker, wait_for_slot
 
 if TYPE_CHECKING:
     from streamer.config import SourceConfig
@@ -108,9 +108,10 @@ class RingWriter:
         if self.ring is None or self.ring.slot_bytes < nbytes:
             if self.ring is not None:
                 self.ring.close()  # its file stays until the supervisor removes the run directory
-            self._generation += 1
+            self._generation = next_generation()
             # The pid makes every worker's rings new files: a restarted worker never truncates a file
             # that the inference worker still has mapped, and the supervisor can tell whose rings are dead.
+            # (The generation counts per process: a stream restarted inside a decoder group gets new files.)
             path = self._dir / f"{self._stream}.{os.getpid()}.{self._generation}.ring"
             self.ring = FrameRing.create(path, self._slots, nbytes)
         return self.ring
@@ -134,13 +135,25 @@ class RingWriter:
 def run_source(cfg: SourceConfig, ctx: WorkerContext) -> int:
     """Process entry point: returns the exit code."""
     stop = start_worker(ctx)
+    return serve_stream(cfg, ctx, stop, lambda what, limit: exit_stalled(cfg.id, ctx, what, limit))
+
+
+def serve_stream(
+    cfg: SourceConfig, ctx: WorkerContext, stop: StopFlag, on_stall: Callable[[str, float], None]
+) -> int:
+    """Run one stream until it ends, fails or `stop` is set: the exit code its worker would return.
+
+    The body of a source worker, also run in a thread per stream by a decoder group
+    (`streamer.workers.decoder_group`). `on_stall(what, limit_s)` is the watchdog's verdict on a decoder
+    call that blocked past its timeouts; it does not return (it ends the process).
+    """
     sender = NotifySender(ctx.notify_endpoint)
     writer = RingWriter(ctx.run_dir, cfg.id, cfg.ring_slots, ctx.inference_epoch)
     engine_on_gpu = ctx.engine_on_gpu is None or bool(ctx.engine_on_gpu.value)
     source = open_source(
         cfg, on_fallback=lambda exc, frames: _fell_back(cfg, sender, exc, frames), engine_on_gpu=engine_on_gpu
     )
-    watchdog = Watchdog(lambda what, limit: _stalled(cfg.id, ctx, what, limit))
+    watchdog = Watchdog(on_stall)
     try:
         return _run(cfg, source, sender, writer, stop, watchdog)
     except SourceError as exc:
@@ -177,7 +190,7 @@ def _fell_back(cfg: SourceConfig, sender: NotifySender, exc: Exception, frames: 
     )
 
 
-def _stalled(stream: str, ctx: WorkerContext, what: str, limit_s: float) -> None:
+def exit_stalled(stream: str, ctx: WorkerContext, what: str, limit_s: float) -> None:
     """The watchdog's verdict: the decoder is stuck in a call that cannot be interrupted. Exit now."""
     log.error(
         "stream %s: %s took more than %.0f s, past FFmpeg's own timeout; ending the source worker "

@@ -72,6 +72,7 @@ class StreamBook:
 
     def add_frame(self, note: FrameReady, now: float) -> None:
         stream = self.get(note.stream)
+        stream.exited = False  # a new worker (a restart): its rings must not be closed for the old one's exit
         stream.queue.append(note)
         stream.arrivals.append(now)
 

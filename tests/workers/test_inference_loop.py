@@ -18,7 +18,7 @@ from streamer.client import Subscriber
 from streamer.config import parse_config
 from streamer.engine import EngineOptions, load_engine
 from streamer.engine.executor import CpuExecutor
-from streamer.messages import EVENT_EOS, FrameReady, Shutdown, StreamEvent
+from streamer.messages import EVENT_EOS, FrameReady, Shutdown, SourceExit, StreamEvent
 from streamer.protocol import DetectionsMessage, EventMessage
 from streamer.publish import Publisher
 from streamer.transport.notify import NotifyReceiver, NotifySender
@@ -117,3 +117,24 @@ def test_only_the_newest_waiting_frame_of_a_live_stream_is_inferred(rig: Rig) ->
     assert rig.loop.streams["a"].dropped == 5
     assert rig.ring.busy() == 0  # the dropped frames' slots were released too
     assert rig.loop.batch_sizes == {1: 1}
+
+
+def test_the_rings_of_a_restarted_source_stay_mapped_after_its_predecessor_exited(
+    rig: Rig, tmp_path: Path
+) -> None:
+    # A source worker exits (SourceExit) and a new one — a restarted process, or a stream restarted in a
+    # decoder group — announces frames from a new ring. The old worker's exit must not close the new
+    # ring each time the stream goes idle (for a CUDA ring that would lose every later frame).
+    rig.announce("a", 0, (50.0, 50.0))
+    assert rig.sender.send(SourceExit("a"))
+    rig.receive(1)
+    new = FrameRing.create(tmp_path / "a.new.ring", 4, W * H * 3)
+    try:
+        rig.ring = new
+        rig.announce("a", 1, (60.0, 60.0))
+        (msg,) = rig.receive(1)
+        assert msg.frame == 1  # type: ignore[union-attr]
+        time.sleep(1.5)  # several turns of the loop (it wakes at least every 0.5 s) with the stream idle
+        assert str(new.path) in rig.loop.host_frames.rings, "the new worker's ring was closed"
+    finally:
+        new.close()

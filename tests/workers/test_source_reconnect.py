@@ -256,7 +256,7 @@ def _stall_in_child(queue: object) -> None:
     logging.getLogger().addHandler(logging.handlers.QueueHandler(queue))  # type: ignore[arg-type]
     logging.getLogger().setLevel(logging.INFO)
     ctx = WorkerContext("", "", queue, "INFO", None, os.getppid())
-    source_worker._stalled("cam1", ctx, "reading the stream", 15.0)
+    source_worker.exit_stalled("cam1", ctx, "reading the stream", 15.0)
 
 
 def test_a_stalled_worker_logs_why_and_exits_with_its_own_code() -> None:

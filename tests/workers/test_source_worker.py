@@ -42,18 +42,29 @@ def test_ring_for_makes_a_new_generation_when_a_larger_frame_comes(
     tmp_path: Path, writer: RingWriter
 ) -> None:
     first = writer.ring_for(1000)
-    assert first.path == tmp_path / f"cam1.{os.getpid()}.1.ring" and first.path.exists()
+    generation = int(first.path.name.split(".")[2])
+    assert first.path == tmp_path / f"cam1.{os.getpid()}.{generation}.ring" and first.path.exists()
     assert (first.slots, first.owner) == (2, True)
     assert writer.ring_for(500) is first  # smaller frames reuse it
     assert writer.ring_for(first.slot_bytes) is first
 
     second = writer.ring_for(first.slot_bytes + 1)
     assert second is not first and writer.ring is second
-    assert second.path == tmp_path / f"cam1.{os.getpid()}.2.ring"
+    assert (
+        second.path.name.startswith(f"cam1.{os.getpid()}.")
+        and int(second.path.name.split(".")[2]) > generation
+    )
     assert second.slot_bytes >= first.slot_bytes + 1
     with pytest.raises(ValueError, match="closed"):
         first.view(0, (10,))  # the old generation is unmapped...
     assert first.path.exists()  # ...but its file stays for frames already announced
+
+    # The same stream restarted in the same process (a decoder group) never reuses a mapped file.
+    again = RingWriter(str(tmp_path), "cam1", slots=2)
+    try:
+        assert again.ring_for(1000).path not in (first.path, second.path)
+    finally:
+        again.close()
 
     writer.close()
     assert writer.ring is None
