@@ -216,7 +216,7 @@ def main() -> None:
                     if n != args.streams[0]:
                         write_config(config, model, clip, n, args, endpoint)
                         proc.send_signal(signal.SIGHUP)
-                    took = wait_for_streams(sub, proc, n, timeout=600 if n == args.streams[0] else 120)
+                    took = wait_for_streams(sub, proc, n, timeout=300 if n == args.streams[0] else 120)
                     if n == args.streams[0]:
                         print(
                             f"daemon publishing {n} streams {time.perf_counter() - started:.0f} s in",

@@ -121,21 +121,23 @@ print('PyAV', av.__version__, '| cuda-bindings', cuda.bindings.__version__, '| t
         # Needs benchmarks/.cache/{yolov5s-coco.onnx,tinycoco} and pycocotools in the (lite) site.
         python -c "import pycocotools" 2>/dev/null ||
             { echo "pycocotools is not importable: add its wheel to the site (../shared/device/wheels pycocotools)"; return 1; }
-        python -m pytest -p no:cacheprovider -q -rs tests/test_eval_gpu.py
+        # EVAL_QUICK=1: the served path only (no GPU tests, no CPU-letterbox eval, no host-letterbox parity)
+        [ -n "${EVAL_QUICK:-}" ] || python -m pytest -p no:cacheprovider -q -rs tests/test_eval_gpu.py
         local tc=benchmarks/.cache/tinycoco cfg=/tmp/eval-gpu.yaml
         printf 'model:\n  onnx: %s\nengine:\n  backend: torch\n  device: cuda\n  max_batch: 8\n  batch_sizes: [8]\nsources:\n  - id: x\n    url: x.mp4\n' \
             "$PWD/benchmarks/.cache/yolov5s-coco.onnx" > "$cfg"
         local run
-        for run in "ort-fp32-cpu --backend onnxruntime --device cpu" "gpu-fp32 --precision fp32" \
-                   "gpu-fp16 --precision fp16" "gpu-fp32-cpu-letterbox --precision fp32 --preprocess cpu"; do
+        local runs=("ort-fp32-cpu --backend onnxruntime --device cpu" "gpu-fp32 --precision fp32" "gpu-fp16 --precision fp16")
+        [ -n "${EVAL_QUICK:-}" ] || runs+=("gpu-fp32-cpu-letterbox --precision fp32 --preprocess cpu")
+        for run in "${runs[@]}"; do
             set -- $run
             echo "--- eval $*"
             python -m streamer eval "$cfg" --coco $tc/annotations/instances_train2017.json \
                 --images $tc/images/train2017 "${@:2}" --json "$OUT/eval-$1.json" || echo "eval $1 failed"
         done
         echo "--- parity torch/fp32 vs torch/fp16 (host letterbox), then both with the CUDA kernel (@cuda)"
-        python -m streamer parity "$cfg" --images $tc/images/train2017 --backends torch/fp32,torch/fp16 \
-            --out "$OUT/parity-fp16"
+        [ -n "${EVAL_QUICK:-}" ] || python -m streamer parity "$cfg" --images $tc/images/train2017 \
+            --backends torch/fp32,torch/fp16 --out "$OUT/parity-fp16"
         python -m streamer parity "$cfg" --images $tc/images/train2017 \
             --backends torch/fp32@cuda,torch/fp16@cuda --out "$OUT/parity-fp16-cuda"
         python benchmarks/gpu_eval_table.py "$OUT" ;;
