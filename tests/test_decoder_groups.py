@@ -185,9 +185,13 @@ def test_a_decoder_group_over_its_memory_budget_is_recycled_as_one_process(
     extra = "  source_rss_limit_mb: 1\n"  # a budget no process can meet: each check (every 5 s) recycles it
     daemon = start_daemon(tmp_path, _config(model, ["a", "b"], per_process=2, extra=extra))
     try:
-        _started(daemon, {"a": 2, "b": 2})
-        first, second = _pid(daemon, "a"), _pid(daemon, "a", 1)
-        assert _pid(daemon, "b") == first and _pid(daemon, "b", 1) == second and first != second
+        _started(daemon, {"a": 3, "b": 3})
+        # Recycled as one: the streams move from process to process together. (Which process a stream first
+        # started in can differ on a loaded machine: a process may be recycled before its second stream
+        # opened, so the pids are compared as sets, from the second process on.)
+        pids = {s: [int(e.detail["pid"]) for e in daemon.events(s, "started")] for s in ("a", "b")}
+        assert len(set(pids["a"])) >= 3, pids
+        assert set(pids["a"][1:3]) <= set(pids["b"]) and set(pids["b"][1:3]) <= set(pids["a"]), pids
         log = daemon.log()
         assert "decoder group cpu0 (streams a, b) uses" in log and "recycling it" in log
         _more_frames(daemon, ["a", "b"], 5)
