@@ -14,12 +14,15 @@ import av.error
 from streamer.errors import SourceError, SourceFormatError
 from streamer.samples import sample_path
 from streamer.sources.base import DecodedFrame, DeviceFrame, SourceInfo, redact
+from streamer.sources.guard import BadInput, guarded_packets
 
 log = logging.getLogger(__name__)
 _F = TypeVar("_F", DecodedFrame, DeviceFrame)
 
 # A stream whose packets fail to decode this many times in a row is considered undecodable.
 MAX_CONSECUTIVE_DECODE_ERRORS = 50
+# A demuxer that fails this many times in a row without handing out a packet has given up on the input.
+MAX_CONSECUTIVE_DEMUX_ERRORS = 20
 OPEN_TIMEOUT_S = 10.0
 READ_TIMEOUT_S = 5.0
 
@@ -99,17 +102,25 @@ class PyAvSource:
             if isinstance(exc, av.error.InvalidDataError):
                 self._fail("not a readable video (corrupt or unknown container)", exc, fmt=True)
             self._fail("cannot open", exc)
-        if not container.streams.video:
+        except Exception as exc:  # PyAV tripped over a corrupt header (e.g. its metadata)
+            self._fail(f"not a readable video (corrupt header: {type(exc).__name__})", exc, fmt=True)
+        try:
+            return self._video_track(container)
+        except SourceError:
             container.close()
-            raise (SourceError if self.live else SourceFormatError)(
-                self.stream_id, "no video track in the input"
-            )
+            raise
+        except Exception as exc:  # as above, from the stream's header
+            container.close()
+            self._fail(f"not a readable video (corrupt header: {type(exc).__name__})", exc, fmt=True)
+
+    def _video_track(self, container: av.container.InputContainer) -> av.container.InputContainer:
+        """`container`, its first video track set up for decoding; raises if it has none we can decode."""
+        error = SourceError if self.live else SourceFormatError
+        if not container.streams.video:
+            raise error(self.stream_id, "no video track in the input")
         stream = container.streams.video[0]
         if stream.codec_context is None:
-            container.close()
-            raise (SourceError if self.live else SourceFormatError)(
-                self.stream_id, f"no decoder for codec {stream.codec_tag or 'unknown'!r}"
-            )
+            raise error(self.stream_id, "no decoder for the codec of its video track")
         # Each stream has its own process, so streams decode in parallel already; FFmpeg's frame
         # threads would add CPU overhead for no gain up to 1080p. Larger pictures get them, so that one
         # 4K stream keeps up in real time.
@@ -136,9 +147,17 @@ class PyAvSource:
         )
 
     def _rgb_pass(self, container: av.container.InputContainer, pts_offset: float) -> Iterator[DecodedFrame]:
+        bad = self._bad("a decoded picture cannot be converted to RGB", MAX_CONSECUTIVE_DECODE_ERRORS)
         for frame in self._decode(container):
+            try:
+                image = frame.to_ndarray(format="rgb24")
+            except Exception as exc:  # e.g. a pixel format a corrupt header made up
+                self.decode_errors += 1
+                bad.failed(exc)
+                continue
+            bad.ok()
             pts = None if frame.time is None else frame.time + pts_offset
-            yield DecodedFrame(frame.to_ndarray(format="rgb24"), 0, pts, time.time())
+            yield DecodedFrame(image, 0, pts, time.time())
 
     def _looped(
         self,
@@ -179,14 +198,14 @@ class PyAvSource:
         try:
             container.seek(0)
             container.streams.video[0].codec_context.flush_buffers()  # it was drained at the end
-        except (av.error.FFmpegError, OSError) as exc:
+        except Exception as exc:  # FFmpeg's errors, or PyAV's on a corrupt file
             log.info("stream %s: cannot seek to the start (%s); opening the file again", self.stream_id, exc)
             container.close()
             self._container = self._open_container()
 
     def _decode(self, container: av.container.InputContainer) -> Iterator[av.VideoFrame]:
         stream = container.streams.video[0]
-        consecutive = 0
+        bad = self._bad("undecodable packet", MAX_CONSECUTIVE_DECODE_ERRORS)
         truncated = False
         for packet in self._packets(container, stream):
             if packet.size:  # not the empty packet that flushes the decoder at the end
@@ -196,32 +215,25 @@ class PyAvSource:
                 frames = packet.decode()
             except av.error.EOFError:
                 break
-            except av.error.InvalidDataError as exc:
+            except Exception as exc:  # a bad packet is counted and skipped, never a crash
                 self.decode_errors += 1
-                consecutive += 1
-                log.warning(
-                    "stream %s: undecodable packet (%d so far): %s",
-                    self.stream_id,
-                    self.decode_errors,
-                    redact(str(exc), self.url),
-                )
-                if consecutive >= MAX_CONSECUTIVE_DECODE_ERRORS:
-                    message = f"{consecutive} packets in a row failed to decode"
-                    self._fail(message, exc, fmt=True)
+                bad.failed(exc)
                 continue
-            except av.error.FFmpegError as exc:
-                self._fail("decode failed", exc, fmt=True)
-            consecutive = 0
+            bad.ok()
             yield from frames
         if truncated and not self.live:
             raise SourceFormatError(self.stream_id, "the file is truncated: its last packet is incomplete")
 
+    def _bad(self, what: str, budget: int, error: type[SourceError] | None = None) -> BadInput:
+        """A count of one kind of failure of this stream (`sources.guard`), for one pass over it."""
+        return BadInput(self.stream_id, self.url, what, live=self.live, budget=budget, error=error)
+
     def _packets(self, container: av.container.InputContainer, stream: Any) -> Iterator[av.Packet]:
-        """The stream's packets (an empty one last), read errors turned into SourceError/SourceFormatError."""
+        """The stream's packets (an empty one last) through `guarded_packets`; a read timeout is a
+        SourceError (live) or SourceFormatError (file)."""
+        bad = self._bad("the demuxer failed", MAX_CONSECUTIVE_DEMUX_ERRORS)
         try:
-            yield from container.demux(stream)
-        except av.error.EOFError:
-            pass
+            yield from guarded_packets(container, stream, bad)
         except av.error.ExitError as exc:  # PyAV's read timeout interrupted FFmpeg
             if self.live:
                 raise SourceError(
@@ -229,8 +241,6 @@ class PyAvSource:
                     f"no data for {self.read_timeout_s:g} s (read_timeout_s): the stream stalled",
                 ) from None
             self._fail("read timed out", exc, fmt=True)
-        except av.error.FFmpegError as exc:
-            self._fail("read failed", exc, fmt=True)
 
     def close(self) -> None:
         if self._container is not None:
