@@ -13,6 +13,7 @@ import av.error
 
 from streamer.errors import SourceError, SourceFormatError
 from streamer.samples import sample_path
+from streamer.sources import rtsp
 from streamer.sources.base import DecodedFrame, DeviceFrame, SourceInfo, redact
 from streamer.sources.guard import BadInput, guarded_packets
 
@@ -25,6 +26,10 @@ MAX_CONSECUTIVE_DECODE_ERRORS = 50
 MAX_CONSECUTIVE_DEMUX_ERRORS = 20
 OPEN_TIMEOUT_S = 10.0
 READ_TIMEOUT_S = 5.0
+
+
+class _TcpRefused(SourceError):
+    """The RTSP server refused RTP over TCP (`sources.rtsp.refused_tcp`)."""
 
 
 def _ffmpeg_target(url: str) -> str:
@@ -40,7 +45,8 @@ class PyAvSource:
 
     A `live` stream (a network URL) fails with a retryable `SourceError` for every problem, its end
     included (a camera does not end: the server went away); the worker reconnects. A file fails with a
-    `SourceFormatError` when its data is bad. Error messages never contain the URL's password.
+    `SourceFormatError` when its data is bad. Error messages never contain the URL's password. Corrupt
+    data is contained in `sources.guard`; RTSP's `transport` (``auto``, ``tcp``, ``udp``) in `sources.rtsp`.
 
     Timeouts (measured with PyAV 18 against a GStreamer RTSP server): a server that accepts the connection
     and says nothing fails the open after `open_timeout_s`; a killed server ends the stream at once
@@ -56,7 +62,7 @@ class PyAvSource:
         *,
         loop: bool = False,
         live: bool = False,
-        transport: str = "tcp",
+        transport: str = "auto",
         open_timeout_s: float = OPEN_TIMEOUT_S,
         read_timeout_s: float = READ_TIMEOUT_S,
     ) -> None:
@@ -65,6 +71,8 @@ class PyAvSource:
         self.loop = loop
         self.live = live
         self.transport = transport
+        self.chosen_transport: str | None = None
+        """The RTSP transport of the last connection (``tcp`` or ``udp``); None before one / not RTSP."""
         self.open_timeout_s = open_timeout_s
         self.read_timeout_s = read_timeout_s
         self.info: SourceInfo | None = None
@@ -82,23 +90,51 @@ class PyAvSource:
         raise (SourceFormatError if fmt else SourceError)(self.stream_id, text) from exc
 
     def _open_container(self) -> av.container.InputContainer:
-        options = {"rtsp_transport": self.transport} if self.url.startswith(("rtsp://", "rtsps://")) else {}
+        if not rtsp.is_rtsp(self.url):
+            return self._open_once({}, self.open_timeout_s)
+        tries = rtsp.attempts(self.transport)
+        started = time.monotonic()
+        for transport in tries:
+            left = self.open_timeout_s - (time.monotonic() - started)  # (the watchdog allows no more)
+            try:
+                container = self._open_once(rtsp.ffmpeg_options(transport), max(left, 1.0))
+            except _TcpRefused:
+                if transport == tries[-1]:
+                    raise SourceError(
+                        self.stream_id, f"cannot open: {rtsp.REFUSED_TCP}; set transport: udp (or auto)"
+                    ) from None
+                continue
+            except SourceError as exc:
+                if transport == tries[0]:
+                    raise
+                reason = str(exc).removeprefix(f"stream {self.stream_id!r}: ")
+                raise SourceError(self.stream_id, f"over UDP ({rtsp.REFUSED_TCP}): {reason}") from None
+            if len(tries) > 1 and transport != self.chosen_transport:
+                why = "the server accepts it" if transport == "tcp" else rtsp.REFUSED_TCP
+                log.info("stream %s: transport auto: RTP over %s (%s)", self.stream_id, transport, why)
+            self.chosen_transport = transport
+            return container
+        raise AssertionError("unreachable: attempts() is never empty")
+
+    def _open_once(self, options: dict[str, str], open_timeout_s: float) -> av.container.InputContainer:
         read_timeout = self.read_timeout_s / 2 if self.live else self.read_timeout_s
         started = time.monotonic()
         try:
             container = av.open(
-                _ffmpeg_target(self.url), options=options, timeout=(self.open_timeout_s, read_timeout)
+                _ffmpeg_target(self.url), options=options, timeout=(open_timeout_s, read_timeout)
             )
         except FileNotFoundError as exc:
             if self.live:
                 self._fail("cannot open", exc)
             raise SourceFormatError(self.stream_id, f"file not found: {_ffmpeg_target(self.url)}") from exc
         except (av.error.FFmpegError, OSError) as exc:
-            if self.live and time.monotonic() - started >= self.open_timeout_s * 0.95:
+            if self.live and time.monotonic() - started >= open_timeout_s * 0.95:
                 # FFmpeg reports an interrupted open as "invalid data": say what happened instead.
                 raise SourceError(
-                    self.stream_id, f"no answer from the server in {self.open_timeout_s:g} s (open_timeout_s)"
+                    self.stream_id, f"no answer from the server in {open_timeout_s:g} s (open_timeout_s)"
                 ) from None
+            if options.get("rtsp_transport") == "tcp" and rtsp.refused_tcp(exc):
+                raise _TcpRefused(self.stream_id, rtsp.REFUSED_TCP) from None
             if isinstance(exc, av.error.InvalidDataError):
                 self._fail("not a readable video (corrupt or unknown container)", exc, fmt=True)
             self._fail("cannot open", exc)
