@@ -9,12 +9,15 @@ Why not FFmpeg's own fallback (``rtsp_transport=tcp+udp`` with ``rtsp_flags=pref
 try TCP, then UDP after a 461): nothing tells the caller which transport it settled on, so it could not
 be logged; two attempts of ours cost one more DESCRIBE, only for servers that refuse TCP.
 
-UDP sockets: FFmpeg binds the RTP/RTCP sockets of unicast UDP to every interface (``0.0.0.0``, ports
-from ``min_port``-``max_port``); its rtsp demuxer has no option to bind them to one address (its
-``localaddr`` is passed on for multicast only: measured with PyAV 18 / FFmpeg 8.1, the sockets stay on
-``0.0.0.0`` with it). What it does have is ``rtsp_flags=filter_src``: packets that do not come from the
-address and port the server announced in SETUP are dropped. UDP streams are opened with it, so another
-host (or process) cannot inject packets into a stream even though the port is reachable.
+UDP sockets: FFmpeg's rtsp demuxer has no option to bind the RTP/RTCP sockets of unicast UDP to one
+address: its ``localaddr`` option is accepted, but the sockets stay on ``0.0.0.0`` with it (measured
+with PyAV 18 / FFmpeg 8.1, ``ss -uanp``); ``min_port``/``max_port`` only narrow the ports. What it does
+have is ``rtsp_flags=filter_src``, which ``connect()``s each socket to the address and port the server
+announced in SETUP: the kernel then delivers only the server's packets, and gives the socket the local
+address of the route to the camera — ``127.0.0.1`` for a camera on loopback, the one interface that
+reaches it otherwise (checked in /proc/net/udp by `tests/sources/test_rtsp_transport.py`, against VLC
+and GStreamer). UDP streams are opened with it. The price: a camera whose packets come from another
+port than it announced (some NAT setups) is not received over UDP; use ``tcp`` for it.
 """
 
 from __future__ import annotations

@@ -113,3 +113,52 @@ def test_what_counts_as_a_refusal_of_tcp() -> None:
     assert refused_tcp(RuntimeError("method SETUP failed: 461 Unsupported transport"))
     assert not refused_tcp(av.error.OSError(111, "Connection refused"))
     assert not refused_tcp(av.error.InvalidDataError(1094995529, "Invalid data found"))
+
+
+def _udp_sockets_of_this_process() -> list[tuple[str, str, int]]:
+    """(local, remote, state) of this process's UDP sockets, from /proc (state 1: connected)."""
+    inodes = set()
+    for fd in Path("/proc/self/fd").iterdir():
+        try:
+            target = fd.readlink().as_posix()
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+
+    def address(field: str) -> str:
+        ip, port = field.split(":")
+        return f"{'.'.join(str(int(ip[i : i + 2], 16)) for i in (6, 4, 2, 0))}:{int(port, 16)}"
+
+    rows = Path("/proc/net/udp").read_text().splitlines()[1:]
+    return [
+        (address(f[1]), address(f[2]), int(f[3], 16)) for f in (row.split() for row in rows) if f[9] in inodes
+    ]
+
+
+@pytest.mark.parametrize("server_kind", ["vlc", "gstreamer"])
+def test_udp_sockets_take_only_the_cameras_packets_on_its_interface(
+    clip: Path, tmp_path: Path, server_kind: str
+) -> None:
+    """FFmpeg cannot bind RTP/RTCP sockets to an address, but with ``filter_src`` it connects them to the
+    server: on loopback they are bound to 127.0.0.1, not 0.0.0.0, and accept packets from the server only."""
+    if server_kind == "vlc":
+        require_vlc()
+        server: VlcRtspServer | RtspServer = VlcRtspServer(clip, tmp_path / "vlc.log")
+        url = server.url  # type: ignore[union-attr]
+    else:
+        require_rtsp_server()
+        server = RtspServer({"/cam": clip}, tmp_path / "rtsp.log")
+        url = f"rtsp://127.0.0.1:{server.port}/cam"
+    before = set(_udp_sockets_of_this_process())
+    with server:
+        source = PyAvSource("cam1", url, live=True, transport="udp", open_timeout_s=10, read_timeout_s=5)
+        try:
+            next(iter(source.frames()))
+            sockets = [s for s in _udp_sockets_of_this_process() if s not in before]
+        finally:
+            source.close()
+    assert len(sockets) == 2, sockets  # RTP and RTCP of the one video track
+    for local, remote, state in sockets:
+        assert local.startswith("127.0.0.1:") and remote.startswith("127.0.0.1:"), sockets
+        assert not remote.endswith(":0") and state == 1, sockets  # connected to the server's port
