@@ -265,8 +265,8 @@ class PyAvSource:
         return BadInput(self.stream_id, self.url, what, live=self.live, budget=budget, error=error)
 
     def _packets(self, container: av.container.InputContainer, stream: Any) -> Iterator[av.Packet]:
-        """The stream's packets (an empty one last) through `guarded_packets`; a read timeout is a
-        SourceError (live) or SourceFormatError (file)."""
+        """The stream's packets (an empty one last) through `guarded_packets`; a read timeout or an I/O
+        error is a SourceError (live) or SourceFormatError (file)."""
         bad = self._bad("the demuxer failed", MAX_CONSECUTIVE_DEMUX_ERRORS)
         try:
             yield from guarded_packets(container, stream, bad)
@@ -277,6 +277,8 @@ class PyAvSource:
                     f"no data for {self.read_timeout_s:g} s (read_timeout_s): the stream stalled",
                 ) from None
             self._fail("read timed out", exc, fmt=True)
+        except av.error.FFmpegError as exc:  # the network or the disk
+            self._fail("read failed", exc, fmt=True)
 
     def close(self) -> None:
         if self._container is not None:

@@ -7,11 +7,12 @@ never registered), Matroska and MP4 headers raise `UnicodeDecodeError` from thei
 exception out of PyAV would end the source worker (to be restarted, to fail the same way again).
 
 `guarded_packets` is the demux loop of both decoders (`cpu.PyAvSource`, `nvdec.NvdecSource`): it hands
-out the stream's packets, ends with one empty packet (flush the decoder), and turns every exception but
-a read timeout into a counted, logged error (`BadInput`) after which demuxing goes on from where the
-container stands. `BadInput` is also what each decoder counts its undecodable packets with: after
-`budget` failures in a row the stream is given up with `BadInput.give_up` (a `SourceFormatError` for a
-file: an ``error`` event; a retryable `SourceError` for a live stream, retried at its slow rate for ever).
+out the stream's packets, ends with one empty packet (flush the decoder), and turns invalid data and
+every exception of PyAV's own into a counted, logged error (`BadInput`), after which demuxing goes on
+from where the container stands (FFmpeg's timeouts and I/O errors are the caller's to report).
+`BadInput` is also what each decoder counts its undecodable packets with: after `budget` failures in a
+row the stream is given up with `BadInput.give_up` (a `SourceFormatError` for a file: an ``error``
+event; a retryable `SourceError` for a live stream, which the source worker reconnects for ever).
 """
 
 from __future__ import annotations
@@ -98,9 +99,10 @@ def guarded_packets(
 ) -> Iterator[av.Packet]:
     """The packets of `stream` with data, then one empty packet; an exception of the demuxer is `bad`.
 
-    Timeouts (`av.error.ExitError`) pass through: the caller knows what they mean. After any other
-    error, demuxing resumes from the container's current position; `bad`'s budget bounds a demuxer
-    that fails without moving on. PyAV's own flush packets are not passed on: the first one means the
+    FFmpeg's errors other than invalid data (a read timeout, a reset connection, an I/O error) pass
+    through: the caller knows what they mean. After invalid data or any exception of PyAV's own,
+    demuxing resumes from the container's current position; `bad`'s budget bounds a demuxer that fails
+    without moving on. PyAV's own flush packets are not passed on: the first one means the
     input ended, and walking on into its flush loop is where corrupt MPEG-TS raises `IndexError`.
     """
     while True:
@@ -114,9 +116,11 @@ def guarded_packets(
             break
         except av.error.EOFError:
             break
-        except av.error.ExitError:
+        except av.error.InvalidDataError as exc:
+            bad.failed(exc)
+        except av.error.FFmpegError:  # a timeout, the network, the disk: not the data's fault
             raise
-        except Exception as exc:  # corrupt input must never end the worker
+        except Exception as exc:  # PyAV tripping over corrupt data must never end the worker
             bad.failed(exc)
         finally:
             packets.close()
