@@ -78,7 +78,10 @@ class BadInput:
         else:
             self._unlogged += 1
         if self.consecutive >= self.budget:
-            raise self.give_up(f"{self.consecutive} in a row: {self.what}", exc)
+            error = self.give_up(f"{self.consecutive} in a row: {self.what}", exc)
+            if self.live:  # without its cause: FFmpeg's exceptions carry the URL (and its password)
+                raise error from None
+            raise error from exc
 
     def ok(self) -> None:
         self.consecutive = 0

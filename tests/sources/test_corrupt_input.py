@@ -166,6 +166,7 @@ def test_bad_input_gives_up_after_its_budget_in_a_row() -> None:
     with pytest.raises(SourceError) as info:
         live.failed(av.error.InvalidDataError(1094995529, "Invalid data"))
     assert not isinstance(info.value, SourceFormatError)  # a live stream is retried
+    assert info.value.__cause__ is None and info.value.__suppress_context__  # (no URL in the chain)
 
 
 def test_a_damaged_file_is_logged_without_flooding(
