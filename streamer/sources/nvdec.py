@@ -134,7 +134,10 @@ class NvdecSource(PyAvSource):
         stream = container.streams.video[0]
         time_base = float(stream.time_base) if stream.time_base else None
         nvdec = self._bad("NVDEC failed on a packet", MAX_HARDWARE_ERRORS, error=DecoderUnavailable)
-        bsf = self._bad("a packet cannot be converted to Annex B", MAX_CONSECUTIVE_DECODE_ERRORS)
+        # (Annex B conversion giving up is NVDEC's input path giving up: the CPU decoder gets its turn.)
+        bsf = self._bad(
+            "a packet cannot be converted to Annex B", MAX_CONSECUTIVE_DECODE_ERRORS, error=DecoderUnavailable
+        )
         for packet in annexb_packets(self._packets(container, stream), stream, bsf):
             try:
                 decoded = self._decoder.Decode(self._packet_data(packet))
@@ -206,11 +209,17 @@ def annexb_packets(
 
     H.264 / HEVC from MP4 or Matroska (length-prefixed NAL units, parameter sets in the extradata) go
     through FFmpeg's ``*_mp4toannexb`` filter, which passes Annex B input (RTSP, MPEG-TS) unchanged. A
-    packet the filter rejects (corrupt length prefixes) is counted in `bad` and skipped (without `bad`:
-    the filter's exception is raised).
+    packet the filter rejects (corrupt length prefixes) is counted in `bad` and skipped, a filter that
+    cannot be set up (corrupt extradata) is `bad`'s give-up error; without `bad`, the filter's exceptions
+    are raised.
     """
     name = _ANNEXB_FILTERS.get(stream.codec_context.name)
-    bsf = av.BitStreamFilterContext(name, stream) if name else None
+    try:
+        bsf = av.BitStreamFilterContext(name, stream) if name else None
+    except Exception as exc:  # the filter parses the extradata, which may be corrupt
+        if bad is None:
+            raise
+        raise bad.give_up(f"cannot set up the {name} filter", exc) from exc
     for packet in packets:
         if not packet.size:
             continue
