@@ -131,3 +131,33 @@ def test_a_damaged_live_stream_is_retried_for_ever(tmp_path: Path, http_server: 
     finally:
         daemon.close()
     _no_crash(daemon.log())
+
+
+def test_a_live_stream_whose_header_is_damaged_is_down_and_retried_at_the_slow_rate(
+    tmp_path: Path, http_server: str
+) -> None:
+    """An MP4 whose moov atom is damaged (it raised AttributeError in the source before), served live: every
+    connection fails, so the camera is reported down and retried at ``down_retry_s``, by the same worker."""
+    model = write_oracle_model(tmp_path / "oracle.onnx", input_size=(128, 128))
+    clean = write_clip(tmp_path / "clean.mp4", _frames(), gop=10)
+    corrupted_clip(clean, tmp_path / "bad.mp4", seed=9)
+    write_clip(tmp_path / "good.mp4", _frames(), gop=10)
+    reconnect = "    reconnect: {initial_s: 0.1, max_s: 0.2, jitter: 0.0, down_after: 3, down_retry_s: 0.5}\n"
+    sources = (
+        f"  - id: cam\n    url: {http_server}/bad.mp4\n{reconnect}"
+        "  - id: good\n    url: good.mp4\n    loop: true\n    realtime: true\n"
+    )
+    daemon = start_daemon(tmp_path, _config(model, sources))
+    try:
+        daemon.receive_until(lambda ms: len(daemon.events("cam", "reconnecting")) >= 9, timeout=120)
+        assert daemon.proc.poll() is None, "the daemon must keep running"
+        down = daemon.events("cam", "down")
+        assert len(down) == 1 and "no decoder for the codec" in down[0].message, down
+        slow = [m for m in daemon.events("cam", "reconnecting") if m.seq > down[0].seq]
+        assert len(slow) >= 6 and all(m.detail["delay_s"] == 0.5 for m in slow), slow
+        assert not daemon.events("cam", "error") and not daemon.events("cam", "up")
+        assert len(daemon.detections("good")) > 0
+        assert daemon.stop() == 0, daemon.log()
+    finally:
+        daemon.close()
+    _no_crash(daemon.log())
