@@ -361,8 +361,10 @@ class SourceConfig(_Section):
     ring_slots: StrictInt = Field(
         default=4, ge=2, le=64, description="Frame slots of the stream's shared-memory ring."
     )
-    transport: Literal["tcp", "udp"] = Field(
-        default="tcp", description="RTSP only: carry the media over the RTSP connection (tcp) or over UDP."
+    transport: Literal["auto", "tcp", "udp"] = Field(
+        default="auto",
+        description="RTSP only: carry the media over the RTSP connection (tcp), over UDP (udp), or over "
+        "TCP unless the server refuses it, then UDP (auto).",
     )
     open_timeout_s: StrictFloat = Field(
         default=10.0, gt=0, description="Give up connecting (and probing the stream) after this long."

@@ -17,7 +17,8 @@ they came from (NVDEC carries it through), in display order.
 NVDEC is not tried for codecs it lacks or pictures the kernel does not take (anything but 8-bit 4:2:0):
 `DecoderUnavailable` is raised at once, and `sources.fallback.FallbackSource` moves the stream to the CPU
 decoder. The same happens when no decoder session can be created, and after `MAX_HARDWARE_ERRORS`
-packets in a row fail to decode. A single bad packet is counted, logged, and skipped.
+packets in a row fail to decode. A single bad packet is counted, logged (at a bounded rate), and skipped;
+demuxing and the Annex B filter are contained as on the CPU path (`sources.guard`).
 """
 
 from __future__ import annotations
@@ -36,7 +37,8 @@ import numpy as np
 
 from streamer.errors import SourceError
 from streamer.sources.base import DeviceFrame, SourceInfo, redact
-from streamer.sources.cpu import PyAvSource
+from streamer.sources.cpu import MAX_CONSECUTIVE_DECODE_ERRORS, PyAvSource
+from streamer.sources.guard import BadInput
 
 log = logging.getLogger(__name__)
 
@@ -131,21 +133,19 @@ class NvdecSource(PyAvSource):
     ) -> Iterator[DeviceFrame]:
         stream = container.streams.video[0]
         time_base = float(stream.time_base) if stream.time_base else None
-        consecutive = 0
-        for packet in annexb_packets(self._packets(container, stream), stream):
+        nvdec = self._bad("NVDEC failed on a packet", MAX_HARDWARE_ERRORS, error=DecoderUnavailable)
+        # (Annex B conversion giving up is NVDEC's input path giving up: the CPU decoder gets its turn.)
+        bsf = self._bad(
+            "a packet cannot be converted to Annex B", MAX_CONSECUTIVE_DECODE_ERRORS, error=DecoderUnavailable
+        )
+        for packet in annexb_packets(self._packets(container, stream), stream, bsf):
             try:
                 decoded = self._decoder.Decode(self._packet_data(packet))
-            except Exception as exc:
+            except Exception as exc:  # PyNvVideoCodec raises its own types
                 self.hardware_errors += 1
-                consecutive += 1
-                log.warning(
-                    "stream %s: NVDEC failed on a packet (%d so far): %s",
-                    self.stream_id, self.hardware_errors, redact(str(exc), self.url),
-                )  # fmt: skip
-                if consecutive >= MAX_HARDWARE_ERRORS:
-                    raise self._unavailable(f"{consecutive} packets in a row failed in NVDEC: {exc}") from exc
+                nvdec.failed(exc)  # DecoderUnavailable after MAX_HARDWARE_ERRORS in a row: the CPU takes over
                 continue
-            consecutive = 0
+            nvdec.ok()
             for frame in decoded:
                 yield self._device_frame(frame, time_base, pts_offset)
 
@@ -202,19 +202,47 @@ class NvdecSource(PyAvSource):
             self._stream = None
 
 
-def annexb_packets(packets: Iterator[av.Packet], stream: Any) -> Iterator[av.Packet]:
+def annexb_packets(
+    packets: Iterator[av.Packet], stream: Any, bad: BadInput | None = None
+) -> Iterator[av.Packet]:
     """`packets` of `stream` in Annex B (what NVDEC's parser reads), ending with one empty packet.
 
     H.264 / HEVC from MP4 or Matroska (length-prefixed NAL units, parameter sets in the extradata) go
-    through FFmpeg's ``*_mp4toannexb`` filter, which passes Annex B input (RTSP, MPEG-TS) unchanged.
+    through FFmpeg's ``*_mp4toannexb`` filter, which passes Annex B input (RTSP, MPEG-TS) unchanged. A
+    packet the filter rejects (corrupt length prefixes) is counted in `bad` and skipped, a filter that
+    cannot be set up (corrupt extradata) is `bad`'s give-up error; without `bad`, the filter's exceptions
+    are raised.
     """
     name = _ANNEXB_FILTERS.get(stream.codec_context.name)
-    bsf = av.BitStreamFilterContext(name, stream) if name else None
+    try:
+        bsf = av.BitStreamFilterContext(name, stream) if name else None
+    except Exception as exc:  # the filter parses the extradata, which may be corrupt
+        if bad is None:
+            raise
+        raise bad.give_up(f"cannot set up the {name} filter", exc) from exc
     for packet in packets:
-        if packet.size:
-            yield from (bsf.filter(packet) if bsf is not None else [packet])
+        if not packet.size:
+            continue
+        if bsf is None:
+            yield packet
+            continue
+        try:
+            filtered = bsf.filter(packet)
+        except Exception as exc:  # corrupt input is counted, never a crash
+            if bad is None:
+                raise
+            bad.failed(exc)
+            continue
+        if bad is not None:
+            bad.ok()
+        yield from filtered
     if bsf is not None:
-        yield from bsf.filter(None)
+        try:
+            yield from bsf.filter(None)
+        except Exception as exc:
+            if bad is None:
+                raise
+            bad.failed(exc)
     yield av.Packet()
 
 

@@ -23,7 +23,8 @@ def _problems(text: str) -> list[str]:
 
 def test_defaults_suit_cameras() -> None:
     src = _source("  - id: cam\n    url: rtsp://cam.local/stream\n")
-    assert (src.transport, src.open_timeout_s, src.read_timeout_s, src.frozen_after_s) == ("tcp", 10, 5, None)
+    assert src.transport == "auto"  # TCP, and UDP when the server refuses TCP (sources.rtsp)
+    assert (src.open_timeout_s, src.read_timeout_s, src.frozen_after_s) == (10, 5, None)
     assert src.reconnect == ReconnectConfig(
         initial_s=1, max_s=30, multiplier=2, jitter=0.2, down_after=5, down_retry_s=60
     )
@@ -61,7 +62,7 @@ def test_bad_values_are_reported_with_key_and_line() -> None:
         "      max_sec: 3\n"  # 13
     )
     assert problems == [
-        "cfg.yaml:6: sources[0].transport: must be one of tcp, udp, got 'http'",
+        "cfg.yaml:6: sources[0].transport: must be one of auto, tcp, udp, got 'http'",
         "cfg.yaml:7: sources[0].read_timeout_s: must be > 0, got 0",
         "cfg.yaml:8: sources[0].frozen_after_s: must be > 0, got -1",
         "cfg.yaml:10: sources[0].reconnect.jitter: must be < 1, got 1.5",
