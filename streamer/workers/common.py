@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import cProfile
+import faulthandler
 import os
 import signal
 import threading
@@ -10,7 +11,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from streamer.logs import setup_child
 
@@ -34,6 +35,8 @@ class WorkerContext:
     """multiprocessing.Value('b'): set by the inference worker before it is ready — 1 when its engine takes
     frames in GPU memory. ``decoder: auto`` picks NVDEC only then: for an engine on the CPU, NVDEC frames
     would come back to the host and be letterboxed by the slow NumPy model."""
+    heartbeat: Any = None
+    """multiprocessing.RawArray('d', 2): the worker's `Heartbeat`, read by the supervisor."""
 
 
 class StopFlag:
@@ -50,18 +53,71 @@ class StopFlag:
         self._local.set()
 
 
+class Heartbeat:
+    """A worker's proof of progress, in memory shared with the supervisor (`streamer.heartbeat`).
+
+    ``[0]``: the monotonic time (system-wide on Linux) of the loop's last turn; ``[1]``: 1 once the
+    worker is past its start-up (the inference worker's first batch, during which an engine may compile).
+    """
+
+    def __init__(self, shared: Any) -> None:
+        self._shared = shared
+
+    def beat(self) -> None:
+        if self._shared is not None:
+            self._shared[0] = time.monotonic()
+
+    def warm(self) -> None:
+        if self._shared is not None:
+            self._shared[1] = 1.0
+
+
+STACK_SIGNAL = signal.SIGUSR1
+"""Sent by the supervisor to a stuck worker: faulthandler writes every thread's Python stack."""
+
+
+def stack_file(run_dir: str, pid: int) -> Path:
+    return Path(run_dir) / f"stack-{pid}.txt"
+
+
+_stack_out: list[Any] = []  # the open stack file: faulthandler writes to its descriptor
+
+
 def start_worker(ctx: WorkerContext) -> StopFlag:
     """Common start of a worker process: logging through the queue, signals, and the stop flag.
 
     Ctrl-C in a terminal sends SIGINT to the whole process group; the supervisor decides how workers
-    stop, so they ignore it. SIGTERM sent to a worker directly makes it finish cleanly.
+    stop, so they ignore it. SIGTERM sent to a worker directly makes it finish cleanly. `STACK_SIGNAL`
+    dumps the Python stacks into the run directory (from C, so also while the loop is stuck).
     """
     setup_child(ctx.log_queue, ctx.log_level)
     flag = StopFlag(ctx)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, lambda *_: flag.set())
+    out = stack_file(ctx.run_dir, os.getpid()).open("w")
+    _stack_out.append(out)
+    faulthandler.register(STACK_SIGNAL, file=out, all_threads=True)
+    Heartbeat(ctx.heartbeat).beat()
     return flag
 
+
+class Prior(NamedTuple):
+    """What a source tells the inference worker, with each frame it announces, about the frames before it:
+    the index of the one it announced last (-1: none) and how many after that it dropped, by reason.
+    With these the inference worker accounts for every frame index (`streamer.workers.streams`)."""
+
+    after: int = -1
+    ring_full: int = 0
+    notify_full: int = 0
+
+    def dropped(self, reason: str) -> Prior:
+        """This, with one more frame dropped for `reason` (``ring_full`` or ``notify_full``)."""
+        if reason == "ring_full":
+            return self._replace(ring_full=self.ring_full + 1)
+        return self._replace(notify_full=self.notify_full + 1)
+
+
+NO_PRIOR = Prior()
 
 SLOT_WAIT_S = (0.0002, 0.002)
 """A file source waiting for a free ring slot polls with this backoff (first, longest sleep). The cap

@@ -88,8 +88,7 @@ class Results:
                 m.publish_seconds.observe(sent - built)
                 start = sent
                 stream = book[note.stream]
-                stream.inflight -= 1
-                stream.published += 1
+                stream.published_frame(msg.seq)
                 stream.last_frame_time = msg.publish_ts
                 stream.metrics.published.inc()
                 stream.metrics.latency.observe(msg.publish_ts - note.capture_time)
