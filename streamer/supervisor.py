@@ -38,14 +38,16 @@ from typing import TYPE_CHECKING, Any
 
 from streamer.errors import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, ConfigError, ModelError
 from streamer.health import MetricsServer, Snapshot, build_snapshot
+from streamer.heartbeat import is_warm, python_stack, silent_for
 from streamer.logs import setup_main
-from streamer.messages import EVENT_ERROR, Shutdown, StreamEvent
+from streamer.messages import EVENT_ERROR, EVENT_STALLED, Shutdown, StreamEvent
 from streamer.models.registry import ensure_model
 from streamer.processes import (
     SOURCE_JOIN_S,
     InferenceProcess,
     SourceProcess,
     describe_exit,
+    kill,
     policy_of,
     rss_mb,
 )
@@ -123,6 +125,8 @@ class Supervisor:
         self._loading = False
         self._ready_at = 0.0
         self._restarts: Counter[tuple[str, str]] = Counter()
+        self._after_restart: list[StreamEvent] = []
+        """Events for the next inference worker to publish (about the one that was killed)."""
 
     # -- set-up and tear-down ----------------------------------------------------------------------
 
@@ -225,6 +229,7 @@ class Supervisor:
                 exit_code = EXIT_FAILURE
                 break
             self._start_due()
+            self._check_heartbeats()
             self._check_memory()
             self._report()
             if all(s.done for s in self._sources.values()):
@@ -312,6 +317,9 @@ class Supervisor:
                 return self._stopping_signal()
             log.info("inference worker restarted (pid %s)", inference.pid)
             self._restarts["inference", ""] += 1
+            for event in self._after_restart:
+                self._notify.send(event)  # type: ignore[union-attr]
+            self._after_restart = []
         return True
 
     def _bump_epoch(self) -> None:
@@ -379,7 +387,42 @@ class Supervisor:
             worker.join(max(0.0, deadline - time.monotonic()))
         self._reap_sources()
 
-    # -- memory, status, watchdog ------------------------------------------------------------------
+    # -- heartbeats, memory, status, watchdog ------------------------------------------------------
+
+    def _check_heartbeats(self) -> None:
+        """Kill (for a restart) each worker whose loop stopped advancing (`streamer.heartbeat`)."""
+        limits = self.cfg.supervisor
+        if not limits.heartbeat_timeout_s:
+            return
+        for sid, worker in self._sources.items():
+            limit = worker.heartbeat_limit(limits.heartbeat_timeout_s)
+            if not is_warm(worker.heartbeat):  # still spawning: importing, loading libraries
+                limit = max(limit, limits.heartbeat_startup_s)
+            if worker.alive() and (silent := silent_for(worker.heartbeat)) > limit:
+                for event in self._stalled(worker.proc, f"stream {sid}: the source worker", silent, [sid]):
+                    self._notify.send(event)  # type: ignore[union-attr]
+        inference = self._inference
+        if inference is None or self._loading or not inference.alive():
+            return
+        limit = limits.heartbeat_timeout_s
+        if not is_warm(inference.heartbeat):  # its first batch may be compiling the engine
+            limit = max(limit, limits.heartbeat_startup_s)
+        if (silent := silent_for(inference.heartbeat, since=self._ready_at)) > limit:
+            streams = [s.id for s in self.cfg.sources]
+            self._after_restart += self._stalled(inference.proc, "the inference worker", silent, streams)
+
+    def _stalled(self, proc: Any, what: str, silent: float, streams: list[str]) -> list[StreamEvent]:
+        """Log a stuck worker with its stack and kill it; the events that say so, one per stream."""
+        stack = python_stack(proc.pid, self._ctx.run_dir)  # type: ignore[union-attr]
+        log.error(
+            "%s (pid %d) has not advanced for %.0f s (supervisor.heartbeat_timeout_s): killing it for a "
+            "restart. Its Python stack:\n%s",
+            what, proc.pid, silent, stack,
+        )  # fmt: skip
+        kill(proc)
+        message = f"{what.split(': ')[-1]} had not advanced for {silent:.0f} s: killed and restarted"
+        detail: dict[str, str | int | float] = {"pid": proc.pid, "stalled_s": round(silent, 1)}
+        return [StreamEvent(sid, EVENT_STALLED, message, detail=detail) for sid in streams]
 
     def _check_memory(self) -> None:
         now = time.monotonic()
@@ -544,6 +587,8 @@ class Supervisor:
         for sid in changed + added:
             self._sources.pop(sid, None)
             self._add_source(new_sources[sid])
+        for sid in removed:  # a stream of that id added later starts from nothing
+            (Path(self._ctx.run_dir) / "ledger" / sid).unlink(missing_ok=True)  # type: ignore[union-attr]
         if pipeline_changed and self._inference is not None:
             self._inference.planned = True
             try:

@@ -72,6 +72,14 @@ class Heartbeat:
             self._shared[1] = 1.0
 
 
+_heartbeat = Heartbeat(None)
+
+
+def heartbeat() -> Heartbeat:
+    """This process's heartbeat (set by `start_worker`; one that does nothing elsewhere, e.g. in tests)."""
+    return _heartbeat
+
+
 STACK_SIGNAL = signal.SIGUSR1
 """Sent by the supervisor to a stuck worker: faulthandler writes every thread's Python stack."""
 
@@ -97,7 +105,9 @@ def start_worker(ctx: WorkerContext) -> StopFlag:
     out = stack_file(ctx.run_dir, os.getpid()).open("w")
     _stack_out.append(out)
     faulthandler.register(STACK_SIGNAL, file=out, all_threads=True)
-    Heartbeat(ctx.heartbeat).beat()
+    global _heartbeat
+    _heartbeat = Heartbeat(ctx.heartbeat)
+    _heartbeat.beat()
     return flag
 
 
@@ -139,6 +149,7 @@ def wait_for_slot(
         if live or stop.is_set():
             return None
         time.sleep(delay)
+        _heartbeat.beat()  # waiting for the inference worker is progress of ours
         delay = min(delay * 2, SLOT_WAIT_S[1])
         if not on_wait():
             return None

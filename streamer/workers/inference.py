@@ -43,7 +43,7 @@ from streamer.publish import Publisher
 from streamer.status import STATE_OF_EVENT, decoder_after
 from streamer.transport.notify import NotifyReceiver
 from streamer.transport.ring import StaleSlotError
-from streamer.workers.common import Heartbeat, StopFlag, WorkerContext, start_worker
+from streamer.workers.common import StopFlag, WorkerContext, heartbeat, start_worker
 from streamer.workers.frames import FrameReader, HostFrames
 from streamer.workers.ledger import Ledger
 from streamer.workers.reporting import Reporter
@@ -75,7 +75,6 @@ class InferenceLoop:
         stop: StopFlag | None = None,
         status_path: Path | None = None,
         ledger: Ledger | None = None,
-        heartbeat: Heartbeat | None = None,
     ) -> None:
         self.cfg = cfg
         self.receiver = receiver
@@ -90,7 +89,6 @@ class InferenceLoop:
         for stream in self.book:  # a replaced worker's streams: their seq goes on, never back
             if stream.record is not None:
                 publisher.resume(stream.id, stream.record.next_seq)
-        self.heartbeat = heartbeat
         self.host_frames = HostFrames(executor, self.swap_rb)
         self.gpu_frames: DeviceFrames | None = None
         """The CUDA-ring side, created for the first NVDEC stream; None on the CPU path."""
@@ -121,7 +119,7 @@ class InferenceLoop:
         poller = zmq.Poller()
         poller.register(self.receiver.socket, zmq.POLLIN)
         poller.register(self.executor.wake_fd, zmq.POLLIN)
-        timeline, clock = self.timeline, time.perf_counter
+        timeline, clock, pulse = self.timeline, time.perf_counter, heartbeat()
         while True:
             timeout = self._poll_timeout()
             t0 = clock()
@@ -132,7 +130,8 @@ class InferenceLoop:
                 self._accept(msg)
             self.book.drop_stale_live(self._release)  # at once, so that live sources get their slots back
             t2 = clock()
-            self.results.collect(self.book)
+            if self.results.collect(self.book):
+                pulse.warm()  # past the first batch (an engine may compile on it)
             t3 = clock()
             self._poll_frames()  # give back the ring slots whose kernels have run
             self._dispatch()
@@ -148,8 +147,7 @@ class InferenceLoop:
                 ):
                     timeline.spent(phase, seconds)
                 timeline.turn(t5)
-            if self.heartbeat is not None:
-                self.heartbeat.beat()
+            pulse.beat()
             if self._finished():
                 self._report_drops()
                 return
@@ -332,9 +330,8 @@ def run_inference(cfg: Config, model: Path, ctx: WorkerContext, ready: object) -
             ctx.engine_on_gpu.value = int(executor.on_gpu)
         ledger = Ledger(Path(ctx.run_dir) / "ledger")
         loop = InferenceLoop(
-            cfg, receiver, publisher, executor, stop, Path(ctx.run_dir) / "status.json", ledger,
-            Heartbeat(ctx.heartbeat),
-        )  # fmt: skip
+            cfg, receiver, publisher, executor, stop, Path(ctx.run_dir) / "status.json", ledger
+        )
         ready.set()  # type: ignore[attr-defined]
         loop.run()
         log.info(

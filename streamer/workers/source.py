@@ -45,7 +45,15 @@ from streamer.sources.reconnect import Backoff, BackoffPolicy
 from streamer.sources.watchdog import Watchdog
 from streamer.transport.notify import NotifySender
 from streamer.transport.ring import FrameRing
-from streamer.workers.common import NO_PRIOR, Prior, StopFlag, WorkerContext, start_worker, wait_for_slot
+from streamer.workers.common import (
+    NO_PRIOR,
+    Prior,
+    StopFlag,
+    WorkerContext,
+    heartbeat,
+    start_worker,
+    wait_for_slot,
+)
 
 if TYPE_CHECKING:
     from streamer.config import SourceConfig
@@ -134,6 +142,7 @@ class RingWriter:
 def run_source(cfg: SourceConfig, ctx: WorkerContext) -> int:
     """Process entry point: returns the exit code."""
     stop = start_worker(ctx)
+    heartbeat().warm()  # from here on its loop beats (each frame, each wait): the plain limit applies
     sender = NotifySender(ctx.notify_endpoint)
     writer = RingWriter(ctx.run_dir, cfg.id, cfg.ring_slots, ctx.inference_epoch)
     engine_on_gpu = ctx.engine_on_gpu is None or bool(ctx.engine_on_gpu.value)
@@ -399,13 +408,14 @@ class _Live:
 
 def _timed(frames: Iterator[Frame], metrics: SourceMetrics) -> Iterator[Frame]:
     """`frames`, counting each and timing the decoder call that produced it; closes `frames` when closed."""
-    clock = time.perf_counter
+    clock, pulse = time.perf_counter, heartbeat()
     decoded, decode_seconds = metrics.decoded, metrics.decode_seconds
     try:
         start = clock()
         for frame in frames:
             decode_seconds.observe(clock() - start)
             decoded.inc()
+            pulse.beat()
             yield frame
             start = clock()
     finally:
@@ -424,6 +434,7 @@ def _sleep(seconds: float, stop: StopFlag) -> None:
     deadline = time.monotonic() + seconds
     while not stop.is_set() and (left := deadline - time.monotonic()) > 0:
         time.sleep(min(left, _STOP_POLL_S))
+        heartbeat().beat()
 
 
 def _describe(info: SourceInfo) -> str:

@@ -14,7 +14,9 @@ from streamer.workers.streams import StreamBook
 
 
 def _note(index: int, after: int, ring_full: int = 0, stream: str = "cam1") -> FrameReady:
-    return FrameReady(stream, "/ring", 0, index, index, None, 0.0, 8, 8, True, after=after, ring_full=ring_full)
+    return FrameReady(
+        stream, "/ring", 0, index, index, None, 0.0, 8, 8, True, after=after, ring_full=ring_full
+    )
 
 
 def test_source_drops_arrive_with_the_next_frame_as_a_range_with_their_reason(tmp_path: Path) -> None:
@@ -40,7 +42,7 @@ def test_a_replacement_worker_reports_what_the_dead_one_lost_and_carries_seq_and
     assert dead.take_report() is not None
     dead.sent(0)  # its started event was message 0
     taken = first.oldest_frames(4)  # frames 0-3 into a batch
-    for n, (stream, _note_, _at) in enumerate(taken[:2]):  # 0 and 1 published as messages 1 and 2
+    for n, (stream, *_) in enumerate(taken[:2]):  # 0 and 1 published as messages 1 and 2
         stream.published_frame(1 + n)
     # The worker dies: 2 and 3 in flight, 4-7 and 9 queued, 10-14 announced but never read.
 
