@@ -55,6 +55,7 @@ from streamer.sdnotify import SystemdNotifier
 from streamer.status import RunStatus, read_status
 from streamer.transport.notify import NotifySender
 from streamer.workers.common import WorkerContext
+from streamer.workers.ledger import ledger_dir
 
 if TYPE_CHECKING:
     from streamer.config import Config
@@ -588,7 +589,7 @@ class Supervisor:
             self._sources.pop(sid, None)
             self._add_source(new_sources[sid])
         for sid in removed:  # a stream of that id added later starts from nothing
-            (Path(self._ctx.run_dir) / "ledger" / sid).unlink(missing_ok=True)  # type: ignore[union-attr]
+            (ledger_dir(self._ctx.run_dir) / sid).unlink(missing_ok=True)  # type: ignore[union-attr]
         if pipeline_changed and self._inference is not None:
             self._inference.planned = True
             try:

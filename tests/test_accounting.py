@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 import re
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -115,6 +117,48 @@ def test_frames_a_paced_file_drops_while_inference_is_stopped_are_reported(
     assert _unaccounted(daemon, "a", FRAMES) == []
 
 
+def test_a_restarted_inference_worker_knows_the_streams_are_running(tmp_path: Path, model: Path) -> None:
+    streams = "".join(f"  - id: {s}\n    url: a.mp4\n    loop: true\n    realtime: true\n" for s in "ab")
+    daemon = start_daemon(tmp_path, _config(model, streams, "metrics:\n  listen: 127.0.0.1:0\n"))
+    try:
+        daemon.receive_until(lambda ms: len(daemon.detections("a")) >= 5 and len(daemon.detections("b")) >= 5)
+        url = re.search(r"metrics and health checks on (http://\S+) ", daemon.log()).group(1)  # type: ignore[union-attr]
+        _wait_for("/readyz 200", lambda: fetch(f"{url}/readyz")[0] == 200, daemon)
+        os.kill(_inference_pid(daemon), signal.SIGKILL)
+        _wait_for("a restart", lambda: "inference worker restarted" in daemon.log(), daemon)
+        _new_frames(daemon, "ab")
+        # The streams' started events went to the dead worker; no new one comes: the state carries over.
+        assert _ready(url, "ab"), fetch(f"{url}/readyz")[1]
+        status = subprocess.run(
+            [sys.executable, "-m", "streamer", "status", "--url", url],
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert status.returncode == 0, status.stdout + status.stderr
+        rows = {
+            line.split()[0]: line.split()[1]
+            for line in status.stdout.splitlines()
+            if line[:2] in ("a ", "b ")
+        }
+        assert rows == {"a": "running", "b": "running"}, status.stdout
+        assert daemon.stop() == 0, daemon.log()
+    finally:
+        daemon.close()
+
+
+def _new_frames(daemon: Daemon, streams: str, n: int = 50) -> None:
+    """Receive `n` more detections of each stream: at 25 fps, 2 s in which the new inference worker has
+    written its status (every second) at least once."""
+    daemon.messages.clear()
+    daemon.receive_until(lambda ms: all(len(daemon.detections(s)) >= n for s in streams), timeout=60)
+
+
+def _ready(url: str, streams: str) -> bool:
+    """/readyz answers 200 and /metrics has ``stream_up`` 1 for each of `streams`."""
+    code, _ = fetch(f"{url}/readyz")
+    metrics = fetch(f"{url}/metrics")[1]
+    return code == 200 and all(f'yolostream_stream_up{{stream="{s}"}} 1.0' in metrics for s in streams)
+
+
 def test_a_stuck_inference_worker_is_killed_and_the_streams_come_back_ready(
     tmp_path: Path, model: Path
 ) -> None:
@@ -134,15 +178,11 @@ def test_a_stuck_inference_worker_is_killed_and_the_streams_come_back_ready(
         assert f"the inference worker (pid {pid}) has not advanced for" in log
         assert "(no stack: the process is stopped, by SIGSTOP or a debugger)" in log
         assert daemon.events("a", "stalled")[0].detail["pid"] == pid
-
-        def ready() -> bool:
-            code, _ = fetch(f"{url}/readyz")
-            metrics = fetch(f"{url}/metrics")[1]
-            return code == 200 and all(f'yolostream_stream_up{{stream="{s}"}} 1.0' in metrics for s in "ab")
-
-        _wait_for("/readyz 200 and stream_up 1 after the restart", ready, daemon)
         seqs = [m.seq for m in daemon.messages if m.stream == "a"]
-        assert seqs == sorted(set(seqs))
+        _new_frames(daemon, "ab")
+        assert _ready(url, "ab"), fetch(f"{url}/readyz")[1]
+        later = [m.seq for m in daemon.messages if m.stream == "a"]
+        assert later[0] > seqs[-1] and later == sorted(set(later))  # seq went on, never back
         assert daemon.stop() == 0, daemon.log()
     finally:
         daemon.close()

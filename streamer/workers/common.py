@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 
 from streamer.logs import setup_child
+from streamer.metrics import DROP_RING_FULL
 
 
 @dataclass(frozen=True)
@@ -121,8 +122,8 @@ class Prior(NamedTuple):
     notify_full: int = 0
 
     def dropped(self, reason: str) -> Prior:
-        """This, with one more frame dropped for `reason` (``ring_full`` or ``notify_full``)."""
-        if reason == "ring_full":
+        """This, with one more frame dropped for `reason` (`DROP_RING_FULL` or `DROP_NOTIFY_FULL`)."""
+        if reason == DROP_RING_FULL:
             return self._replace(ring_full=self.ring_full + 1)
         return self._replace(notify_full=self.notify_full + 1)
 

@@ -45,8 +45,8 @@ from streamer.transport.notify import NotifyReceiver
 from streamer.transport.ring import StaleSlotError
 from streamer.workers.common import StopFlag, WorkerContext, heartbeat, start_worker
 from streamer.workers.frames import FrameReader, HostFrames
-from streamer.workers.ledger import Ledger
-from streamer.workers.reporting import Reporter
+from streamer.workers.ledger import Ledger, ledger_dir
+from streamer.workers.reporting import Reporter, wait_for_previous_subscribers
 from streamer.workers.results import Item, Results
 from streamer.workers.streams import StreamBook, StreamState
 from streamer.workers.timeline import Timeline
@@ -271,9 +271,8 @@ class InferenceLoop:
                 self._publish_event(stream, event)
 
     def _publish_event(self, stream: StreamState, event: StreamEvent) -> None:
-        msg = event_message(event)
-        self.publisher.publish(msg)
-        stream.sent(msg.seq)
+        stream.sent(self.publisher.next_seq(stream.id))  # (first, as for detections: `Results.collect`)
+        self.publisher.publish(event_message(event))
 
     # -- shutdown ------------------------------------------------------------------------------------
 
@@ -328,10 +327,9 @@ def run_inference(cfg: Config, model: Path, ctx: WorkerContext, ready: object) -
         executor = open_executor(cfg, model)
         if ctx.engine_on_gpu is not None:  # set before `ready`: the sources start after it (WorkerContext)
             ctx.engine_on_gpu.value = int(executor.on_gpu)
-        ledger = Ledger(Path(ctx.run_dir) / "ledger")
-        loop = InferenceLoop(
-            cfg, receiver, publisher, executor, stop, Path(ctx.run_dir) / "status.json", ledger
-        )
+        ledger, status_path = Ledger(ledger_dir(ctx.run_dir)), Path(ctx.run_dir) / "status.json"
+        wait_for_previous_subscribers(publisher, status_path)
+        loop = InferenceLoop(cfg, receiver, publisher, executor, stop, status_path, ledger)
         ready.set()  # type: ignore[attr-defined]
         loop.run()
         log.info(

@@ -83,8 +83,12 @@ class LedgerRecord:
         self._map.close()
 
 
+def ledger_dir(run_dir: str | Path) -> Path:
+    return Path(run_dir) / "ledger"
+
+
 class Ledger:
-    """The ``ledger/`` folder of a run directory: one `LedgerRecord` file per stream id."""
+    """The ``ledger/`` folder of a run directory (`ledger_dir`): one `LedgerRecord` file per stream id."""
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
@@ -111,4 +115,4 @@ class Ledger:
         self._open.clear()
 
 
-__all__ = ["Ledger", "LedgerRecord"]
+__all__ = ["Ledger", "LedgerRecord", "ledger_dir"]

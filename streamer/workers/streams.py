@@ -156,9 +156,12 @@ class StreamState:
         """`note`'s frame went into a batch."""
         self.batched.append(note.index)
 
-    def published_frame(self, seq: int) -> None:
-        """The oldest frame in flight was published as message `seq`."""
-        self.batched.popleft()
+    def published_frame(self, index: int, seq: int) -> None:
+        """Frame `index` (in flight) was published as message `seq`."""
+        if self.batched and self.batched[0] == index:
+            self.batched.popleft()  # (batches finish in order: always the oldest)
+        else:
+            self.batched.remove(index)
         self.published += 1
         self.sent(seq)
 

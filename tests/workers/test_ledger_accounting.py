@@ -42,8 +42,8 @@ def test_a_replacement_worker_reports_what_the_dead_one_lost_and_carries_seq_and
     assert dead.take_report() is not None
     dead.sent(0)  # its started event was message 0
     taken = first.oldest_frames(4)  # frames 0-3 into a batch
-    for n, (stream, *_) in enumerate(taken[:2]):  # 0 and 1 published as messages 1 and 2
-        stream.published_frame(1 + n)
+    for n, (stream, note, _) in enumerate(taken[:2]):  # 0 and 1 published as messages 1 and 2
+        stream.published_frame(note.index, 1 + n)
     # The worker dies: 2 and 3 in flight, 4-7 and 9 queued, 10-14 announced but never read.
 
     second = StreamBook(Ledger(tmp_path))
