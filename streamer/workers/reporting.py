@@ -60,6 +60,7 @@ class Reporter:
             self._overflows_counted = overflows
 
     def _sample_gauges(self) -> None:
+        self.publisher.poll_subscriptions()  # (read also while nothing is published: the count is current)
         self.metrics.subscriptions.set(self.publisher.subscribers)
         if self._gpu and (memory := gpu_memory()) is not None:
             used, total = gpu_memory_gauges()
