@@ -21,8 +21,9 @@ import numpy as np
 import pytest
 
 from streamer.protocol import DetectionsMessage
+from streamer.status import read_status
 from streamer.status_command import fetch
-from tests.support.daemon import Daemon, start_daemon
+from tests.support.daemon import Daemon, run_dirs, start_daemon
 from tests.support.media import bright_spot_clip
 from tests.support.models import write_oracle_model
 
@@ -129,9 +130,10 @@ def test_a_restarted_inference_worker_knows_the_streams_are_running(tmp_path: Pa
         _wait_for("/readyz 200", lambda: fetch(f"{url}/readyz")[0] == 200, daemon)
         os.kill(_inference_pid(daemon), signal.SIGKILL)
         _wait_for("a restart", lambda: "inference worker restarted" in daemon.log(), daemon)
-        _new_frames(daemon, "ab")
         # The streams' started events went to the dead worker; no new one comes: the state carries over.
-        assert _ready(url, "ab"), fetch(f"{url}/readyz")[1]
+        seen = time.time()
+        _wait_for("the new worker's status, streams running", lambda: _running(daemon, "ab", seen), daemon)
+        _wait_for("/readyz 200 and stream_up 1", lambda: _ready(url, "ab"), daemon)
         status = subprocess.run(
             [sys.executable, "-m", "streamer", "status", "--url", url],
             capture_output=True, text=True, timeout=60, check=False,
@@ -148,9 +150,18 @@ def test_a_restarted_inference_worker_knows_the_streams_are_running(tmp_path: Pa
         daemon.close()
 
 
-def _new_frames(daemon: Daemon, streams: str, n: int = 50) -> None:
-    """Receive `n` more detections of each stream: at 25 fps, 2 s in which the new inference worker has
-    written its status (every second) at least once."""
+def _running(daemon: Daemon, streams: str, since: float) -> bool:
+    """The inference worker's status file, written after `since` (Unix time) by a worker that has batched
+    frames, has each of `streams` running."""
+    (run_dir,) = run_dirs(daemon.pid)
+    status = read_status(run_dir / "status.json")
+    if status is None or status.time <= since or status.batches == 0:
+        return False
+    return all(s in status.streams and status.streams[s].state == "running" for s in streams)
+
+
+def _new_frames(daemon: Daemon, streams: str, n: int) -> None:
+    """Forget the messages received so far and receive `n` more detections of each of `streams`."""
     daemon.messages.clear()
     daemon.receive_until(lambda ms: all(len(daemon.detections(s)) >= n for s in streams), timeout=60)
 
@@ -182,8 +193,10 @@ def test_a_stuck_inference_worker_is_killed_and_the_streams_come_back_ready(
         assert "(no stack: the process is stopped, by SIGSTOP or a debugger)" in log
         assert daemon.events("a", "stalled")[0].detail["pid"] == pid
         seqs = [m.seq for m in daemon.messages if m.stream == "a"]
-        _new_frames(daemon, "ab")
-        assert _ready(url, "ab"), fetch(f"{url}/readyz")[1]
+        seen = time.time()
+        _wait_for("the new worker's status, streams running", lambda: _running(daemon, "ab", seen), daemon)
+        _wait_for("/readyz 200 and stream_up 1", lambda: _ready(url, "ab"), daemon)
+        _new_frames(daemon, "ab", 10)
         later = [m.seq for m in daemon.messages if m.stream == "a"]
         assert later[0] > seqs[-1] and later == sorted(set(later))  # seq went on, never back
         assert daemon.stop() == 0, daemon.log()
