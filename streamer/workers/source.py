@@ -479,7 +479,7 @@ def _hand_over(
         lost = hand_over_device(
             stream, frame, writer.device_ring(), sender, live, stop, writer.reclaim_if_reader_replaced, prior
         )
-        if lost is not None and live and metrics is not None:
+        if lost is not None and metrics is not None and not stop.is_set():  # (counted as for a CPU ring)
             (metrics.dropped_ring_full if lost == DROP_RING_FULL else metrics.dropped_notify_full).inc()
         return lost
     image = frame.image
