@@ -574,6 +574,20 @@ class SupervisorConfig(_Section):
         description="Streams decoded on the CPU share a source worker process this many at a time; 1 (the "
         "default): a process per stream.",
     )
+    heartbeat_timeout_s: StrictFloat = Field(
+        default=30.0,
+        ge=0,
+        description="A worker whose loop has not advanced for this long is stuck: its Python stack is "
+        "logged, a stalled event published and the worker restarted; 0 turns the check off. A live "
+        "source gets at least its own open/read timeout plus 15 s (its decoder watchdog acts first).",
+    )
+    heartbeat_startup_s: StrictFloat = Field(
+        default=300.0,
+        ge=0,
+        description="The limit during start-up, at least heartbeat_timeout_s: a worker's until its own code "
+        "runs (spawn, imports), the inference worker's from ready until its first batch is published, "
+        "when an engine may compile (torch.compile, a TensorRT build).",
+    )
 
 
 class LoggingConfig(_Section):

@@ -26,6 +26,7 @@ import time
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
+from streamer.heartbeat import shared_heartbeat
 from streamer.processes import SourceProcess, describe_exit, kill
 from streamer.workers.common import profiled
 from streamer.workers.decoder_group import GroupCommand, GroupReport, run_group
@@ -71,6 +72,8 @@ class GroupProcess:
         self.proc: BaseProcess | None = None
         self.conn: Connection | None = None
         self.stop_event: Any = None
+        self.heartbeat: Any = None
+        """The process's `streamer.heartbeat.shared_heartbeat`: every stream thread's loop beats it."""
         self.stalled: str | None = None
         """The stream whose decoder hung, when the process exits for that."""
 
@@ -104,9 +107,9 @@ class GroupProcess:
         return True
 
     def _spawn(self, cfgs: list[SourceConfig]) -> None:
-        self.stop_event = self._mp.Event()
+        self.stop_event, self.heartbeat = self._mp.Event(), shared_heartbeat(self._mp)
         mine, theirs = self._mp.Pipe()
-        ctx = replace(self._ctx, stop=self.stop_event)
+        ctx = replace(self._ctx, stop=self.stop_event, heartbeat=self.heartbeat)
         self.proc = self._mp.Process(
             target=_group_entry, args=(self.name, cfgs, ctx, theirs), name=f"decoders:{self.name}"
         )
@@ -230,6 +233,9 @@ class GroupMember(SourceProcess):
 
     def alive(self) -> bool:
         return self.running and self.group.alive()
+
+    def beating(self) -> tuple[Any, Any]:
+        return self.group.heartbeat, self.group.proc
 
     def waitables(self) -> list[Any]:
         return self.group.waitables()

@@ -16,15 +16,16 @@ import msgspec
 EVENT_STARTED = "started"  # the source opened; detail carries codec, size and rate
 EVENT_EOS = "eos"  # the source ended normally (end of file, not looping); no more frames will follow
 EVENT_ERROR = "error"  # the source failed (missing file, corrupt data, unsupported codec, worker died)
-EVENT_DROPPED = "dropped"  # frames of a live stream were dropped because inference fell behind
+EVENT_DROPPED = "dropped"  # frames were lost (detail: first..last frame index, counts by reason)
 EVENT_RECONNECTING = "reconnecting"  # a live stream failed (or froze); detail: attempt, delay_s, reason
 EVENT_DOWN = "down"  # reconnect.down_after failures in a row: retried at the slow rate from now on
 EVENT_UP = "up"  # frames flow again after failures; detail: downtime_s, attempts
 EVENT_FROZEN = "frozen"  # the same picture for frozen_after_s: the stream is reconnected
 EVENT_FALLBACK = "fallback"  # NVDEC could not decode the stream: it goes on with the CPU decoder
+EVENT_STALLED = "stalled"  # a worker of the stream stopped advancing (heartbeat): killed and restarted
 EVENT_KINDS = (
     EVENT_STARTED, EVENT_EOS, EVENT_ERROR, EVENT_DROPPED,
-    EVENT_RECONNECTING, EVENT_DOWN, EVENT_UP, EVENT_FROZEN, EVENT_FALLBACK,
+    EVENT_RECONNECTING, EVENT_DOWN, EVENT_UP, EVENT_FROZEN, EVENT_FALLBACK, EVENT_STALLED,
 )  # fmt: skip
 
 
@@ -54,6 +55,12 @@ class FrameReady(msgspec.Struct, frozen=True, tag="frame", array_like=True):
     """nv12 only: the frame's AVColorSpace code (2: unspecified, converted as BT.601, as FFmpeg does)."""
     color_range: int = 0
     """nv12 only: the frame's AVColorRange code (2: full range; 0, 1: limited)."""
+    after: int = -1
+    """Index of the frame this source worker announced before this one (-1: none yet)."""
+    ring_full: int = 0
+    """Frames after `after` that the source dropped because every ring slot was busy."""
+    notify_full: int = 0
+    """Frames after `after` that the source dropped because the notification queue was full."""
 
 
 class RingExport(msgspec.Struct, frozen=True, tag="ring", array_like=True):

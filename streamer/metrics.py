@@ -34,6 +34,8 @@ DROP_INFERENCE_BEHIND = "inference_behind"
 """Inference side, live streams: a newer frame of the stream arrived before this one was batched."""
 DROP_STALE_SLOT = "stale_slot"
 """Inference side: the frame's ring slot was reused or its ring was gone before it could be read."""
+DROP_INFERENCE_RESTART = "inference_restart"
+"""Inference side: announced to an inference worker that died (or was stopped) before publishing it."""
 
 # Bucket upper bounds, in seconds (or frames, for batch sizes).
 _FAST_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
@@ -110,6 +112,7 @@ class StreamMetrics:
     latency: Histogram
     dropped_behind: Counter
     dropped_stale: Counter
+    dropped_restart: Counter
 
 
 @dataclass
@@ -133,6 +136,7 @@ class InferenceMetrics:
             self.latency.labels(stream),
             dropped.labels(stream, DROP_INFERENCE_BEHIND),
             dropped.labels(stream, DROP_STALE_SLOT),
+            dropped.labels(stream, DROP_INFERENCE_RESTART),
         )
 
 
@@ -202,6 +206,7 @@ def gpu_memory() -> tuple[int, int] | None:
 
 __all__ = [
     "DROP_INFERENCE_BEHIND",
+    "DROP_INFERENCE_RESTART",
     "DROP_NOTIFY_FULL",
     "DROP_RING_FULL",
     "DROP_STALE_SLOT",

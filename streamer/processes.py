@@ -18,10 +18,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from streamer.errors import EXIT_OK
+from streamer.heartbeat import shared_heartbeat
 from streamer.restart import RestartPolicy, RestartTracker
 from streamer.workers.common import WorkerContext, profiled
 from streamer.workers.inference import run_inference
-from streamer.workers.source import EXIT_SOURCE_FAILED, EXIT_SOURCE_STALLED, run_source
+from streamer.workers.source import EXIT_SOURCE_FAILED, EXIT_SOURCE_STALLED, WATCHDOG_GRACE_S, run_source
 
 if TYPE_CHECKING:
     from multiprocessing.context import SpawnContext
@@ -114,9 +115,11 @@ def policy_of(cfg: Config) -> RestartPolicy:
 
 
 class _WorkerProcess:
-    """What both kinds of worker share: the current process, if any, and how it ended."""
+    """What both kinds of worker share: the current process, if any, its heartbeat, and how it ended."""
 
     proc: BaseProcess | None = None
+    heartbeat: Any = None
+    """The current process's `streamer.heartbeat.shared_heartbeat`."""
 
     @property
     def pid(self) -> int | None:
@@ -161,8 +164,8 @@ class SourceProcess(_WorkerProcess):
         """The last exit was the worker's own (not a kill), so it sent its SourceExit notification."""
 
     def start(self) -> None:
-        self.stop_event = self._mp.Event()
-        ctx = replace(self._base_ctx, stop=self.stop_event)
+        self.stop_event, self.heartbeat = self._mp.Event(), shared_heartbeat(self._mp)
+        ctx = replace(self._base_ctx, stop=self.stop_event, heartbeat=self.heartbeat)
         self.proc = self._mp.Process(target=_source_entry, args=(self.cfg, ctx), name=f"source:{self.cfg.id}")
         self.proc.start()
         self.tracker.started()
@@ -198,6 +201,17 @@ class SourceProcess(_WorkerProcess):
                     "stream %s: source worker did not stop in %.0f s; killing it", self.cfg.id, timeout
                 )
                 kill(self.proc)
+
+    def beating(self) -> tuple[Any, Any]:
+        """(the heartbeat its loop writes, the process it beats in); a decoder group's stream: the group's."""
+        return self.heartbeat, self.proc
+
+    def heartbeat_limit(self, timeout_s: float) -> float:
+        """How long the worker may be silent: a live stream's decoder call may block until its own
+        watchdog ends it (`WATCHDOG_GRACE_S` past the call's timeout)."""
+        c = self.cfg
+        floor = max(c.open_timeout_s, c.read_timeout_s) + WATCHDOG_GRACE_S + 5.0 if c.is_live else 0.0
+        return max(timeout_s, floor)
 
     def on_exit(self, code: int) -> str | None:
         """Decide what follows an exit; returns a reason to report as an error event, or None."""
@@ -240,7 +254,8 @@ class InferenceProcess(_WorkerProcess):
 
     def start(self, cfg: Config, model: Path) -> None:
         self.stop_event, self.ready = self._mp.Event(), self._mp.Event()
-        ctx = replace(self._ctx, stop=self.stop_event)
+        self.heartbeat = shared_heartbeat(self._mp)
+        ctx = replace(self._ctx, stop=self.stop_event, heartbeat=self.heartbeat)
         self.proc = self._mp.Process(
             target=_inference_entry, args=(cfg, model, ctx, self.ready), name="inference"
         )

@@ -211,6 +211,10 @@ class Publisher:
         """The sequence number that the next message of `stream` will be given by `publish`."""
         return self._seq.get(stream, 0)
 
+    def resume(self, stream: str, seq: int) -> None:
+        """Number `stream`'s next message `seq`: a replaced inference worker's streams go on, never back."""
+        self._seq[stream] = max(seq, self._seq.get(stream, 0))
+
     # ---------------------------------------------------------------------------------------- sending
 
     def publish(self, msg: Message) -> bool:

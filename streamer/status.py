@@ -40,6 +40,8 @@ class RunStatus(msgspec.Struct):
     published: int = 0
     batches: int = 0
     streams: dict[str, StreamStatus] = msgspec.field(default_factory=dict)
+    subscriptions: int = 0
+    """Active subscriptions to the publisher (a replacement inference worker waits for as many)."""
 
     def summary(self) -> str:
         """One line for systemd's STATUS=, e.g. ``3 streams: 2 running, 1 down; 1520 frames published``."""

@@ -39,14 +39,16 @@ from typing import TYPE_CHECKING, Any
 from streamer.decoder_groups import DecoderGroups
 from streamer.errors import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, ConfigError, ModelError
 from streamer.health import MetricsServer, Snapshot, build_snapshot
+from streamer.heartbeat import is_warm, python_stack, silent_for
 from streamer.logs import setup_main
-from streamer.messages import EVENT_ERROR, Shutdown, StreamEvent
+from streamer.messages import EVENT_ERROR, EVENT_STALLED, Shutdown, StreamEvent
 from streamer.models.registry import ensure_model_apart
 from streamer.processes import (
     SOURCE_JOIN_S,
     InferenceProcess,
     SourceProcess,
     describe_exit,
+    kill,
     policy_of,
     rss_mb,
 )
@@ -54,6 +56,7 @@ from streamer.sdnotify import SystemdNotifier
 from streamer.status import RunStatus, read_status
 from streamer.transport.notify import NotifySender
 from streamer.workers.common import WorkerContext
+from streamer.workers.ledger import ledger_dir
 
 if TYPE_CHECKING:
     from streamer.config import Config
@@ -129,6 +132,8 @@ class Supervisor:
         self._log_queue: Any = (
             None  # the workers' (and a model fetch's) log records, to this process's handler
         )
+        self._after_restart: list[StreamEvent] = []
+        """Events for the next inference worker to publish (about the one that was killed)."""
 
     # -- set-up and tear-down ----------------------------------------------------------------------
 
@@ -239,6 +244,7 @@ class Supervisor:
                 exit_code = EXIT_FAILURE
                 break
             self._start_due()
+            self._check_heartbeats()
             self._check_memory()
             self._report()
             if all(s.done for s in self._sources.values()):
@@ -329,6 +335,9 @@ class Supervisor:
                 return self._stopping_signal()
             log.info("inference worker restarted (pid %s)", inference.pid)
             self._restarts["inference", ""] += 1
+            for event in self._after_restart:
+                self._notify.send(event)  # type: ignore[union-attr]
+            self._after_restart = []
         return True
 
     def _bump_epoch(self) -> None:
@@ -399,7 +408,51 @@ class Supervisor:
             worker.join(max(0.0, deadline - time.monotonic()))
         self._reap_sources()
 
-    # -- memory, status, watchdog ------------------------------------------------------------------
+    # -- heartbeats, memory, status, watchdog ------------------------------------------------------
+
+    def _check_heartbeats(self) -> None:
+        """Kill (for a restart) each worker whose loop stopped advancing (`streamer.heartbeat`)."""
+        limits = self.cfg.supervisor
+        if not limits.heartbeat_timeout_s:
+            return
+        # Per process: the streams of a decoder group share one (the largest of their limits applies).
+        processes: dict[int, tuple[float, list[str], Any, Any, str]] = {}
+        for sid, worker in self._sources.items():
+            shared, proc = worker.beating()
+            if shared is None or proc is None or not worker.alive():
+                continue
+            limit = worker.heartbeat_limit(limits.heartbeat_timeout_s)
+            if not is_warm(shared):  # still spawning: importing, loading libraries
+                limit = max(limit, limits.heartbeat_startup_s)
+            was, sids, *_ = processes.get(id(shared), (0.0, [], None, None, ""))
+            processes[id(shared)] = (max(was, limit), [*sids, sid], shared, proc, worker.label)
+        for limit, sids, shared, proc, label in processes.values():
+            what = f"stream {sids[0]}: the source worker" if len(sids) == 1 else label
+            if (silent := silent_for(shared)) > limit:
+                for event in self._stalled(proc, what, silent, sids):
+                    self._notify.send(event)  # type: ignore[union-attr]
+        inference = self._inference
+        if inference is None or self._loading or not inference.alive():
+            return
+        limit = limits.heartbeat_timeout_s
+        if not is_warm(inference.heartbeat):  # its first batch may be compiling the engine
+            limit = max(limit, limits.heartbeat_startup_s)
+        if (silent := silent_for(inference.heartbeat, since=self._ready_at)) > limit:
+            streams = [s.id for s in self.cfg.sources]
+            self._after_restart += self._stalled(inference.proc, "the inference worker", silent, streams)
+
+    def _stalled(self, proc: Any, what: str, silent: float, streams: list[str]) -> list[StreamEvent]:
+        """Log a stuck worker with its stack and kill it; the events that say so, one per stream."""
+        stack = python_stack(proc.pid, self._ctx.run_dir)  # type: ignore[union-attr]
+        log.error(
+            "%s (pid %d) has not advanced for %.0f s (supervisor.heartbeat_timeout_s): killing it for a "
+            "restart. Its Python stack:\n%s",
+            what, proc.pid, silent, stack,
+        )  # fmt: skip
+        kill(proc)
+        message = f"{what.split(': ')[-1]} had not advanced for {silent:.0f} s: killed and restarted"
+        detail: dict[str, str | int | float] = {"pid": proc.pid, "stalled_s": round(silent, 1)}
+        return [StreamEvent(sid, EVENT_STALLED, message, detail=detail) for sid in streams]
 
     def _check_memory(self) -> None:
         now = time.monotonic()
@@ -568,6 +621,8 @@ class Supervisor:
         for sid in changed + added:
             self._sources.pop(sid, None)
             self._add_source(new_sources[sid])
+        for sid in removed:  # a stream of that id added later starts from nothing
+            (ledger_dir(self._ctx.run_dir) / sid).unlink(missing_ok=True)  # type: ignore[union-attr]
         if pipeline_changed and self._inference is not None:
             self._inference.planned = True
             try:

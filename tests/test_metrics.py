@@ -299,7 +299,7 @@ def test_metrics_health_and_status_of_a_running_daemon(tmp_path: Path, clip: Pat
             _value(samples, p + "batch_size_count") > 0 and _value(samples, p + "batch_size_sum") >= published
         )
         reasons = {dict(labels)["reason"] for name, labels in samples if name == p + "frames_dropped_total"}
-        assert reasons <= {"inference_behind", "ring_full", "stale_slot", "notify_full"}
+        assert reasons <= {"inference_behind", "ring_full", "stale_slot", "notify_full", "inference_restart"}
         assert _value(samples, p + "stream_up", stream="files") == 1
         assert _value(samples, p + "stream_up", stream="cam") == 0
         cam_state = next(

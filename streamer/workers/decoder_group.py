@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Literal
 
 from streamer.errors import EXIT_FAILURE, EXIT_OK
 from streamer.sources import redact
-from streamer.workers.common import StopFlag, WorkerContext, start_worker
+from streamer.workers.common import StopFlag, WorkerContext, heartbeat, start_worker
 from streamer.workers.source import exit_stalled, serve_stream
 
 if TYPE_CHECKING:
@@ -156,6 +156,7 @@ class _Group:
 def run_group(name: str, cfgs: list[SourceConfig], ctx: WorkerContext, conn: Connection) -> int:
     """Process entry point of a decoder group: returns the exit code."""
     stop = start_worker(ctx)
+    heartbeat().warm()  # from here on the streams' loops beat it: the plain limit applies
     group = _Group(name, ctx, conn, stop)
     log.debug("decoder group %s: starting with %s", name, ", ".join(c.id for c in cfgs))
     try:

@@ -16,10 +16,11 @@ from pathlib import Path
 from typing import Any
 
 from streamer.messages import FrameReady
+from streamer.metrics import DROP_NOTIFY_FULL, DROP_RING_FULL
 from streamer.sources.base import DeviceFrame
 from streamer.transport.cuda_ring import CudaRingWriter
 from streamer.transport.notify import NotifySender
-from streamer.workers.common import next_generation, wait_for_slot
+from streamer.workers.common import NO_PRIOR, Prior, next_generation, wait_for_slot
 
 log = logging.getLogger(__name__)
 
@@ -88,15 +89,17 @@ def hand_over_device(
     live: bool,
     stop: Any,
     reclaim: Any,
-) -> bool:
-    """Copy `frame` into a free slot of the stream's CUDA ring and announce it; False if it was dropped.
+    prior: Prior = NO_PRIOR,
+) -> str | None:
+    """Copy `frame` into a free slot of the stream's CUDA ring and announce it (with `prior`); None, or
+    why it was dropped (a ``DROP_*`` reason).
 
     `reclaim()` is the source worker's check for a replaced inference worker (it frees the slots the
     dead one held); a file source waits for a slot, a live one drops the frame.
     """
     ring = rings.ring_for(frame.width, frame.height)
     if not rings.ensure_exported(sender):
-        return False
+        return DROP_NOTIFY_FULL
 
     def reclaimed_and_exported() -> bool:
         reclaim()
@@ -104,14 +107,15 @@ def hand_over_device(
 
     slot = wait_for_slot(ring.free_slot, live, stop, reclaimed_and_exported)
     if slot is None:
-        return False
+        return DROP_RING_FULL
     seq = ring.write(slot, frame.y_ptr, frame.uv_ptr, frame.pitch, stream=frame.stream)
     note = FrameReady(
         stream, str(ring.path), slot, seq, frame.index, frame.pts, frame.capture_time,
         frame.width, frame.height, live,
         layout="nv12", colorspace=frame.colorspace, color_range=frame.color_range,
+        after=prior.after, ring_full=prior.ring_full, notify_full=prior.notify_full,
     )  # fmt: skip
     if not sender.send(note):
         ring.abandon(slot)
-        return False
-    return True
+        return DROP_NOTIFY_FULL
+    return None

@@ -27,7 +27,6 @@ from streamer.engine.executor import Executor
 from streamer.engine.select import open_executor
 from streamer.errors import EXIT_FAILURE, EXIT_OK, YolostreamError
 from streamer.messages import (
-    EVENT_DROPPED,
     EVENT_ERROR,
     FrameReady,
     Notification,
@@ -36,7 +35,7 @@ from streamer.messages import (
     SourceExit,
     StreamEvent,
 )
-from streamer.metrics import inference_metrics
+from streamer.metrics import DROP_STALE_SLOT, inference_metrics
 from streamer.postprocess import serving_nms
 from streamer.preprocess import LetterboxGeometry, letterbox_geometry
 from streamer.protocol import event_message
@@ -44,9 +43,10 @@ from streamer.publish import Publisher
 from streamer.status import STATE_OF_EVENT, decoder_after
 from streamer.transport.notify import NotifyReceiver
 from streamer.transport.ring import StaleSlotError
-from streamer.workers.common import StopFlag, WorkerContext, start_worker
+from streamer.workers.common import StopFlag, WorkerContext, heartbeat, start_worker
 from streamer.workers.frames import FrameReader, HostFrames
-from streamer.workers.reporting import Reporter
+from streamer.workers.ledger import Ledger, ledger_dir
+from streamer.workers.reporting import Reporter, wait_for_previous_subscribers
 from streamer.workers.results import Item, Results
 from streamer.workers.streams import StreamBook, StreamState
 from streamer.workers.timeline import Timeline
@@ -59,6 +59,8 @@ log = logging.getLogger(__name__)
 
 # After Shutdown, how long to wait for the exits of sources whose last notifications may be in flight.
 _EXIT_GRACE_S = 2.0
+DROP_REPORT_S = 1.0
+"""A stream's drops go out as one ``dropped`` event per this many seconds at most."""
 
 
 class InferenceLoop:
@@ -72,6 +74,7 @@ class InferenceLoop:
         executor: Executor,
         stop: StopFlag | None = None,
         status_path: Path | None = None,
+        ledger: Ledger | None = None,
     ) -> None:
         self.cfg = cfg
         self.receiver = receiver
@@ -82,7 +85,10 @@ class InferenceLoop:
         self.max_batch = spec.max_batch
         self.timeout_s = cfg.engine.batch_timeout_ms / 1000
         self.swap_rb = cfg.model.channel_order == "bgr"  # rings hold RGB
-        self.book = StreamBook()
+        self.book = StreamBook(ledger)
+        for stream in self.book:  # a replaced worker's streams: their seq goes on, never back
+            if stream.record is not None:
+                publisher.resume(stream.id, stream.record.next_seq)
         self.host_frames = HostFrames(executor, self.swap_rb)
         self.gpu_frames: DeviceFrames | None = None
         """The CUDA-ring side, created for the first NVDEC stream; None on the CPU path."""
@@ -96,6 +102,7 @@ class InferenceLoop:
         self._geometries: dict[tuple[int, int], LetterboxGeometry] = {}
         self._shutdown: Shutdown | None = None
         self._shutdown_at = 0.0
+        self._drops_reported_at = 0.0
 
     @property
     def streams(self) -> dict[str, StreamState]:
@@ -112,7 +119,7 @@ class InferenceLoop:
         poller = zmq.Poller()
         poller.register(self.receiver.socket, zmq.POLLIN)
         poller.register(self.executor.wake_fd, zmq.POLLIN)
-        timeline, clock = self.timeline, time.perf_counter
+        timeline, clock, pulse = self.timeline, time.perf_counter, heartbeat()
         while True:
             timeout = self._poll_timeout()
             t0 = clock()
@@ -123,7 +130,8 @@ class InferenceLoop:
                 self._accept(msg)
             self.book.drop_stale_live(self._release)  # at once, so that live sources get their slots back
             t2 = clock()
-            self.results.collect(self.book)
+            if self.results.collect(self.book):
+                pulse.warm()  # past the first batch (an engine may compile on it)
             t3 = clock()
             self._poll_frames()  # give back the ring slots whose kernels have run
             self._dispatch()
@@ -139,7 +147,9 @@ class InferenceLoop:
                 ):
                     timeline.spent(phase, seconds)
                 timeline.turn(t5)
+            pulse.beat()
             if self._finished():
+                self._report_drops()
                 return
 
     def _poll_timeout(self) -> float | None:
@@ -202,11 +212,10 @@ class InferenceLoop:
                 self._reader(note).fill(slot, len(items), note, geometry)
             except StaleSlotError as exc:
                 log.warning("stream %s: frame %d lost: %s", note.stream, note.index, exc)
-                stream.dropped += 1
-                stream.metrics.dropped_stale.inc()
+                stream.batched.remove(note.index)
+                stream.lost(note.index, note.index, {DROP_STALE_SLOT: 1})
                 continue
             preprocess.observe(clock() - start)
-            stream.inflight += 1
             items.append(Item(note, geometry, arrived))
         return items
 
@@ -239,28 +248,32 @@ class InferenceLoop:
     def _publish_events(self) -> None:
         """Publish events whose earlier frames have all been published; close rings of exited streams."""
         for stream, event in self.book.due_events():
-            stream.state = STATE_OF_EVENT.get(event.kind, stream.state)
-            stream.decoder = decoder_after(event, stream.decoder)
-            self.publisher.publish(event_message(event))
+            self._report_drops(stream)  # first: a subscriber knows of every loss before, e.g., eos
+            stream.set_state(
+                STATE_OF_EVENT.get(event.kind, stream.state), decoder_after(event, stream.decoder)
+            )
+            self._publish_event(stream, event)
             if event.kind == EVENT_ERROR and self.gpu_frames is not None:
                 self.gpu_frames.stream_gone(stream.id)  # its worker died: unmap its CUDA ring
-        report = self.reporter.stats_due()
+        if time.monotonic() - self._drops_reported_at >= DROP_REPORT_S:
+            self._drops_reported_at = time.monotonic()
+            self._report_drops()
         for stream in self.book:
-            if report and stream.dropped > stream.dropped_reported:
-                n = stream.dropped - stream.dropped_reported
-                stream.dropped_reported = stream.dropped
-                self.publisher.publish(
-                    event_message(
-                        StreamEvent(
-                            stream.id, EVENT_DROPPED, f"{n} frame(s) dropped: inference is behind",
-                            detail={"dropped": n, "dropped_total": stream.dropped},
-                        )
-                    )
-                )  # fmt: skip
             if stream.exited and stream.idle:
                 self.host_frames.stream_gone(stream.id)
                 if self.gpu_frames is not None:
                     self.gpu_frames.stream_gone(stream.id)
+
+    def _report_drops(self, only: StreamState | None = None) -> None:
+        """Publish a ``dropped`` event for each stream (or `only`) that dropped frames since its last."""
+        for stream in [only] if only is not None else list(self.book):
+            event = stream.take_report()
+            if event is not None:
+                self._publish_event(stream, event)
+
+    def _publish_event(self, stream: StreamState, event: StreamEvent) -> None:
+        stream.sent(self.publisher.next_seq(stream.id))  # (first, as for detections: `Results.collect`)
+        self.publisher.publish(event_message(event))
 
     # -- shutdown ------------------------------------------------------------------------------------
 
@@ -308,14 +321,16 @@ def _class_names(cfg: Config, num_classes: int) -> tuple[str, ...]:
 def run_inference(cfg: Config, model: Path, ctx: WorkerContext, ready: object) -> int:
     """Process entry point: load the engine, bind the sockets, signal `ready`, loop until told to stop."""
     stop = start_worker(ctx)
-    receiver = publisher = executor = loop = None
+    receiver = publisher = executor = loop = ledger = None
     try:
         receiver = NotifyReceiver(ctx.notify_endpoint)
         publisher = Publisher.from_config(cfg.publish)  # (reads the CURVE key files, if any)
         executor = open_executor(cfg, model)
         if ctx.engine_on_gpu is not None:  # set before `ready`: the sources start after it (WorkerContext)
             ctx.engine_on_gpu.value = int(executor.on_gpu)
-        loop = InferenceLoop(cfg, receiver, publisher, executor, stop, Path(ctx.run_dir) / "status.json")
+        ledger, status_path = Ledger(ledger_dir(ctx.run_dir)), Path(ctx.run_dir) / "status.json"
+        wait_for_previous_subscribers(publisher, status_path)
+        loop = InferenceLoop(cfg, receiver, publisher, executor, stop, status_path, ledger)
         ready.set()  # type: ignore[attr-defined]
         loop.run()
         log.info(
@@ -332,6 +347,8 @@ def run_inference(cfg: Config, model: Path, ctx: WorkerContext, ready: object) -
     finally:
         if loop is not None:
             loop.close()
+        if ledger is not None:
+            ledger.close()
         if executor is not None:
             executor.close()
         if publisher is not None:

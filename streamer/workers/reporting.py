@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from streamer.metrics import gpu_memory, gpu_memory_gauges, inference_metrics
 from streamer.publish import Publisher
-from streamer.status import RunStatus, StreamStatus, write_status
+from streamer.status import RunStatus, StreamStatus, read_status, write_status
 from streamer.workers.streams import StreamBook
 
 if TYPE_CHECKING:
@@ -60,6 +60,7 @@ class Reporter:
             self._overflows_counted = overflows
 
     def _sample_gauges(self) -> None:
+        self.publisher.poll_subscriptions()  # (read also while nothing is published: the count is current)
         self.metrics.subscriptions.set(self.publisher.subscribers)
         if self._gpu and (memory := gpu_memory()) is not None:
             used, total = gpu_memory_gauges()
@@ -81,8 +82,11 @@ class Reporter:
         published = sum(s.published for s in self.book)
         write_status(
             self.status_path,
-            RunStatus(published=published, batches=sum(self.batch_sizes.values()), streams=streams),
-        )
+            RunStatus(
+                published=published, batches=sum(self.batch_sizes.values()), streams=streams,
+                subscriptions=self.publisher.subscribers,
+            ),
+        )  # fmt: skip
 
     def _maybe_log_stats(self) -> None:
         if not self.stats_due():
@@ -104,3 +108,19 @@ class Reporter:
 
     def close(self) -> None:
         self._count_overflows()
+
+
+RESUBSCRIBE_WAIT_S = 2.0
+
+
+def wait_for_previous_subscribers(publisher: Publisher, status_path: Path) -> None:
+    """In a replacement inference worker: wait (at most `RESUBSCRIBE_WAIT_S`) until the subscribers of
+    the worker before (its last status) have reconnected, so that they miss none of the first messages
+    (the accounting of what the old worker lost among them)."""
+    previous = read_status(status_path)
+    wanted = previous.subscriptions if previous is not None else 0
+    if wanted and not publisher.wait_for_subscribers(wanted, timeout=RESUBSCRIBE_WAIT_S):
+        log.info(
+            "%d of %d subscription(s) came back after the inference worker restart",
+            publisher.subscribers, wanted,
+        )  # fmt: skip

@@ -82,14 +82,15 @@ class Results:
                     detections=detections_from_array(dets, self.class_names),
                 )  # fmt: skip
                 built = clock()
+                stream = book[note.stream]
+                # Accounted for before it is sent: killed in between, the message is a gap in seq, never
+                # a seq given twice.
+                stream.published_frame(note.index, self.publisher.next_seq(note.stream))
                 self.publisher.publish(msg)
                 sent = clock()
                 m.postprocess_seconds.observe(nms_share + built - start)
                 m.publish_seconds.observe(sent - built)
                 start = sent
-                stream = book[note.stream]
-                stream.inflight -= 1
-                stream.published += 1
                 stream.last_frame_time = msg.publish_ts
                 stream.metrics.published.inc()
                 stream.metrics.latency.observe(msg.publish_ts - note.capture_time)

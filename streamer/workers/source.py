@@ -38,14 +38,23 @@ from streamer.messages import (
     SourceExit,
     StreamEvent,
 )
-from streamer.metrics import SourceMetrics, source_metrics
+from streamer.metrics import DROP_NOTIFY_FULL, DROP_RING_FULL, SourceMetrics, source_metrics
 from streamer.sources import DeviceFrame, Pacer, open_source, redact
 from streamer.sources.frozen import FrozenDetector
 from streamer.sources.reconnect import Backoff, BackoffPolicy
 from streamer.sources.watchdog import Watchdog
 from streamer.transport.notify import NotifySender
 from streamer.transport.ring import FrameRing
-from streamer.workers.common import StopFlag, WorkerContext, next_generation, start_worker, wait_for_slot
+from streamer.workers.common import (
+    NO_PRIOR,
+    Prior,
+    StopFlag,
+    WorkerContext,
+    heartbeat,
+    next_generation,
+    start_worker,
+    wait_for_slot,
+)
 
 if TYPE_CHECKING:
     from streamer.config import SourceConfig
@@ -135,6 +144,7 @@ class RingWriter:
 def run_source(cfg: SourceConfig, ctx: WorkerContext) -> int:
     """Process entry point: returns the exit code."""
     stop = start_worker(ctx)
+    heartbeat().warm()  # from here on its loop beats (each frame, each wait): the plain limit applies
     return serve_stream(cfg, ctx, stop, lambda what, limit: exit_stalled(cfg.id, ctx, what, limit))
 
 
@@ -222,13 +232,21 @@ class _Output:
         self.cfg, self.writer, self.sender, self.stop, self.live = cfg, writer, sender, stop, live
         self.produced = self.dropped = 0
         self.metrics = source_metrics(cfg.id)
+        self.prior = Prior()
+        """What the next announced frame tells the inference worker of the frames before it."""
 
     def send(self, frame: Frame) -> None:
-        if _hand_over(self.cfg.id, frame, self.writer, self.sender, self.live, self.stop, self.metrics):
+        prior = self.prior
+        lost = _hand_over(
+            self.cfg.id, frame, self.writer, self.sender, self.live, self.stop, self.metrics, prior
+        )
+        if lost is None:
             self.produced += 1
+            self.prior = Prior(frame.index)
             return
         if self.stop.is_set():
             return  # the frame in hand when asked to stop: not a drop
+        self.prior = prior.dropped(lost)
         self.dropped += 1
         if self.dropped in (1, 10, 100) or self.dropped % 1000 == 0:
             log.warning(
@@ -404,13 +422,14 @@ class _Live:
 
 def _timed(frames: Iterator[Frame], metrics: SourceMetrics) -> Iterator[Frame]:
     """`frames`, counting each and timing the decoder call that produced it; closes `frames` when closed."""
-    clock = time.perf_counter
+    clock, pulse = time.perf_counter, heartbeat()
     decoded, decode_seconds = metrics.decoded, metrics.decode_seconds
     try:
         start = clock()
         for frame in frames:
             decode_seconds.observe(clock() - start)
             decoded.inc()
+            pulse.beat()
             yield frame
             start = clock()
     finally:
@@ -429,6 +448,7 @@ def _sleep(seconds: float, stop: StopFlag) -> None:
     deadline = time.monotonic() + seconds
     while not stop.is_set() and (left := deadline - time.monotonic()) > 0:
         time.sleep(min(left, _STOP_POLL_S))
+        heartbeat().beat()
 
 
 def _describe(info: SourceInfo) -> str:
@@ -463,14 +483,19 @@ def _hand_over(
     live: bool,
     stop: StopFlag,
     metrics: SourceMetrics | None = None,
-) -> bool:
-    """Copy `frame` into a free slot and announce it; False if it was dropped (counted in `metrics`)."""
+    prior: Prior = NO_PRIOR,
+) -> str | None:
+    """Copy `frame` into a free slot and announce it (with `prior`); None, or why it was dropped (a
+    ``DROP_*`` reason, counted in `metrics`)."""
     if isinstance(frame, DeviceFrame):  # decoded by NVDEC: into the stream's CUDA ring
         from streamer.workers.device_ring import hand_over_device
 
-        return hand_over_device(
-            stream, frame, writer.device_ring(), sender, live, stop, writer.reclaim_if_reader_replaced
+        lost = hand_over_device(
+            stream, frame, writer.device_ring(), sender, live, stop, writer.reclaim_if_reader_replaced, prior
         )
+        if lost is not None and metrics is not None and not stop.is_set():  # (counted as for a CPU ring)
+            (metrics.dropped_ring_full if lost == DROP_RING_FULL else metrics.dropped_notify_full).inc()
+        return lost
     image = frame.image
     ring = writer.ring_for(image.nbytes)
 
@@ -480,9 +505,9 @@ def _hand_over(
 
     slot = wait_for_slot(ring.free_slot, live, stop, reclaimed)
     if slot is None:
-        if live and metrics is not None:
+        if live and metrics is not None and not stop.is_set():
             metrics.dropped_ring_full.inc()
-        return False  # (when stopping: not a drop of the pipeline's)
+        return DROP_RING_FULL  # (when stopping: not a drop of the pipeline's)
     ring.view(slot, image.shape)[...] = image
     seq = ring.commit(slot)
     note = FrameReady(
@@ -496,10 +521,13 @@ def _hand_over(
         image.shape[1],
         image.shape[0],
         live,
+        after=prior.after,
+        ring_full=prior.ring_full,
+        notify_full=prior.notify_full,
     )
     if not sender.send(note):
         ring.abandon(slot)
         if metrics is not None:
             metrics.dropped_notify_full.inc()
-        return False
-    return True
+        return DROP_NOTIFY_FULL
+    return None

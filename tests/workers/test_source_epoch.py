@@ -83,9 +83,9 @@ def test_a_file_stream_blocked_on_a_dead_reader_goes_on_once_it_is_replaced(
     stop = StopFlag(WorkerContext(str(tmp_path), "", None, "INFO", threading.Event(), os.getppid()))
     writer = RingWriter(str(tmp_path), "cam1", slots=2, epoch=epoch)
     try:
-        assert _hand_over("cam1", _frame(0), writer, sender, False, stop)
-        assert _hand_over("cam1", _frame(1), writer, sender, False, stop)  # the reader never releases
-        result: list[bool] = []
+        assert _hand_over("cam1", _frame(0), writer, sender, False, stop) is None
+        assert _hand_over("cam1", _frame(1), writer, sender, False, stop) is None  # never released
+        result: list[str | None] = []
         blocked = threading.Thread(
             target=lambda: result.append(_hand_over("cam1", _frame(2), writer, sender, False, stop))
         )
@@ -94,7 +94,7 @@ def test_a_file_stream_blocked_on_a_dead_reader_goes_on_once_it_is_replaced(
         assert blocked.is_alive() and not result  # a file waits for a free slot...
         epoch.value += 1  # ...until the reader that held them is replaced
         blocked.join(2)
-        assert result == [True]
+        assert result == [None]
     finally:
         stop.set()
         writer.close()
