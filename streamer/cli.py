@@ -29,6 +29,20 @@ def _cmd_check(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_schema(args: argparse.Namespace) -> int:
+    import json
+
+    from streamer.config import json_schema
+
+    text = json.dumps(json_schema(), indent=2) + "\n"
+    if args.output is None:
+        sys.stdout.write(text)
+    else:
+        Path(args.output).write_text(text)
+        print(f"wrote {args.output}", file=sys.stderr)
+    return EXIT_OK
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from streamer.supervisor import Supervisor
 
@@ -266,6 +280,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("check", help="validate a config file without starting anything")
     p.add_argument("config", help="path to the YAML config")
     p.set_defaults(func=_cmd_check)
+
+    p = sub.add_parser("schema", help="print the JSON Schema of the config file (for editors)")
+    p.add_argument("-o", "--output", type=Path, help="write it to this file instead of stdout")
+    p.set_defaults(func=_cmd_schema)
 
     p = sub.add_parser(
         "build",

@@ -107,7 +107,10 @@ class ModelConfig(_Section):
         description="A named model (yolov7-coco), fetched and converted on first use and cached; "
         "give either name or onnx.",
     )
-    input_size: Annotated[tuple[int, int] | None, BeforeValidator(_input_size)] = Field(
+    input_size: Annotated[
+        tuple[int, int] | None,
+        BeforeValidator(_input_size, json_schema_input_type=int | tuple[int, int] | None),
+    ] = Field(
         default=None,
         description="Network input as (height, width), multiples of 32; an int means a square. "
         "None reads it from the model at run time.",
@@ -154,6 +157,11 @@ class ModelConfig(_Section):
 # --------------------------------------------------------------------------------------------------- engine
 
 
+def _on_off(value: Any) -> Any:
+    # YAML 1.1 reads an unquoted on/off as a boolean
+    return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
+
+
 class EngineConfig(_Section):
     """How inference runs: backend, device, precision and batching."""
 
@@ -178,7 +186,10 @@ class EngineConfig(_Section):
     inflight: StrictInt = Field(
         default=2, ge=1, le=8, description="Batches submitted to the device and not yet collected."
     )
-    compile: Literal["auto", "on", "off"] = Field(
+    compile: Annotated[
+        Literal["auto", "on", "off"],
+        BeforeValidator(_on_off, json_schema_input_type=Literal["auto", "on", "off"] | bool),
+    ] = Field(
         default="auto",
         description="torch on CUDA: compile the model with torch.compile (inductor) for each batch size; "
         "auto falls back to eager (with a log line saying why) where compiling fails, on makes that an "
@@ -220,12 +231,6 @@ class EngineConfig(_Section):
             if not 1 <= size <= self.max_batch:
                 _fail((("batch_sizes", i), f"must be between 1 and max_batch ({self.max_batch}), got {size}"))
         return self
-
-    @field_validator("compile", mode="before")
-    @classmethod
-    def _on_off(cls, value: Any) -> Any:
-        # YAML 1.1 reads an unquoted on/off as a boolean
-        return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
 
     @field_validator("device", mode="before")
     @classmethod
@@ -482,7 +487,9 @@ class CurveConfig(_Section):
     server_secret_key_file: Path = Field(
         description="The publisher's secret certificate (server.key_secret from `yolostream keys`)."
     )
-    authorized_clients: Annotated[tuple[Path, ...], BeforeValidator(_path_list)] = Field(
+    authorized_clients: Annotated[
+        tuple[Path, ...], BeforeValidator(_path_list, json_schema_input_type=Path | tuple[Path, ...])
+    ] = Field(
         default=(),
         description="Public certificates of the subscribers admitted: directories (every *.key in them) "
         "or files; re-read when they change.",
@@ -737,6 +744,17 @@ class Config(_Section):
 
 
 # -------------------------------------------------------------------------------------------------- loading
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON Schema of a config file (`yolostream schema`), for editors: what `load_config` accepts, less
+    what only it can check (``${VAR}`` references, files that must exist, cross-key rules)."""
+    schema = Config.model_json_schema(mode="validation")
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": "yolostream configuration",
+        **{k: v for k, v in schema.items() if k != "title"},
+    }
 
 
 def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> Config:
