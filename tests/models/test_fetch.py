@@ -165,3 +165,21 @@ def test_a_first_use_fetch_runs_in_a_child_and_leaves_the_caller_small(
     assert inspect_model(path, EngineOptions()).num_classes == 80
     assert _rss_mib() - before < 150, f"the caller grew by {_rss_mib() - before:.0f} MiB"
     assert ensure_model_apart("yolov7-coco") == path  # cached now: no child, no source needed
+
+
+def test_docs_models_describes_every_models_command() -> None:
+    """The README sends people to docs/models.md for `yolostream models …` (#12: it described none)."""
+    import argparse
+
+    from streamer.cli import build_parser
+    from tests.support.paths import REPO_ROOT
+
+    def subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+        action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        return dict(action.choices)
+
+    text = (REPO_ROOT / "docs" / "models.md").read_text()
+    names = subcommands(subcommands(build_parser())["models"])
+    assert set(names) == {"fetch", "import", "list"}
+    missing = [n for n in names if f"**`models {n}" not in text]
+    assert not missing, f"docs/models.md does not describe: {missing}"
