@@ -97,10 +97,15 @@ class Daemon:
             if isinstance(m, EventMessage) and m.stream == stream and (kind is None or m.event == kind)
         ]  # fmt: skip
 
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60.0) -> int:
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
-        return self.proc.wait(timeout)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:  # say why: the end of its log
+            raise AssertionError(
+                f"the daemon did not stop within {timeout:.0f} s:\n{self.log()[-4000:]}"
+            ) from None
 
     def wait(self, timeout: float = 60.0) -> int:
         return self.proc.wait(timeout)

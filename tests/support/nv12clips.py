@@ -86,7 +86,8 @@ def write_tagged_clip(
         stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
         options = {"preset": "ultrafast", "crf": str(crf)}
         if codec == "hevc":
-            options["x265-params"] = "log-level=none"
+            # One thread: under two busy loops the threaded encoder's flush once failed to mux (EINVAL)
+            options["x265-params"] = "log-level=none:pools=1:frame-threads=1"
         stream.options = options
         ctx = stream.codec_context
         if colorspace is not None:
