@@ -8,7 +8,6 @@ runs them in `benchmarks/gpu_session.sh eval-gpu`).
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from streamer.coco import COCO_CLASSES
 from streamer.config import parse_config
 from streamer.eval_pipeline import Overrides
 from streamer.evaluate import evaluate, format_table
+from tests.support.cuda import cuda_torch_or_skip
 from tests.support.models import write_oracle_model
 
 pytestmark = pytest.mark.gpu
@@ -29,13 +29,7 @@ pytest.importorskip("pycocotools", reason="yolostream eval needs pycocotools (th
 
 @pytest.fixture(scope="module")
 def torch() -> Any:
-    torch = pytest.importorskip("torch")
-    if not torch.cuda.is_available():
-        pytest.skip("no CUDA GPU")
-    for package in ("cuda", "onnx2torch"):
-        if importlib.util.find_spec(package) is None:
-            pytest.skip(f"{package} is not installed (pip install 'yolostream[gpu]')")
-    return torch
+    return cuda_torch_or_skip()
 
 
 def _spot_images(tmp_path: Path) -> tuple[Path, Path]:

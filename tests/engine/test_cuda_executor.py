@@ -11,7 +11,6 @@ Skipped without a GPU (run them on the GPU host: docs/gpu.md).
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,7 @@ import pytest
 
 from streamer.engine.base import EngineOptions
 from streamer.postprocess import NmsParams, detect_image
+from tests.support.cuda import cuda_torch_or_skip
 from tests.support.models import write_oracle_model
 
 pytestmark = pytest.mark.gpu
@@ -28,13 +28,7 @@ pytestmark = pytest.mark.gpu
 
 @pytest.fixture(scope="module")
 def torch() -> Any:
-    torch = pytest.importorskip("torch")
-    if not torch.cuda.is_available():
-        pytest.skip("no CUDA GPU")
-    for package in ("cuda", "onnx2torch"):
-        if importlib.util.find_spec(package) is None:
-            pytest.skip(f"{package} is not installed (pip install 'yolostream[gpu]')")
-    return torch
+    return cuda_torch_or_skip()
 
 
 def test_candidates_are_the_rows_numpy_keeps_in_row_order(torch: Any) -> None:

@@ -1,8 +1,10 @@
-"""Skips for tests of the GPU path that need cuda-python and NVRTC but no GPU."""
+"""Skips for tests of the GPU path: those that need cuda-python and NVRTC but no GPU, and those that need a
+CUDA GPU with torch."""
 
 from __future__ import annotations
 
 import importlib.util
+from typing import Any
 
 import pytest
 
@@ -17,3 +19,14 @@ def nvrtc_or_skip() -> None:
         nvrtc.nvrtcVersion()
     except Exception as exc:  # the NVRTC library (nvidia-cuda-nvrtc) missing: anything may be raised
         pytest.skip(f"NVRTC is not usable here: {exc}")
+
+
+def cuda_torch_or_skip() -> Any:
+    """torch, or a skip unless it sees a CUDA GPU and cuda-python and onnx2torch are installed."""
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA GPU")
+    for package in ("cuda", "onnx2torch"):
+        if importlib.util.find_spec(package) is None:
+            pytest.skip(f"{package} is not installed (pip install 'yolostream[gpu]')")
+    return torch
