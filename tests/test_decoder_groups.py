@@ -188,10 +188,10 @@ def test_a_decoder_group_over_its_memory_budget_is_recycled_as_one_process(
         _started(daemon, {"a": 3, "b": 3})
         # Recycled as one: the streams move from process to process together. (Which process a stream first
         # started in can differ on a loaded machine: a process may be recycled before its second stream
-        # opened, so the pids are compared as sets, from the second process on.)
+        # opened, and one stream's newest start can be seen before its mate's: the shared pids are counted.)
         pids = {s: [int(e.detail["pid"]) for e in daemon.events(s, "started")] for s in ("a", "b")}
         assert len(set(pids["a"])) >= 3, pids
-        assert set(pids["a"][1:3]) <= set(pids["b"]) and set(pids["b"][1:3]) <= set(pids["a"]), pids
+        assert len(set(pids["a"]) & set(pids["b"])) >= 2, pids  # the same processes, whichever is ahead
         log = daemon.log()
         assert "decoder group cpu0 (streams a, b) uses" in log and "recycling it" in log
         _more_frames(daemon, ["a", "b"], 5)
