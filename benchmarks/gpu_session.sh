@@ -28,6 +28,7 @@
 #   live      benchmarks/gpu_live.py: LIVE_STREAMS (4 16 32 48 64), LIVE_SECONDS (60) per count
 #   mps-live  the same under CUDA MPS (LIVE_STREAMS 32 48, LIVE_SECONDS 30, LIVE_BATCH 16)
 #   pipeline-fp16, pipeline-mps, pipeline-fp32  unpaced daemon vs engine alone (16/48 fp16, MPS, fp32 16)
+#   contention  benchmarks/gpu_contention.py: how much of the GPU 48 paced NVDEC streams take from the engine
 #   memory    benchmarks/source_memory.py: source workers' host and GPU memory per stream, 16 and 64 1080p
 #             NVDEC streams, a process per stream vs 8 a process (MEMORY_STREAMS, MEMORY_PER_PROCESS)
 set -u
@@ -98,6 +99,9 @@ print('PyAV', av.__version__, '| cuda-bindings', cuda.bindings.__version__, '| t
     real-accuracy)  # the GPU variants vs ONNX Runtime fp32 on yolov5s and tinycoco (carried in benchmarks/.cache)
         python benchmarks/gpu_accuracy.py --model benchmarks/.cache/yolov5s-coco.onnx \
             --images benchmarks/.cache/tinycoco --out "$OUT" ;;
+    contention)  # the engine alone and the executor, idle vs beside 48 paced NVDEC streams (K per process)
+        python benchmarks/gpu_contention.py --streams ${CONTENTION_STREAMS:-48} \
+            --per-process ${CONTENTION_PER_PROCESS:-8 48 1 0} --no-copy --seconds 6 ;;
     memory)  # GPU and host memory per NVDEC stream: a process (and CUDA context) per stream vs shared
         python benchmarks/source_memory.py --streams ${MEMORY_STREAMS:-16 64} \
             --per-process ${MEMORY_PER_PROCESS:-1 8} --decoder nvdec --hd ;;
@@ -156,7 +160,7 @@ declare -A LIMIT=([env]=60 [probe]=90 [kernel]=90 [nvdec]=200 [engine]=200 [accu
                   [fp16-mps]=200 [fp16-contexts]=200 [variants]=560
                   [executor]=200 [real-accuracy]=400 [live]=580
                   [pipeline-fp16]=330 [mps-live]=330 [pipeline-mps]=300
-                  [pipeline-fp32]=300 [save-cache]=60 [eval-gpu]=560)
+                  [pipeline-fp32]=300 [contention]=400 [save-cache]=60 [eval-gpu]=560)
 SUMMARY=()
 for name in "$@"; do
     start=$(date +%s)
