@@ -23,6 +23,7 @@ from pydantic import (
     ConfigDict,
     Field,
     PrivateAttr,
+    SecretStr,
     StrictBool,
     StrictFloat,
     StrictInt,
@@ -42,6 +43,7 @@ __all__ = [
     "CurveConfig",
     "DetectionConfig",
     "EngineConfig",
+    "FleetConfig",
     "LoggingConfig",
     "MetricsConfig",
     "ModelConfig",
@@ -662,6 +664,131 @@ class MetricsConfig(_Section):
         return parse_listen(self.listen) if self.enabled and self.listen is not None else None
 
 
+# ---------------------------------------------------------------------------------------------------- fleet
+
+_FLEET_TOKEN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
+NATS_SCHEMES = ("nats", "tls")
+
+
+class FleetTlsConfig(_Section):
+    """TLS to the NATS servers: the CA that signs them, and a client certificate where they ask for one."""
+
+    ca_file: Path | None = Field(
+        default=None, description="CA certificate(s) (PEM) that the servers' certificates chain to."
+    )
+    cert_file: Path | None = Field(default=None, description="Client certificate (PEM), with key_file.")
+    key_file: Path | None = Field(default=None, description="The client certificate's private key (PEM).")
+
+    @field_validator("ca_file", "cert_file", "key_file")
+    @classmethod
+    def _resolve_tls(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        if value is None or value.is_absolute():
+            return value
+        return _base_dir(info) / value
+
+    @model_validator(mode="after")
+    def _pair(self) -> FleetTlsConfig:
+        if (self.cert_file is None) != (self.key_file is None):
+            missing = "key_file" if self.key_file is None else "cert_file"
+            _fail(((missing,), "cert_file and key_file go together: give both or neither"))
+        return self
+
+
+class FleetConfig(_Section):
+    """Fleet mode: daemons on several hosts share a set of cameras through NATS JetStream (docs/fleet.md).
+
+    Credentials are kept out of every repr and log line (`SecretStr`); give them as ``${file:...}``.
+    """
+
+    nats: tuple[str, ...] = Field(
+        min_length=1,
+        description="NATS server URLs (nats://host:4222 or tls://host:4222); the client fails over between "
+        "them.",
+    )
+    name: str = Field(
+        min_length=1,
+        max_length=64,
+        description="The fleet's name: its cameras, leases and durable detections live under it (letters, "
+        "digits, '_' and '-').",
+    )
+    daemon: str | None = Field(
+        default=None,
+        max_length=64,
+        description="This daemon's name in the fleet (shown by `yolostream fleet status`); None: the host "
+        "name.",
+    )
+    lease_s: StrictFloat = Field(
+        default=10.0,
+        ge=1,
+        le=3600,
+        description="A camera lease expires this long after its last renewal (renewed every lease_s/3): "
+        "the longest a dead daemon's cameras stay dark before another takes them.",
+    )
+    capacity: StrictInt = Field(default=32, ge=0, description="Most fleet cameras this daemon runs at once.")
+    replicas: StrictInt = Field(
+        default=3,
+        ge=1,
+        le=5,
+        description="JetStream replicas of the fleet's buckets and detection stream (at most the number of "
+        "servers in the cluster; 1 for a single server).",
+    )
+    durable: StrictBool = Field(
+        default=True,
+        description="Also publish every det/evt message to the fleet's JetStream stream "
+        "(yolostream.<name>.<kind>.<stream>).",
+    )
+    max_age_h: StrictFloat = Field(
+        default=24.0, gt=0, description="Durable detections are kept this many hours."
+    )
+    user: str | None = Field(default=None, description="NATS user name (with password).")
+    password: SecretStr | None = Field(
+        default=None, description="NATS password; give it as ${file:/path}. Never logged."
+    )
+    token: SecretStr | None = Field(
+        default=None, description="NATS authentication token (instead of user/password). Never logged."
+    )
+    tls: FleetTlsConfig | None = Field(default=None, description="TLS options; None: as the URLs say.")
+
+    @field_validator("nats")
+    @classmethod
+    def _urls(cls, urls: tuple[str, ...]) -> tuple[str, ...]:
+        problems: list[tuple[KeyPath, str]] = []
+        for i, url in enumerate(urls):
+            parts = urlsplit(url) if "://" in url else None
+            if parts is None or parts.scheme not in NATS_SCHEMES or not parts.hostname:
+                problems.append(
+                    ((i,), f"must be a URL like nats://host:4222 or tls://host:4222, got {redact_url(url)!r}")
+                )
+            elif _url_port(url) is not None and not (_url_port(url) or "").isdigit():
+                problems.append(((i,), f"has a port that is not a number: {redact_url(url)!r}"))
+        if problems:
+            _fail(*problems)
+        return urls
+
+    @field_validator("name", "daemon")
+    @classmethod
+    def _token(cls, value: str | None) -> str | None:
+        if value is not None and not _FLEET_TOKEN.fullmatch(value):
+            raise ValueError(
+                f"must start with a letter or digit and contain only letters, digits, '_' and '-' (it is "
+                f"part of NATS subjects and bucket names), got {value!r}"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _credentials(self) -> FleetConfig:
+        if self.token is not None and (self.user is not None or self.password is not None):
+            _fail((("token",), "give a token or user/password, not both"))
+        if (self.user is None) != (self.password is None):
+            _fail((("password" if self.password is None else "user",), "user and password go together"))
+        return self
+
+    @property
+    def display_urls(self) -> str:
+        """The server URLs with any password redacted: safe for logs."""
+        return ", ".join(redact_url(u) for u in self.nats)
+
+
 # --------------------------------------------------------------------------------------------------- config
 
 
@@ -671,7 +798,10 @@ class Config(_Section):
     model: ModelConfig = Field(description="The detector model.")
     engine: EngineConfig = Field(default_factory=EngineConfig, description="Inference backend and batching.")
     detection: DetectionConfig = Field(default_factory=DetectionConfig, description="Thresholds and classes.")
-    sources: tuple[SourceConfig, ...] = Field(min_length=1, description="The video streams (at least one).")
+    sources: tuple[SourceConfig, ...] = Field(
+        default=(),
+        description="The video streams (at least one, unless fleet mode gives this daemon its cameras).",
+    )
     publish: PublishConfig = Field(default_factory=PublishConfig, description="ZeroMQ output.")
     logging: LoggingConfig = Field(default_factory=LoggingConfig, description="Logging.")
     supervisor: SupervisorConfig = Field(
@@ -679,6 +809,19 @@ class Config(_Section):
     )
     metrics: MetricsConfig = Field(
         default_factory=MetricsConfig, description="Prometheus metrics and health checks over HTTP."
+    )
+    fleet: FleetConfig | None = Field(
+        default=None, description="Fleet mode: share cameras with other daemons through NATS; None: off."
+    )
+
+    model_config = ConfigDict(
+        extra="forbid",
+        frozen=True,
+        # What `_sources_or_fleet` checks, for editors: without fleet, sources is required and not empty.
+        json_schema_extra={
+            "if": {"not": {"required": ["fleet"]}},
+            "then": {"required": ["sources"], "properties": {"sources": {"minItems": 1}}},
+        },
     )
 
     _source_path: Path | None = PrivateAttr(None)
@@ -700,6 +843,17 @@ class Config(_Section):
     @classmethod
     def _empty_section(cls, value: Any) -> Any:
         return {} if value is None else value  # `engine:` with everything commented out: all defaults
+
+    @model_validator(mode="after")
+    def _sources_or_fleet(self) -> Config:
+        if not self.sources and self.fleet is None:
+            what = (
+                "must not be empty"
+                if "sources" in self.model_fields_set
+                else "missing required key 'sources'"
+            )
+            _fail((("sources",), f"{what}: give at least one stream, or configure fleet (docs/fleet.md)"))
+        return self
 
     @field_validator("sources")
     @classmethod

@@ -1,4 +1,4 @@
-"""The test NATS cluster itself (tests/support/nats.py): it forms, replicates, and survives a node's SIGKILL."""
+"""The test NATS cluster itself (tests/support/nats.py): it forms, replicates, survives a node's SIGKILL."""
 
 from __future__ import annotations
 

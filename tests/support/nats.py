@@ -76,9 +76,14 @@ class NatsCluster:
             name = f"n{i}"
             self.nodes.append(
                 NatsNode(
-                    name, free_port(), free_port(), free_port(), self.root / f"{name}-store",
-                    self.root / f"{name}.conf", self.root / f"{name}.log",
-                )  # fmt: skip
+                    name,
+                    free_port(),
+                    free_port(),
+                    free_port(),
+                    self.root / f"{name}-store",
+                    self.root / f"{name}.conf",
+                    self.root / f"{name}.log",
+                )
             )
         routes = ", ".join(f"nats-route://127.0.0.1:{n.cluster_port}" for n in self.nodes)
         for node in self.nodes:
