@@ -72,9 +72,34 @@ def _cmd_build(args: argparse.Namespace) -> int:
     return build_main(cfg, TensorRTBuildOptions(**tensorrt_settings(cfg)))
 
 
+def _fleet_of(args: argparse.Namespace) -> Any:
+    """The fleet a command talks to: ``--config``'s fleet section, or ``--nats URL --fleet NAME``."""
+    from streamer.config import FleetConfig
+
+    if args.config:
+        fleet = _load(args.config).fleet
+        if fleet is None:
+            raise YolostreamError(f"{args.config}: has no fleet section")
+        return fleet.model_copy(update={"nats": tuple(args.nats)}) if args.nats else fleet
+    if not args.nats or not args.fleet:
+        raise YolostreamError("give --config FILE (with a fleet section), or --nats URL and --fleet NAME")
+    try:
+        return FleetConfig(nats=tuple(args.nats), name=args.fleet)
+    except ValueError as exc:
+        raise YolostreamError(f"--nats/--fleet: {exc}") from None
+
+
 def _cmd_subscribe(args: argparse.Namespace) -> int:
     from streamer.client import subscribe_main
 
+    if args.nats or args.durable:
+        from streamer.fleet.replay import subscribe_nats_main
+
+        return subscribe_nats_main(
+            _fleet_of(args), args.stream or None, args.json, args.count, args.timeout, args.since
+        )
+    if args.since:
+        raise YolostreamError("--since reads the durable stream: give --nats URL --fleet NAME or --durable")
     endpoint = args.endpoint
     if args.config:
         endpoint = _load(args.config).publish.endpoint
@@ -294,7 +319,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("subscribe", help="print the detections and events a daemon publishes")
     p.add_argument("--endpoint", default=DEFAULT_ENDPOINT, help=f"publisher endpoint [{DEFAULT_ENDPOINT}]")
-    p.add_argument("--config", help="take the endpoint from this config file instead")
+    p.add_argument("--config", help="take the endpoint (or with --durable the fleet) from this config file")
+    p.add_argument(
+        "--nats", action="append", metavar="URL",
+        help="read the fleet's durable stream in NATS JetStream instead (repeatable; with --fleet)",
+    )  # fmt: skip
+    p.add_argument("--fleet", metavar="NAME", help="with --nats: the fleet's name")
+    p.add_argument(
+        "--durable", action="store_true", help="read the durable stream of --config's fleet section"
+    )
+    p.add_argument(
+        "--since", metavar="WHEN",
+        help="durable stream: from this point: all, a duration back (90s, 10m, 2h) or an ISO time "
+        "[only new messages]",
+    )  # fmt: skip
     p.add_argument("--stream", action="append", metavar="ID", help="only this stream (repeatable)")
     p.add_argument("--json", action="store_true", help="print each message as one JSON line")
     p.add_argument("--count", type=int, metavar="N", help="exit after N messages")

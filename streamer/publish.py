@@ -34,7 +34,7 @@ import logging
 import time
 from collections import Counter
 from types import TracebackType
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Protocol, cast
 
 import zmq
 
@@ -50,6 +50,12 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _DROP_LOG_INTERVAL = 10.0  # seconds between warnings about a subscriber that is not keeping up
+
+
+class Mirror(Protocol):
+    """Where every published message also goes (fleet mode: `streamer.fleet.durable.DurableSink`)."""
+
+    def put(self, topic: bytes, payload: bytes, stream: str, seq: int) -> None: ...
 
 
 class PublishError(YolostreamError, OSError):
@@ -85,6 +91,7 @@ class Publisher:
         send_hwm: int = 1000,
         context: zmq.Context[zmq.Socket[bytes]] | None = None,
         curve: CurveServer | None = None,
+        mirror: Mirror | None = None,
     ) -> None:
         """Bind a publisher.
 
@@ -96,6 +103,7 @@ class Publisher:
             context: ZeroMQ context; the process-wide one by default. With `curve` the publisher starts
                 the context's ZAP handler (one per context), so by default it makes a context of its own.
             curve: CURVE keys and policy (`CurveServer.from_config`); None publishes in plaintext.
+            mirror: also hands every encoded message to this (never blocking), e.g. JetStream's sink.
 
         Raises:
             ValueError: unknown encoding or a non-positive `send_hwm`.
@@ -115,6 +123,7 @@ class Publisher:
         self._closed = False
         self.curve = curve
         """The CURVE keys and policy, or None (plaintext)."""
+        self.mirror = mirror
         self._own_context: zmq.Context[zmq.Socket[bytes]] | None = None
         self._auth: ThreadAuthenticator | None = None
         if context is not None:
@@ -171,7 +180,11 @@ class Publisher:
 
     @classmethod
     def from_config(
-        cls, cfg: PublishConfig, *, context: zmq.Context[zmq.Socket[bytes]] | None = None
+        cls,
+        cfg: PublishConfig,
+        *,
+        context: zmq.Context[zmq.Socket[bytes]] | None = None,
+        mirror: Mirror | None = None,
     ) -> Publisher:
         """Bind the publisher that a config's ``publish`` section describes (reading its CURVE key files).
 
@@ -180,7 +193,10 @@ class Publisher:
             PublishError: as the constructor.
         """
         curve = CurveServer.from_config(cfg.curve) if cfg.curve is not None else None
-        return cls(cfg.endpoint, encoding=cfg.encoding, send_hwm=cfg.send_hwm, context=context, curve=curve)
+        return cls(
+            cfg.endpoint, encoding=cfg.encoding, send_hwm=cfg.send_hwm, context=context, curve=curve,
+            mirror=mirror,
+        )  # fmt: skip
 
     # ------------------------------------------------------------------------------------------ state
 
@@ -245,6 +261,8 @@ class Publisher:
         if isinstance(msg, DetectionsMessage):
             msg.publish_ts = time.time()
         parts = encode(msg, self.encoding)
+        if self.mirror is not None:
+            self.mirror.put(parts[0], parts[1], msg.stream, seq)
         try:
             delivered = self._send(parts)
         except zmq.ZMQError as exc:

@@ -53,6 +53,7 @@ from streamer.workers.timeline import Timeline
 
 if TYPE_CHECKING:
     from streamer.config import Config
+    from streamer.fleet.durable import DurableSink
     from streamer.workers.gpu_frames import DeviceFrames
 
 log = logging.getLogger(__name__)
@@ -318,13 +319,24 @@ def _class_names(cfg: Config, num_classes: int) -> tuple[str, ...]:
     return tuple(str(i) for i in range(num_classes))
 
 
+def open_durable_sink(cfg: Config) -> DurableSink | None:
+    """The JetStream mirror of the published messages in fleet mode (``fleet.durable``), else None."""
+    if cfg.fleet is None or not cfg.fleet.durable:
+        return None
+    from streamer.fleet.durable import DurableSink
+    from streamer.fleet.member import daemon_name
+
+    return DurableSink(cfg.fleet, daemon_name(cfg.fleet), cfg.publish.encoding)
+
+
 def run_inference(cfg: Config, model: Path, ctx: WorkerContext, ready: object) -> int:
     """Process entry point: load the engine, bind the sockets, signal `ready`, loop until told to stop."""
     stop = start_worker(ctx)
-    receiver = publisher = executor = loop = ledger = None
+    receiver = publisher = executor = loop = ledger = durable = None
     try:
         receiver = NotifyReceiver(ctx.notify_endpoint)
-        publisher = Publisher.from_config(cfg.publish)  # (reads the CURVE key files, if any)
+        durable = open_durable_sink(cfg)
+        publisher = Publisher.from_config(cfg.publish, mirror=durable)  # (reads the CURVE key files, if any)
         executor = open_executor(cfg, model)
         if ctx.engine_on_gpu is not None:  # set before `ready`: the sources start after it (WorkerContext)
             ctx.engine_on_gpu.value = int(executor.on_gpu)
@@ -353,5 +365,8 @@ def run_inference(cfg: Config, model: Path, ctx: WorkerContext, ready: object) -
             executor.close()
         if publisher is not None:
             publisher.close()
+        if durable is not None:
+            durable.close()
+            log.info("durable detections: %d stored in JetStream, %d dropped", durable.acked, durable.dropped)
         if receiver is not None:
             receiver.close()
