@@ -109,6 +109,39 @@ def _cmd_subscribe(args: argparse.Namespace) -> int:
     )  # fmt: skip
 
 
+def _cmd_fleet(args: argparse.Namespace) -> int:
+    from streamer.fleet import commands
+
+    fleet = _fleet_of(args)
+    if args.fleet_command == "put":
+        return commands.put_main(fleet, args.file)
+    if args.fleet_command == "rm":
+        return commands.rm_main(fleet, args.ids)
+    if args.fleet_command == "list":
+        return commands.list_main(fleet, args.json)
+    return commands.status_main(fleet, args.json)
+
+
+def _add_fleet_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    fleet = sub.add_parser("fleet", help="edit and show a fleet's cameras in NATS (docs/fleet.md)")
+    actions = fleet.add_subparsers(dest="fleet_command", required=True, metavar="ACTION")
+    parsers = [
+        actions.add_parser("put", help="add or replace the cameras of a YAML file of sources: entries"),
+        actions.add_parser("rm", help="remove cameras from the fleet"),
+        actions.add_parser("list", help="the fleet's cameras and who runs each"),
+        actions.add_parser("status", help="cameras, their daemon and lease age; daemons and their load"),
+    ]
+    parsers[0].add_argument("file", help="YAML file with a sources: list (validated as in a config)")
+    parsers[1].add_argument("ids", nargs="+", metavar="ID", help="camera ids")
+    for p in parsers:
+        p.add_argument("--config", help="take the fleet (servers, name, credentials) from this config file")
+        p.add_argument("--nats", action="append", metavar="URL", help="a NATS server (repeatable)")
+        p.add_argument("--fleet", metavar="NAME", help="with --nats: the fleet's name")
+        if p in parsers[2:]:
+            p.add_argument("--json", action="store_true", help="print JSON")
+        p.set_defaults(func=_cmd_fleet)
+
+
 def _cmd_status(args: argparse.Namespace) -> int:
     from streamer.status_command import status_main, url_of_listen
 
@@ -367,6 +400,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_models_commands(sub)
     _add_accuracy_commands(sub)
+    _add_fleet_commands(sub)
     return parser
 
 

@@ -14,7 +14,7 @@ import re
 import stat
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal, NoReturn, get_args
+from typing import Annotated, Any, Literal, NoReturn, TypeVar, get_args
 from urllib.parse import unquote, urlsplit
 
 from pydantic import (
@@ -966,10 +966,45 @@ def parse_config(
     Raises:
         ConfigError: listing every problem, each with its key path and line.
     """
+    return _validate(Config, text, filename, env, base_dir)
+
+
+class CamerasFile(_Section):
+    """A fleet's cameras file (``yolostream fleet put``): a ``sources:`` list, each entry as in a config."""
+
+    sources: tuple[SourceConfig, ...] = Field(min_length=1, description="The fleet's cameras.")
+
+    @field_validator("sources")
+    @classmethod
+    def _unique(cls, sources: tuple[SourceConfig, ...]) -> tuple[SourceConfig, ...]:
+        return Config._unique_ids(sources)
+
+
+def load_sources(
+    path: str | os.PathLike[str], env: Mapping[str, str] | None = None
+) -> tuple[SourceConfig, ...]:
+    """Read and validate a cameras file (``sources:`` entries, as in a config; relative paths against its
+    directory); raises `ConfigError` naming key and line of every problem."""
+    file = Path(path).absolute()
+    try:
+        text = file.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(
+            os.fspath(path), [ConfigProblem("", None, f"cannot read the file: {exc}")]
+        ) from None
+    return _validate(CamerasFile, text, os.fspath(path), env, file.parent).sources
+
+
+_M = TypeVar("_M", bound=BaseModel)
+
+
+def _validate(
+    model: type[_M], text: str, filename: str, env: Mapping[str, str] | None, base_dir: Path | None
+) -> _M:
     base = Path.cwd() if base_dir is None else Path(base_dir).absolute()
     doc = load_yaml(text, filename, os.environ if env is None else env, base_dir=base)
     try:
-        config = Config.model_validate(doc.data, context={"base_dir": base})
+        config = model.model_validate(doc.data, context={"base_dir": base})
     except ValidationError as exc:
         problems = list(doc.problems)
         for error in exc.errors():

@@ -132,6 +132,11 @@ class Supervisor:
         self._log_queue: Any = (
             None  # the workers' (and a model fetch's) log records, to this process's handler
         )
+        self._fleet: Any = None
+        """The `streamer.fleet.member.FleetMember` in fleet mode, else None."""
+        self._fleet_ids: dict[str, Any] = {}
+        """The fleet cameras running here: id → the source entry they run with."""
+        self._wake_w: socket.socket | None = None
         self._after_restart: list[StreamEvent] = []
         """Events for the next inference worker to publish (about the one that was killed)."""
 
@@ -154,7 +159,7 @@ class Supervisor:
         try:
             endpoint = f"ipc://{run_dir}/notify.sock"
             self._notify = NotifySender(endpoint)
-            self._wake = wake_r
+            self._wake, self._wake_w = wake_r, wake_w
             self._status_path = run_dir / "status.json"
             epoch, engine_on_gpu = self._mp.Value("i", 0), self._mp.Value("b", 0)
             self._ctx = WorkerContext(
@@ -227,6 +232,7 @@ class Supervisor:
         )
         for scfg in cfg.sources:
             self._add_source(scfg)
+        self._start_fleet()
         self._phase = "running"
         self._notifier.ready(f"{len(cfg.sources)} stream(s) starting")
 
@@ -239,6 +245,7 @@ class Supervisor:
                 break
             if signal.SIGHUP in signals:
                 self._reload()
+            self._sync_fleet()
             self._reap_sources()
             if not self._reap_inference():
                 exit_code = EXIT_FAILURE
@@ -247,7 +254,7 @@ class Supervisor:
             self._check_heartbeats()
             self._check_memory()
             self._report()
-            if all(s.done for s in self._sources.values()):
+            if self._fleet is None and all(s.done for s in self._sources.values()):
                 if self._sources and all(s.done and s.failed for s in self._sources.values()):
                     log.error("every stream failed; nothing left to do")
                     exit_code = EXIT_FAILURE
@@ -261,6 +268,8 @@ class Supervisor:
         if self._groups is not None:
             self._groups.close(SOURCE_JOIN_S)
         self._stop_inference()
+        if self._fleet is not None:
+            self._fleet.close()  # releases the leases: the cameras have stopped here
         log.info("yolostream stopped")
         return exit_code
 
@@ -355,6 +364,44 @@ class Supervisor:
         notify = self._notify
         self._inference.drain_and_join(lambda: notify.send(Shutdown(expect_exits=said_exit)))
 
+    # -- fleet mode --------------------------------------------------------------------------------
+
+    def _start_fleet(self) -> None:
+        if self.cfg.fleet is None:
+            return
+        from streamer.fleet.member import FleetMember
+
+        self._fleet = FleetMember(self.cfg.fleet, {s.id for s in self.cfg.sources}, self._poke)
+        self._fleet.start()
+
+    def _poke(self) -> None:
+        """Wake the main loop (from the fleet thread): the leased cameras changed."""
+        if self._wake_w is not None:
+            with contextlib.suppress(OSError):
+                self._wake_w.send(b"\0")
+
+    def _sync_fleet(self) -> None:
+        """Start the cameras leased to this daemon and stop those it no longer holds (or that changed)."""
+        if self._fleet is None:
+            return
+        wanted = self._fleet.wanted()
+        gone = [cid for cid, scfg in self._fleet_ids.items() if wanted.get(cid) != scfg]
+        for cid in gone:
+            if cid in self._sources:
+                self._sources[cid].removed = True
+        if gone:
+            log.info("fleet: stopping camera(s) %s", ", ".join(gone))
+            self._stop_sources([self._sources[cid] for cid in gone if cid in self._sources])
+            for cid in gone:
+                self._sources.pop(cid, None)
+                del self._fleet_ids[cid]
+                (ledger_dir(self._ctx.run_dir) / cid).unlink(missing_ok=True)  # type: ignore[union-attr]
+        for cid, scfg in wanted.items():
+            if cid not in self._fleet_ids and cid not in self._sources:
+                log.info("fleet: starting camera %s", cid)
+                self._fleet_ids[cid] = scfg
+                self._add_source(scfg)
+
     # -- source workers ----------------------------------------------------------------------------
 
     def _add_source(self, scfg: Any) -> None:
@@ -438,7 +485,7 @@ class Supervisor:
         if not is_warm(inference.heartbeat):  # its first batch may be compiling the engine
             limit = max(limit, limits.heartbeat_startup_s)
         if (silent := silent_for(inference.heartbeat, since=self._ready_at)) > limit:
-            streams = [s.id for s in self.cfg.sources]
+            streams = [s.id for s in self.cfg.sources] + list(self._fleet_ids)
             self._after_restart += self._stalled(inference.proc, "the inference worker", silent, streams)
 
     def _stalled(self, proc: Any, what: str, silent: float, streams: list[str]) -> list[StreamEvent]:
@@ -566,7 +613,7 @@ class Supervisor:
             loading=self._loading,
             ready_at=self._ready_at,
             sources=self._sources,
-            stream_ids=[s.id for s in self.cfg.sources],
+            stream_ids=[s.id for s in self.cfg.sources] + list(self._fleet_ids),
             status=self._last_status,
             restarts=self._restarts,
             supervisor_pid=os.getpid(),

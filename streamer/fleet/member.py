@@ -1,14 +1,259 @@
-"""This daemon as a member of its fleet."""
+"""This daemon as a member of its fleet: it claims cameras with leases in NATS KV and renews them.
+
+`FleetMember` runs in a thread of the supervisor with its own asyncio loop and NATS connection. Every
+``lease_s``/3 (a *tick*) it:
+
+1. renews each lease it holds with a revision-checked update (a refused update means the lease is
+   someone else's now: the camera is dropped at once);
+2. drops every camera whose last successful renewal was *sent* more than ``2/3 lease_s`` ago (NATS
+   unreachable): the lease, written no earlier than that send, cannot expire elsewhere for another
+   ``lease_s``/3, and the supervisor stops the camera well before;
+3. writes its own entry in the daemons bucket (name, host, capacity, cameras; it expires like a lease);
+4. reads the camera set; a held camera that was removed is stopped and its lease deleted, one whose entry
+   changed is handed to the supervisor again (it restarts it);
+5. claims unleased cameras with KV ``create`` (refused when another daemon holds the key): first up to a
+   fair share (cameras / live daemons), and up to ``capacity`` for cameras that stay unclaimed a tick.
+
+The supervisor reads `wanted()` on each turn of its loop and starts or stops source workers to match;
+`close()` releases every lease (a clean stop), so the others take the cameras at once.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import json
+import logging
+import math
+import os
+import secrets
 import socket
-from typing import TYPE_CHECKING
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from streamer.fleet import buckets
+from streamer.fleet.connect import FleetError, connect
 
 if TYPE_CHECKING:
-    from streamer.config import FleetConfig
+    from streamer.config import FleetConfig, SourceConfig
+
+log = logging.getLogger(__name__)
+
+RENEW_FRACTION = 1 / 3
+STOP_FRACTION = 2 / 3
+"""A camera whose lease was last renewed (sent) this fraction of lease_s ago is stopped."""
 
 
 def daemon_name(cfg: FleetConfig) -> str:
     """``fleet.daemon``, or this host's name."""
     return cfg.daemon or socket.gethostname().split(".")[0] or "yolostream"
+
+
+@dataclass
+class _Lease:
+    source: SourceConfig
+    camera_revision: int
+    revision: int
+    renewed_sent: float  # monotonic time the last successful write was sent
+    since: float  # wall time of the claim
+
+
+class FleetMember:
+    """Holds this daemon's camera leases (see the module docstring). Thread-safe `wanted`, `close`."""
+
+    def __init__(
+        self, cfg: FleetConfig, local_ids: set[str], on_change: Callable[[], None] | None = None
+    ) -> None:
+        self.cfg = cfg
+        self.name = daemon_name(cfg)
+        self.run_id = f"{self.name}-{secrets.token_hex(3)}"
+        self._local_ids = local_ids
+        self._on_change = on_change or (lambda: None)
+        self._lock = threading.Lock()
+        self._leases: dict[str, _Lease] = {}
+        self._wanted: dict[str, SourceConfig] = {}
+        self._unclaimed_before: set[str] = set()
+        self._bad_cameras: dict[str, int] = {}
+        self._stop = threading.Event()
+        self._released = threading.Event()
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._run, name="fleet-member", daemon=True)
+        self.tick_s = cfg.lease_s * RENEW_FRACTION
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def wanted(self) -> dict[str, SourceConfig]:
+        """The cameras this daemon holds a valid lease on: id → its source entry."""
+        with self._lock:
+            return dict(self._wanted)
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Release every lease (delete it) and disconnect; waits at most `timeout` seconds."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    # -- the thread ----------------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            self._loop.run_until_complete(self._main())
+        except Exception:
+            log.exception("fleet: the lease keeper failed; this daemon's fleet cameras stop")
+            self._set_wanted({})
+        finally:
+            self._loop.close()
+
+    def _set_wanted(self, wanted: dict[str, SourceConfig]) -> None:
+        with self._lock:
+            changed = wanted != self._wanted
+            self._wanted = wanted
+        if changed:
+            self._on_change()
+
+    def _publish_leases(self) -> None:
+        self._set_wanted({cid: lease.source for cid, lease in self._leases.items()})
+
+    async def _main(self) -> None:
+        nc = None
+        warned = False
+        while nc is None and not self._stop.is_set():
+            try:
+                nc = await connect(self.cfg, f"yolostream {self.name} fleet")
+            except FleetError as exc:
+                if not warned:
+                    log.warning("%s; retrying", exc)
+                    warned = True
+                await asyncio.sleep(1.0)
+        if nc is None:
+            return
+        try:
+            js = nc.jetstream(timeout=max(0.5, self.tick_s))
+            kv_cams = kv_leases = kv_daemons = None
+            while not self._stop.is_set():
+                started = time.monotonic()
+                try:
+                    if kv_cams is None or kv_leases is None or kv_daemons is None:
+                        kv_cams = await buckets.cameras(js, self.cfg)
+                        kv_leases = await buckets.leases(js, self.cfg)
+                        kv_daemons = await buckets.daemons(js, self.cfg)
+                        log.info(
+                            "fleet %s: daemon %s (%s) joined on %s, capacity %d, leases of %.0f s",
+                            self.cfg.name, self.name, self.run_id, self.cfg.display_urls, self.cfg.capacity,
+                            self.cfg.lease_s,
+                        )  # fmt: skip
+                    await self._tick(kv_cams, kv_leases, kv_daemons)
+                except FleetError as exc:
+                    log.error("%s", exc)
+                except Exception as exc:  # NATS unreachable, timeouts: renewals keep being tried
+                    log.debug("fleet: %s: %s", type(exc).__name__, exc)
+                self._expire()
+                await asyncio.sleep(max(0.05, self.tick_s - (time.monotonic() - started)))
+            if kv_leases is not None:
+                await self._release_all(kv_leases, kv_daemons)
+        finally:
+            with contextlib.suppress(Exception):
+                await nc.close()
+
+    def _lease_value(self, since: float) -> bytes:
+        return json.dumps(
+            {"daemon": self.name, "run": self.run_id, "host": socket.gethostname(), "pid": os.getpid(),
+             "since": since, "renewed": time.time()}
+        ).encode()  # fmt: skip
+
+    async def _tick(self, kv_cams: Any, kv_leases: Any, kv_daemons: Any) -> None:
+        import nats.js.errors
+
+        # 1. renew
+        for cid, lease in list(self._leases.items()):
+            sent = time.monotonic()
+            try:
+                lease.revision = await kv_leases.update(
+                    cid, self._lease_value(lease.since), last=lease.revision
+                )
+                lease.renewed_sent = sent
+            except nats.js.errors.KeyWrongLastSequenceError:
+                log.warning("fleet: the lease of camera %s was lost (expired or taken): stopping it", cid)
+                del self._leases[cid]
+        self._publish_leases()
+        # 3. say who we are
+        me = {
+            "daemon": self.name, "host": socket.gethostname(), "pid": os.getpid(),
+            "capacity": self.cfg.capacity, "cameras": sorted(self._leases), "time": time.time(),
+        }  # fmt: skip
+        await kv_daemons.put(self.run_id, json.dumps(me).encode())
+        # 4. the camera set
+        entries = await buckets.snapshot(kv_cams, timeout=max(1.0, self.tick_s))
+        cameras: dict[str, tuple[SourceConfig, int]] = {}
+        for cid, entry in entries.items():
+            try:
+                cameras[cid] = (buckets.decode_source(cid, entry.value), entry.revision)
+            except ValueError as exc:
+                if self._bad_cameras.get(cid) != entry.revision:
+                    log.error("%s", exc)
+                    self._bad_cameras[cid] = entry.revision
+        for cid, lease in list(self._leases.items()):
+            if cid not in cameras:
+                log.info("fleet: camera %s was removed from the fleet: stopping it", cid)
+                del self._leases[cid]
+                self._publish_leases()
+                with contextlib.suppress(Exception):
+                    await kv_leases.delete(cid, last=lease.revision)
+            elif cameras[cid][1] != lease.camera_revision:
+                log.info("fleet: camera %s changed: restarting it", cid)
+                lease.source, lease.camera_revision = cameras[cid]
+        self._publish_leases()
+        # 5. claim
+        room = self.cfg.capacity - len(self._leases)
+        if room <= 0:
+            return
+        held = set(await buckets.snapshot(kv_leases, timeout=max(1.0, self.tick_s)))
+        free = sorted(
+            c for c in cameras if c not in held and c not in self._leases and c not in self._local_ids
+        )
+        members = max(1, len(await buckets.snapshot(kv_daemons, timeout=max(1.0, self.tick_s))))
+        share = math.ceil(len(cameras) / members) - len(self._leases)
+        patient = [c for c in free if c in self._unclaimed_before]
+        take = free[: max(0, min(room, share))]
+        take += [c for c in patient if c not in take][: max(0, room - len(take))]
+        self._unclaimed_before = set(free) - set(take)
+        for cid in take:
+            since = time.time()
+            sent = time.monotonic()
+            try:
+                revision = await kv_leases.create(cid, self._lease_value(since))
+            except nats.js.errors.KeyWrongLastSequenceError:
+                continue  # another daemon was quicker
+            source, camera_revision = cameras[cid]
+            self._leases[cid] = _Lease(source, camera_revision, revision, sent, since)
+            log.info("fleet: claimed camera %s (%s)", cid, source.display_url)
+        self._publish_leases()
+
+    def _expire(self) -> None:
+        """Drop the cameras whose leases could expire elsewhere soon (renewals not getting through)."""
+        limit = self.cfg.lease_s * STOP_FRACTION
+        now = time.monotonic()
+        for cid, lease in list(self._leases.items()):
+            if now - lease.renewed_sent > limit:
+                log.warning(
+                    "fleet: no lease renewal of camera %s got through for %.1f s (NATS unreachable?): "
+                    "stopping it before its lease can expire and another daemon takes it",
+                    cid, now - lease.renewed_sent,
+                )  # fmt: skip
+                del self._leases[cid]
+        self._publish_leases()
+
+    async def _release_all(self, kv_leases: Any, kv_daemons: Any) -> None:
+        for cid, lease in list(self._leases.items()):
+            with contextlib.suppress(Exception):
+                await kv_leases.delete(cid, last=lease.revision)
+                log.info("fleet: released camera %s", cid)
+        self._leases.clear()
+        self._publish_leases()
+        if kv_daemons is not None:
+            with contextlib.suppress(Exception):
+                await kv_daemons.delete(self.run_id)

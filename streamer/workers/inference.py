@@ -324,7 +324,7 @@ def open_durable_sink(cfg: Config) -> DurableSink | None:
     if cfg.fleet is None or not cfg.fleet.durable:
         return None
     from streamer.fleet.durable import DurableSink
-    from streamer.fleet.member import daemon_name
+    from streamer.fleet.member import daemon_name  # (no NATS: a name only)
 
     return DurableSink(cfg.fleet, daemon_name(cfg.fleet), cfg.publish.encoding)
 
