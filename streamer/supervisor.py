@@ -223,7 +223,10 @@ class Supervisor:
             len(cfg.sources),
             streams,
         )
+        self._start_fleet()  # (counted among the members now; claims once the model is loaded)
         if not self._start_inference():
+            if self._fleet is not None:
+                self._fleet.close()
             return EXIT_FAILURE if not self._stopping_signal() else EXIT_OK
         log.info(
             "inference worker ready (pid %s); starting %d source worker(s)",
@@ -232,7 +235,8 @@ class Supervisor:
         )
         for scfg in cfg.sources:
             self._add_source(scfg)
-        self._start_fleet()
+        if self._fleet is not None:
+            self._fleet.ready.set()
         self._phase = "running"
         self._notifier.ready(f"{len(cfg.sources)} stream(s) starting")
 

@@ -78,6 +78,9 @@ class FleetMember:
         self._unclaimed_before: set[str] = set()
         self._bad_cameras: dict[str, int] = {}
         self._stop = threading.Event()
+        self.ready = threading.Event()
+        """Set by the supervisor once it can run cameras (the model is loaded): claims wait for it, while
+        the daemon is already counted among the members, so that daemons started together share."""
         self._released = threading.Event()
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._run, name="fleet-member", daemon=True)
@@ -209,7 +212,7 @@ class FleetMember:
         self._publish_leases()
         # 5. claim
         room = self.cfg.capacity - len(self._leases)
-        if room <= 0:
+        if room <= 0 or not self.ready.is_set():
             return
         held = set(await buckets.snapshot(kv_leases, timeout=max(1.0, self.tick_s)))
         free = sorted(

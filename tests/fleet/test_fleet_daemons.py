@@ -5,13 +5,14 @@ releases the leases (oracle model, looping file cameras paced like live ones).""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 
 import pytest
@@ -72,7 +73,8 @@ def _wait(what: str, check, timeout: float = 90.0):  # type: ignore[no-untyped-d
 def _start(tmp_path: Path, name: str, model: Path, urls: list[str]) -> subprocess.Popen[bytes]:
     config = tmp_path / f"{name}.yaml"
     config.write_text(
-        f"model:\n  onnx: {model}\npublish:\n  endpoint: ipc://{tmp_path}/{name}.pub\nmetrics:\n  listen: null\n"
+        f"model:\n  onnx: {model}\npublish:\n  endpoint: ipc://{tmp_path}/{name}.pub\n"
+        "metrics:\n  listen: null\n"
         "supervisor:\n  cpu_streams_per_process: 9\n"
         f"fleet:\n  nats: [{', '.join(urls)}]\n  name: f\n  daemon: {name}\n  lease_s: {LEASE_S}\n"
     )
@@ -104,6 +106,7 @@ def test_nine_cameras_run_once_over_three_daemons_and_move_when_one_dies(
     try:
         leases = _wait("all nine cameras leased", lambda: _all_leased(urls))
         assert sorted(leases) == CAMERAS and {v["daemon"] for v in leases.values()} <= set(daemons)
+        print("cameras per daemon:", sorted(Counter(v["daemon"] for v in leases.values()).items()))
         time.sleep(2 * LEASE_S)  # steady state, with renewals
         assert {k: v["daemon"] for k, v in _leases(urls, "f").items()} == {
             k: v["daemon"] for k, v in leases.items()
@@ -135,7 +138,7 @@ def test_nine_cameras_run_once_over_three_daemons_and_move_when_one_dies(
         # every camera's detections: from its new holder, soon (a generous cap: source start-up under load)
         def new_dets() -> dict | None:
             seen: dict[str, float] = {}
-            for subject, headers, payload in read_stream(
+            for _subject, headers, payload in read_stream(
                 urls[:1] if victim != "d0" else urls, stream_name("f")
             ):
                 msg = json.loads(payload)
@@ -174,7 +177,7 @@ def test_nine_cameras_run_once_over_three_daemons_and_move_when_one_dies(
     for cid, per_daemon in spans.items():
         assert len(per_daemon) == (2 if cid in moved else 1), (cid, list(per_daemon))
         windows = sorted((min(ts), max(ts)) for ts in per_daemon.values())
-        for (_, end), (start, _) in zip(windows, windows[1:]):
+        for (_, end), (start, _) in itertools.pairwise(windows):
             assert end <= start + LEASE_S / 3, f"{cid} was processed by two daemons at once"
     for (cid, daemon), got in frames.items():
         # (the dead daemon's drops of its last second may not have been reported before the kill)
