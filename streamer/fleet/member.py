@@ -137,6 +137,7 @@ class FleetMember:
         try:
             js = nc.jetstream(timeout=max(0.5, self.tick_s))
             kv_cams = kv_leases = kv_daemons = None
+            watchdog = asyncio.ensure_future(self._expiry_watch())
             while not self._stop.is_set():
                 started = time.monotonic()
                 try:
@@ -154,8 +155,8 @@ class FleetMember:
                     log.error("%s", exc)
                 except Exception as exc:  # NATS unreachable, timeouts: renewals keep being tried
                     log.debug("fleet: %s: %s", type(exc).__name__, exc)
-                self._expire()
                 await asyncio.sleep(max(0.05, self.tick_s - (time.monotonic() - started)))
+            watchdog.cancel()
             if kv_leases is not None:
                 await self._release_all(kv_leases, kv_daemons)
         finally:
@@ -171,8 +172,8 @@ class FleetMember:
     async def _tick(self, kv_cams: Any, kv_leases: Any, kv_daemons: Any) -> None:
         import nats.js.errors
 
-        # 1. renew
-        for cid, lease in list(self._leases.items()):
+        # 1. renew (all at once: a server that does not answer costs one timeout, not one per lease)
+        async def renew(cid: str, lease: _Lease) -> None:
             sent = time.monotonic()
             try:
                 lease.revision = await kv_leases.update(
@@ -181,8 +182,14 @@ class FleetMember:
                 lease.renewed_sent = sent
             except nats.js.errors.KeyWrongLastSequenceError:
                 log.warning("fleet: the lease of camera %s was lost (expired or taken): stopping it", cid)
-                del self._leases[cid]
+                self._leases.pop(cid, None)
+
+        results = await asyncio.gather(
+            *(renew(cid, lease) for cid, lease in list(self._leases.items())), return_exceptions=True
+        )
         self._publish_leases()
+        if any(isinstance(r, Exception) for r in results):
+            return  # NATS is not answering: claim nothing now
         # 3. say who we are
         me = {
             "daemon": self.name, "host": socket.gethostname(), "pid": os.getpid(),
@@ -235,6 +242,12 @@ class FleetMember:
             self._leases[cid] = _Lease(source, camera_revision, revision, sent, since)
             log.info("fleet: claimed camera %s (%s)", cid, source.display_url)
         self._publish_leases()
+
+    async def _expiry_watch(self) -> None:
+        """`_expire` ten times a second, whatever the tick is waiting for."""
+        while True:
+            self._expire()
+            await asyncio.sleep(0.1)
 
     def _expire(self) -> None:
         """Drop the cameras whose leases could expire elsewhere soon (renewals not getting through)."""
