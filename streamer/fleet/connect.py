@@ -6,6 +6,7 @@ the server URLs are logged with any password redacted (`FleetConfig.display_urls
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import ssl
 from typing import TYPE_CHECKING, Any
@@ -67,28 +68,55 @@ def connect_options(cfg: FleetConfig, name: str) -> dict[str, Any]:
     return options
 
 
-async def _quiet(_exc: Exception) -> None:
-    """nats-py's error callback: its own logger says what happened (at most one line per reconnect)."""
+INITIAL_CONNECT_S = 15.0
 
 
 async def connect(cfg: FleetConfig, name: str, **callbacks: Any) -> Client:
-    """Connect to the fleet's servers (one attempt over all of them).
+    """Connect to the fleet's servers (trying them for at most `INITIAL_CONNECT_S`); once connected the
+    client reconnects by itself, for ever.
 
     Raises:
-        FleetError: no server could be reached, or one refused the credentials.
+        FleetError: no server could be reached, or one refused the credentials (which are not shown).
     """
+    import asyncio
+
     import nats
     import nats.errors
 
+    refused = asyncio.Event()
+
+    async def on_error(exc: Exception) -> None:
+        # nats-py's own logger says what happened; an authorization error must not be retried for ever
+        if isinstance(exc, nats.errors.AuthorizationError) or "authorization" in str(exc).lower():
+            refused.set()
+
     options = connect_options(cfg, name)
-    options.setdefault("error_cb", _quiet)
+    options.setdefault("error_cb", on_error)
     options.update(callbacks)
-    try:
-        return await nats.connect(**options)
-    except (nats.errors.NoServersError, OSError, nats.errors.Error) as exc:
+    attempt = asyncio.ensure_future(nats.connect(**options))
+    denied = asyncio.ensure_future(refused.wait())
+    done, _ = await asyncio.wait(
+        {attempt, denied}, timeout=INITIAL_CONNECT_S, return_when=asyncio.FIRST_COMPLETED
+    )
+    denied.cancel()
+    if attempt in done:
+        try:
+            return attempt.result()
+        except (nats.errors.NoServersError, OSError, nats.errors.Error) as exc:
+            raise FleetError(
+                f"fleet.nats: cannot connect to {cfg.display_urls}: {exc or type(exc).__name__}"
+            ) from None
+    attempt.cancel()
+    with contextlib.suppress(BaseException):
+        await attempt
+    if refused.is_set():
         raise FleetError(
-            f"fleet.nats: cannot connect to {cfg.display_urls}: {exc or type(exc).__name__}"
-        ) from None
+            f"fleet.nats: cannot connect to {cfg.display_urls}: the server refused the credentials "
+            "(fleet.user/password or fleet.token)"
+        )
+    raise FleetError(
+        f"fleet.nats: cannot connect to {cfg.display_urls}: no answer in {INITIAL_CONNECT_S:.0f} s"
+    )
 
 
 async def ensure_stream(js: JetStreamContext, cfg: FleetConfig) -> None:
