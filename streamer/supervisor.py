@@ -69,6 +69,10 @@ LOADING_EXTEND_S = 30.0
 RUN_DIR_PREFIX = "yolostream-"
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 MEMORY_CHECK_S = 5.0
+RECYCLE_MIN_AGE_S = 10.0
+"""A process is recycled for its memory only after it has run this long: a budget below what a worker
+needs at start must not recycle it before it reads a frame (on a loaded machine a decoder group was
+recycled over and over while still opening its files, and published nothing)."""
 STATUS_EVERY_S = 5.0
 
 
@@ -121,6 +125,8 @@ class Supervisor:
         self._watchdog_published = -1
         self._loading_told_at = 0.0
         self._memory_at = 0.0
+        self._first_seen: dict[int, float] = {}
+        """When the memory check first saw each worker process (pid): its age, for `RECYCLE_MIN_AGE_S`."""
         self._metrics: MetricsServer | None = None
         self._env_before: str | None = None
         self._health = Snapshot()
@@ -459,11 +465,17 @@ class Supervisor:
         if now - self._memory_at < MEMORY_CHECK_S:
             return
         self._memory_at = now
+        pids = [w.pid for w in self._sources.values()] + [self._inference.pid if self._inference else None]
+        self._first_seen = {pid: self._first_seen.get(pid, now) for pid in pids if pid is not None}
+
+        def old_enough(pid: int | None) -> bool:
+            return pid is not None and now - self._first_seen[pid] >= RECYCLE_MIN_AGE_S
+
         limits = self.cfg.supervisor
         if limits.source_rss_limit_mb:
             checked = set()
             for worker in self._sources.values():
-                if worker.pid in checked:  # a decoder group: one process, one budget
+                if worker.pid in checked or not old_enough(worker.pid):  # a decoder group: one budget
                     continue
                 checked.add(worker.pid)
                 used = rss_mb(worker.pid)
@@ -476,7 +488,7 @@ class Supervisor:
                     )
                     worker.recycle()
         inference = self._inference
-        used = rss_mb(inference.pid) if inference else None
+        used = rss_mb(inference.pid) if inference and old_enough(inference.pid) else None
         if inference and limits.inference_rss_limit_mb and used and used > limits.inference_rss_limit_mb:
             log.warning(
                 "inference worker uses %.0f MiB > %d MiB: recycling it", used, limits.inference_rss_limit_mb
