@@ -255,11 +255,7 @@ class TorchDeviceEngine(DeviceEngine):
         if state.pool is None:
             state.pool = torch.cuda.graph_pool_handle()
         graph = torch.cuda.CUDAGraph()
-        # thread_local: only this thread's unsafe calls are refused while it captures. With the default
-        # (global), another thread's CUDA call in this process during the capture (an NVDEC decoder's
-        # map, a synchronize) fails and invalidates the capture: seen with decoders in the engine's process.
-        capture = torch.cuda.graph(graph, pool=state.pool, capture_error_mode="thread_local")
-        with torch.inference_mode(), capture:
+        with torch.inference_mode(), torch.cuda.graph(graph, pool=state.pool):
             out.copy_(self._forward(x))
         return graph
 
