@@ -46,7 +46,7 @@ class ProtocolError(YolostreamError, ValueError):
     """A message is not a valid yolostream message, or has a schema version this code does not know."""
 
 
-class Detection(msgspec.Struct, frozen=True, gc=False):
+class Detection(msgspec.Struct, frozen=True, gc=False, omit_defaults=True):
     """One detected object."""
 
     class_id: int
@@ -55,6 +55,9 @@ class Detection(msgspec.Struct, frozen=True, gc=False):
     """Confidence in [0, 1], rounded to 4 decimals."""
     box: tuple[float, float, float, float]
     """x1, y1, x2, y2 in pixels of the source frame (not the model input), rounded to 2 decimals."""
+    track_id: int | None = None
+    """With tracking on for the stream: the object's track (stable while it is tracked, > 0), or None
+    for a detection not (yet) part of a confirmed track. Left out of the payload when None."""
 
 
 class DetectionsMessage(msgspec.Struct, kw_only=True, tag_field="type", tag="det"):
@@ -137,7 +140,9 @@ def topic_for(prefix: str, stream: str) -> bytes:
     return (prefix + stream).encode("ascii")
 
 
-def detections_from_array(dets: ArrayLike, class_names: Sequence[str]) -> list[Detection]:
+def detections_from_array(
+    dets: ArrayLike, class_names: Sequence[str], track_ids: ArrayLike | None = None
+) -> list[Detection]:
     """Build `Detection` records from a ``[K, 6]`` array of ``x1, y1, x2, y2, score, class_id`` rows.
 
     Box coordinates are rounded to 2 decimals and scores to 4 (computed in float64, so float32 inputs
@@ -147,6 +152,7 @@ def detections_from_array(dets: ArrayLike, class_names: Sequence[str]) -> list[D
     Parameters:
         dets: detections in source-frame pixels, e.g. from `streamer.postprocess`.
         class_names: names indexed by class id (e.g. the 80 COCO names).
+        track_ids: one per row (``-1``: no track), from `streamer.tracking`; None: tracking is off.
 
     Returns:
         One `Detection` per row, in row order.
@@ -162,14 +168,19 @@ def detections_from_array(dets: ArrayLike, class_names: Sequence[str]) -> list[D
     scores = np.round(arr[:, 4], 4).tolist()
     class_ids = arr[:, 5].astype(np.int64).tolist()
     n_names = len(class_names)
+    if track_ids is None:
+        tracks: list[int | None] = [None] * len(boxes)
+    else:
+        tracks = [t if t > 0 else None for t in np.asarray(track_ids, dtype=np.int64).tolist()]
     return [
         Detection(
             class_id=cid,
             class_name=class_names[cid] if 0 <= cid < n_names else str(cid),
             score=score,
             box=(box[0], box[1], box[2], box[3]),
+            track_id=track,
         )
-        for box, score, cid in zip(boxes, scores, class_ids, strict=True)
+        for box, score, cid, track in zip(boxes, scores, class_ids, tracks, strict=True)
     ]
 
 

@@ -180,3 +180,26 @@ def test_detections_from_array_empty_and_bad_shape() -> None:
     assert detections_from_array(np.zeros((0, 6), np.float32), ["a"]) == []
     with pytest.raises(ValueError, match=r"\[K, 6\]"):
         detections_from_array(np.zeros((3, 4)), ["a"])
+
+
+def test_track_ids_are_added_compatibly() -> None:
+    """Without tracking a detection's payload has no track_id (byte for byte as before); with it, ids > 0
+    go out and -1 (no confirmed track) is left out; an old-style payload decodes with track_id None."""
+    from streamer.protocol import decode, detections_from_array, encode
+
+    rows = [[1, 2, 3, 4, 0.5, 0], [5, 6, 7, 8, 0.4, 0]]
+    untracked = DetectionsMessage(
+        stream="a", frame=0, pts=None, capture_ts=1.0, width=9, height=9,
+        detections=detections_from_array(rows, ["p"]),
+    )  # fmt: skip
+    _, payload = encode(untracked)
+    assert b"track_id" not in payload
+    tracked = DetectionsMessage(
+        stream="a", frame=0, pts=None, capture_ts=1.0, width=9, height=9,
+        detections=detections_from_array(rows, ["p"], [7, -1]),
+    )  # fmt: skip
+    for encoding in ("json", "msgpack"):
+        back = decode(*encode(tracked, encoding))
+        assert isinstance(back, DetectionsMessage)
+        assert [d.track_id for d in back.detections] == [7, None]
+    assert [d.track_id for d in decode(b"det.a", payload).detections] == [None, None]  # type: ignore[union-attr]

@@ -43,6 +43,7 @@ from streamer.publish import Publisher
 from streamer.status import STATE_OF_EVENT, decoder_after
 from streamer.transport.notify import NotifyReceiver
 from streamer.transport.ring import StaleSlotError
+from streamer.workers.analysis import Analysis
 from streamer.workers.common import StopFlag, WorkerContext, heartbeat, start_worker
 from streamer.workers.frames import FrameReader, HostFrames
 from streamer.workers.ledger import Ledger, ledger_dir
@@ -96,6 +97,7 @@ class InferenceLoop:
         self.results = Results(
             executor, publisher, serving_nms(cfg.detection), _class_names(cfg, spec.num_classes),
             on_batch=self.timeline.published if self.timeline is not None else None,
+            analysis=Analysis(cfg),
         )  # fmt: skip
         self.reporter = Reporter(cfg, self.book, publisher, status_path)
         self.metrics = inference_metrics()

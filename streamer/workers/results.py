@@ -2,8 +2,9 @@
 
 `Results.collect` takes every finished batch from the executor, oldest first, decodes each image's output
 (`streamer.postprocess` for the grid layout — on the candidate rows the GPU kept, when it filtered them —
-or `streamer.postprocess_end2end`), maps the boxes back through the frame's letterbox geometry, and
-publishes one `DetectionsMessage` per frame, in batch order; the stream's counters and metrics follow.
+or `streamer.postprocess_end2end`), maps the boxes back through the frame's letterbox geometry, tracks them
+where the stream's config says so (`streamer.workers.analysis`), and publishes one `DetectionsMessage` per
+frame, in batch order; the stream's counters and metrics follow.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from streamer.postprocess_end2end import decode_end2end
 from streamer.preprocess import LetterboxGeometry
 from streamer.protocol import DetectionsMessage, detections_from_array
 from streamer.publish import Publisher
+from streamer.workers.analysis import Analysis
 from streamer.workers.streams import StreamBook
 
 
@@ -51,6 +53,7 @@ class Results:
         nms: NmsParams,
         class_names: tuple[str, ...],
         on_batch: Callable[[Batch, float, float], None] | None = None,
+        analysis: Analysis | None = None,
     ) -> None:
         self.executor = executor
         self.publisher = publisher
@@ -58,6 +61,7 @@ class Results:
         self.class_names = class_names
         self.metrics = inference_metrics()
         self.on_batch = on_batch
+        self.analysis = analysis
         """Called after each batch with (batch, decoded, published) perf_counter times (the timeline)."""
 
     def collect(self, book: StreamBook) -> int:
@@ -76,10 +80,12 @@ class Results:
             for item, found in zip(batch.items, found_all, strict=True):
                 dets = to_source_frame(found, item.geometry)
                 note = item.note
+                per_stream = self.analysis.get(note.stream) if self.analysis is not None else None
+                track_ids = per_stream.track(note, dets) if per_stream is not None else None
                 msg = DetectionsMessage(
                     stream=note.stream, frame=note.index, pts=note.pts, capture_ts=note.capture_time,
                     width=note.width, height=note.height,
-                    detections=detections_from_array(dets, self.class_names),
+                    detections=detections_from_array(dets, self.class_names, track_ids),
                 )  # fmt: skip
                 built = clock()
                 stream = book[note.stream]
