@@ -29,6 +29,8 @@
 #   mps-live  the same under CUDA MPS (LIVE_STREAMS 32 48, LIVE_SECONDS 30, LIVE_BATCH 16)
 #   pipeline-fp16, pipeline-mps, pipeline-fp32  unpaced daemon vs engine alone (16/48 fp16, MPS, fp32 16)
 #   contention  benchmarks/gpu_contention.py: how much of the GPU 48 paced NVDEC streams take from the engine
+#   soak      benchmarks/gpu_soak.py: per-process memory trend of a live daemon (SOAK_STREAMS, SOAK_MINUTES,
+#             SOAK_TRACE=1 for tracemalloc reports under $OUT/soak/memtrace)
 #   memory    benchmarks/source_memory.py: source workers' host and GPU memory per stream, 16 and 64 1080p
 #             NVDEC streams, a process per stream vs 8 a process (MEMORY_STREAMS, MEMORY_PER_PROCESS)
 set -u
@@ -105,6 +107,9 @@ print('PyAV', av.__version__, '| cuda-bindings', cuda.bindings.__version__, '| t
     memory)  # GPU and host memory per NVDEC stream: a process (and CUDA context) per stream vs shared
         python benchmarks/source_memory.py --streams ${MEMORY_STREAMS:-16 64} \
             --per-process ${MEMORY_PER_PROCESS:-1 8} --decoder nvdec --hd ;;
+    soak)  # #18: SOAK_STREAMS (16) live NVDEC streams for SOAK_MINUTES (8); which process's memory grows
+        python benchmarks/gpu_soak.py --streams ${SOAK_STREAMS:-16} --minutes ${SOAK_MINUTES:-8} --sample 20 \
+            --warmup ${SOAK_WARMUP:-120} ${SOAK_TRACE:+--tracemalloc} --out "$OUT/soak" ;;
     live)  # live streams per GPU: 4 .. 64 realtime 1080p30 NVDEC streams, fp16 compiled, batch 16
         python benchmarks/gpu_live.py --streams ${LIVE_STREAMS:-4 16 32 48 64} --seconds ${LIVE_SECONDS:-60} \
             --warmup 10 --out "$OUT" ;;
@@ -160,7 +165,7 @@ declare -A LIMIT=([env]=60 [probe]=90 [kernel]=90 [nvdec]=200 [engine]=200 [accu
                   [fp16-mps]=200 [fp16-contexts]=200 [variants]=560
                   [executor]=200 [real-accuracy]=400 [live]=580
                   [pipeline-fp16]=330 [mps-live]=330 [pipeline-mps]=300
-                  [pipeline-fp32]=300 [contention]=400 [save-cache]=60 [eval-gpu]=560)
+                  [pipeline-fp32]=300 [contention]=400 [soak]=590 [save-cache]=60 [eval-gpu]=560)
 SUMMARY=()
 for name in "$@"; do
     start=$(date +%s)

@@ -65,6 +65,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+POLL_SLICE_MS = 1000  # a wait "for ever" polls in slices of this: see Subscriber.recv
+
 EXIT_USAGE = 2  # (as argparse: invalid arguments)
 
 _HANDSHAKE_EVENTS = (
@@ -250,7 +252,9 @@ class Subscriber:
         while True:
             try:
                 if deadline is None:
-                    ready = dict(self._poller.poll())
+                    # In slices: a signal (Ctrl-C) that lands just before libzmq blocks is only acted on when
+                    # the poll returns, so a poll without a timeout could miss it for ever.
+                    ready = dict(self._poller.poll(POLL_SLICE_MS))
                 else:
                     left = deadline - time.monotonic()
                     ready = dict(self._poller.poll(max(1, round(left * 1000)))) if left > 0 else {}

@@ -352,9 +352,9 @@ def test_subscribe_main_invalid_arguments(capsys: pytest.CaptureFixture[str]) ->
 WAITING = "yolostream subscribe: waiting for messages of every stream from {}"  # (on stderr: no traceback)
 
 
-def _start_subscribe_process(endpoint: str, **popen: object) -> subprocess.Popen[str]:
+def _start_subscribe_process(endpoint: str, prelude: str = "", **popen: object) -> subprocess.Popen[str]:
     code = (
-        "import sys; from streamer.client import subscribe_main; "
+        f"{prelude}import sys; from streamer.client import subscribe_main; "
         f"sys.exit(subscribe_main({endpoint!r}, None, False, None, None))"
     )
     env = {**os.environ, "PYTHONPATH": str(REPO)}
@@ -368,6 +368,32 @@ def test_subscribe_main_ctrl_c_is_quiet(pub: Publisher) -> None:
         pub.publish(evt("cam1", EVENT_STARTED, "opened"))
         assert proc.stdout is not None
         assert proc.stdout.readline() == "cam1 #0 EVENT started: opened\n"
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=TIMEOUT)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == 0 and err.splitlines() == [WAITING.format(pub.endpoint)] and out == ""
+
+
+# A thread that takes SIGINT for the process while the main thread cannot: the signal then never interrupts
+# the main thread's poll, as when it lands just before libzmq blocks (how the test above once hung under
+# load: a poll without a timeout waited for ever with Ctrl-C pending).
+SIGNAL_ELSEWHERE = (
+    "import signal, threading, time; threading.Thread(target=time.sleep, args=(3600,), daemon=True).start(); "
+    "signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT}); "
+)
+
+
+def test_subscribe_main_acts_on_a_ctrl_c_that_did_not_interrupt_its_poll(pub: Publisher) -> None:
+    proc = _start_subscribe_process(
+        pub.endpoint, prelude=SIGNAL_ELSEWHERE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    try:
+        wait_subscribed(pub, 2)
+        pub.publish(evt("cam1", EVENT_STARTED, "opened"))
+        assert proc.stdout is not None
+        assert proc.stdout.readline() == "cam1 #0 EVENT started: opened\n"  # now waiting with no timeout
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=TIMEOUT)
     finally:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 
 from streamer.logs import setup_child
+from streamer.workers import memtrace
 from streamer.metrics import DROP_RING_FULL
 
 
@@ -169,11 +170,13 @@ _T = TypeVar("_T")
 
 
 def profiled(role: str, entry: Callable[..., _T], *args: Any) -> _T:
-    """`entry(*args)`, under cProfile when $YOLOSTREAM_PROFILE names a folder (a developer's tool).
+    """`entry(*args)`, under cProfile when $YOLOSTREAM_PROFILE names a folder (a developer's tool), and
+    tracing its allocations when $YOLOSTREAM_TRACEMALLOC does (`memtrace`).
 
     The statistics go to ``<folder>/<role>-<pid>.prof`` when the worker returns, e.g. for
     ``python -m pstats``; a worker killed by a signal writes nothing.
     """
+    memtrace.start(role)
     folder = os.environ.get(PROFILE_ENV)
     if not folder:
         return entry(*args)
