@@ -104,6 +104,30 @@ def test_parse_and_render_the_status_table() -> None:
     assert next(line for line in text.splitlines() if line.startswith("cam1")).split()[6] == "-"
 
 
+def test_the_status_shows_zones_and_lines() -> None:
+    r = CollectorRegistry()
+    Counter("yolostream_frames_published_total", "", ["stream"], registry=r).labels("gate").inc(9)
+    events = Counter("yolostream_zone_events_total", "", ["stream", "zone", "event"], registry=r)
+    events.labels("gate", "yard", "enter").inc(5)
+    events.labels("gate", "yard", "exit").inc(2)
+    inside = Gauge("yolostream_zone_occupancy", "", ["stream", "zone", "class"], registry=r)
+    inside.labels("gate", "yard", "person").set(2)
+    inside.labels("gate", "yard", "car").set(1)
+    inside.labels("gate", "yard", "truck").set(0)
+    crossings = Counter("yolostream_line_crossings_total", "", ["stream", "line", "direction"], registry=r)
+    crossings.labels("gate", "door", "in").inc(4)
+    crossings.labels("gate", "door", "out")
+    now = parse(generate_latest(r).decode(), at=1.0)
+    assert now.zones[("gate", "yard")].entered == 5 and now.lines[("gate", "door")] == {"in": 4, "out": 0}
+    text = render("http://h:1", now, {"ready": True, "streams": {"gate": "running"}})
+    assert re.search(r"^ZONE +STREAM +ENTERED +EXITED +INSIDE +BY CLASS$", text, re.M)
+    assert re.search(r"^yard +gate +5 +2 +3 +car 1, person 2$", text, re.M)
+    assert re.search(r"^LINE +STREAM +IN +OUT$", text, re.M)
+    assert re.search(r"^door +gate +4 +0$", text, re.M)
+    # Without zones or lines, no such tables.
+    assert "ZONE" not in render("http://h:1", parse(_exposition(1, [0.1])), {"ready": True})
+
+
 def test_status_says_when_nothing_listens() -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -94,10 +94,11 @@ class InferenceLoop:
         self.gpu_frames: DeviceFrames | None = None
         """The CUDA-ring side, created for the first NVDEC stream; None on the CPU path."""
         self.timeline = Timeline.from_env(executor)
+        names = _class_names(cfg, spec.num_classes)
         self.results = Results(
-            executor, publisher, serving_nms(cfg.detection), _class_names(cfg, spec.num_classes),
+            executor, publisher, serving_nms(cfg.detection), names,
             on_batch=self.timeline.published if self.timeline is not None else None,
-            analysis=Analysis(cfg),
+            analysis=Analysis(cfg, names),
         )  # fmt: skip
         self.reporter = Reporter(cfg, self.book, publisher, status_path)
         self.metrics = inference_metrics()

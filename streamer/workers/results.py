@@ -93,6 +93,10 @@ class Results:
                 # a seq given twice.
                 stream.published_frame(note.index, self.publisher.next_seq(note.stream))
                 self.publisher.publish(msg)
+                if track_ids is not None and per_stream is not None:
+                    zones = per_stream.zone_message(note, dets, track_ids)
+                    if zones is not None:
+                        self.publisher.publish(zones)
                 sent = clock()
                 m.postprocess_seconds.observe(nms_share + built - start)
                 m.publish_seconds.observe(sent - built)
