@@ -22,13 +22,15 @@ import numpy as np
 import pytest
 import zmq
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.parser import text_string_to_metric_families
 
 from streamer.config import ConfigError, parse_config
 from streamer.health import STATUS_STALE_S, MetricsServer, Snapshot, WorkerView, health, readiness
 from streamer.status import RunStatus, StreamStatus
 from streamer.status_command import StatusError, fetch, parse, quantile, render, url_of_listen
-from tests.support.daemon import Daemon, start_daemon
+from tests.support.daemon import Daemon, Samples, start_daemon
+from tests.support.daemon import metrics_url as _metrics_url
+from tests.support.daemon import scrape as _scrape
+from tests.support.daemon import value as _value
 from tests.support.media import bright_spot_clip
 from tests.support.models import write_oracle_model
 
@@ -245,32 +247,6 @@ def _closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def _metrics_url(daemon: Daemon, timeout: float = 30.0) -> str:
-    deadline = time.monotonic() + timeout
-    while (found := re.search(r"metrics and health checks on (http://\S+) ", daemon.log())) is None:
-        assert daemon.proc.poll() is None and time.monotonic() < deadline, daemon.log()
-        time.sleep(0.05)
-    return found.group(1)
-
-
-Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
-
-
-def _scrape(url: str) -> tuple[str, Samples]:
-    code, text = fetch(f"{url}/metrics")
-    assert code == 200, text
-    samples = {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
-    return text, samples
-
-
-def _value(samples: Samples, name: str, **labels: str) -> float:
-    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
 
 
 def _wait_scrape(url: str, daemon: Daemon, done: Callable[[Samples], bool], timeout: float = 60) -> Samples:
