@@ -8,7 +8,7 @@ frame's size (again if it changes). See docs/config.md#sourceszones for the rule
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -56,12 +56,49 @@ def side(points: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return d[0] * (points[..., 1] - a[1]) - d[1] * (points[..., 0] - a[0])
 
 
-@dataclass
-class _Track:
-    point: np.ndarray
-    class_id: int
-    seen: float
-    zones: set[str] = field(default_factory=set)
+class _Followed:
+    """The tracked objects one zone or line follows, a row each: arrays, so that a frame costs a few
+    vector operations, not a Python step per object."""
+
+    def __init__(self) -> None:
+        self.ids = np.zeros(0, dtype=np.int64)
+        self.cls = np.zeros(0, dtype=np.int64)
+        self.seen = np.zeros(0)
+        """Stream time at which each was last seen."""
+        self.inside = np.zeros(0, dtype=bool)
+        """Zones: inside now."""
+        self.point = np.zeros((0, 2))
+        """Lines: the last anchor point off the line."""
+        self._row: dict[int, int] = {}
+
+    def rows(self, ids: np.ndarray) -> np.ndarray:
+        """Row of each of `ids`, ``-1`` for those not followed."""
+        get = self._row.get
+        return np.fromiter((get(t, -1) for t in ids.tolist()), dtype=np.int64, count=len(ids))
+
+    def add(self, ids: np.ndarray, cls: np.ndarray, points: np.ndarray, now: float) -> np.ndarray:
+        """Follow `ids` (not followed yet) from now on; their rows."""
+        n = len(self.ids)
+        rows = np.arange(n, n + len(ids))
+        self.ids = np.concatenate([self.ids, ids])
+        self.cls = np.concatenate([self.cls, cls])
+        self.seen = np.concatenate([self.seen, np.full(len(ids), now)])
+        self.inside = np.concatenate([self.inside, np.zeros(len(ids), dtype=bool)])
+        self.point = np.concatenate([self.point, points])
+        self._row.update(zip(ids.tolist(), rows.tolist(), strict=True))
+        return rows
+
+    def expire(self, now: float, max_lost_s: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Stop following those not seen for more than `max_lost_s`: their ``(ids, classes, inside)``."""
+        old = now - self.seen > max_lost_s
+        if not old.any():
+            return self.ids[:0], self.cls[:0], self.inside[:0]
+        gone = self.ids[old], self.cls[old], self.inside[old]
+        keep = ~old
+        self.ids, self.cls, self.seen = self.ids[keep], self.cls[keep], self.seen[keep]
+        self.inside, self.point = self.inside[keep], self.point[keep]
+        self._row = dict(zip(self.ids.tolist(), range(len(self.ids)), strict=True))
+        return gone
 
 
 class ZoneLineCounter:
@@ -76,8 +113,8 @@ class ZoneLineCounter:
         self._size: tuple[int, int] | None = None
         self._polygons: list[np.ndarray] = []
         self._segments: list[tuple[np.ndarray, np.ndarray]] = []
-        self._tracks: dict[str, dict[int, _Track]] = {}
-        """Per zone or line name: the tracked objects it counts, by track id."""
+        self._followed: dict[str, _Followed] = {s.name: _Followed() for s in (*zones, *lines)}
+        """Per zone or line name: the tracked objects it follows."""
         self.occupancy: dict[str, dict[int, int]] = {z.name: {} for z in zones}
         """Zone → class id → objects inside now."""
         self.counts: dict[str, dict[str, int]] = {ln.name: {IN: 0, OUT: 0} for ln in lines}
@@ -121,81 +158,78 @@ class ZoneLineCounter:
         tracked = track_ids > 0
         boxes, class_ids, track_ids = boxes[tracked], class_ids[tracked], track_ids[tracked]
         for zone, polygon in zip(self.zones, self._polygons, strict=True):
-            events += self._zone(zone, polygon, now, boxes, class_ids, track_ids)
+            keep = self._wanted(zone.classes, class_ids)
+            events += self._zone(
+                zone.name, polygon, now, anchors(boxes[keep], zone.anchor), class_ids[keep], track_ids[keep]
+            )
         for line, (a, b) in zip(self.lines, self._segments, strict=True):
-            events += self._line(line, a, b, now, boxes, class_ids, track_ids)
+            keep = self._wanted(line.classes, class_ids)
+            events += self._line(
+                line.name, a, b, now, anchors(boxes[keep], line.anchor), class_ids[keep], track_ids[keep]
+            )
         return events
 
     def _wanted(self, classes: tuple[int | str, ...] | None, class_ids: np.ndarray) -> np.ndarray:
         return np.ones(len(class_ids), dtype=bool) if classes is None else np.isin(class_ids, list(classes))
 
     def _zone(
-        self, zone: ZoneConfig, polygon: np.ndarray, now: float, boxes: np.ndarray, classes: np.ndarray,
+        self, name: str, polygon: np.ndarray, now: float, points: np.ndarray, classes: np.ndarray,
         ids: np.ndarray,
     ) -> list[ZoneEvent]:  # fmt: skip
-        tracks = self._tracks.setdefault(zone.name, {})
-        occupancy = self.occupancy[zone.name]
+        f = self._followed[name]
+        occupancy = self.occupancy[name]
+        rows = f.rows(ids)
+        new = rows < 0
+        if new.any():
+            rows[new] = f.add(ids[new], classes[new], points[new], now)
+        f.seen[rows] = now
+        is_in = inside(points, polygon)
+        was_in = f.inside[rows]
+        f.inside[rows] = is_in
         events = []
-        keep = self._wanted(zone.classes, classes)
-        points = anchors(boxes[keep], zone.anchor)
-        now_in = inside(points, polygon)
-        for point, is_in, cid, tid in zip(points, now_in, classes[keep], ids[keep], strict=True):
-            track = tracks.get(int(tid))
-            was_in = track is not None and zone.name in track.zones
-            if track is None:
-                track = tracks[int(tid)] = _Track(point, int(cid), now)
-            track.point, track.seen = point, now
-            if is_in and not was_in:
-                track.zones.add(zone.name)
-                occupancy[track.class_id] = occupancy.get(track.class_id, 0) + 1
-                events.append(ZoneEvent(ENTER, zone.name, int(tid), track.class_id))
-            elif was_in and not is_in:
-                track.zones.discard(zone.name)
-                occupancy[track.class_id] -= 1
-                events.append(ZoneEvent(EXIT, zone.name, int(tid), track.class_id))
-        for tid, track in list(tracks.items()):
-            if now - track.seen > self.max_lost_s:
-                del tracks[tid]
-                if zone.name in track.zones:
-                    occupancy[track.class_id] -= 1
-                    events.append(ZoneEvent(EXIT, zone.name, tid, track.class_id, reason="lost"))
+        for i in np.flatnonzero(is_in != was_in).tolist():
+            cid, tid = int(f.cls[rows[i]]), int(ids[i])
+            occupancy[cid] = occupancy.get(cid, 0) + (1 if is_in[i] else -1)
+            events.append(ZoneEvent(ENTER if is_in[i] else EXIT, name, tid, cid))
+        gone, gone_cls, gone_in = f.expire(now, self.max_lost_s)
+        for tid, cid in zip(gone[gone_in].tolist(), gone_cls[gone_in].tolist(), strict=True):
+            occupancy[cid] -= 1
+            events.append(ZoneEvent(EXIT, name, tid, cid, reason="lost"))
         return events
 
     def _line(
-        self, line: LineConfig, a: np.ndarray, b: np.ndarray, now: float, boxes: np.ndarray,
-        classes: np.ndarray, ids: np.ndarray,
+        self, name: str, a: np.ndarray, b: np.ndarray, now: float, points: np.ndarray, classes: np.ndarray,
+        ids: np.ndarray,
     ) -> list[ZoneEvent]:  # fmt: skip
-        tracks = self._tracks.setdefault(line.name, {})
-        counts = self.counts[line.name]
+        f = self._followed[name]
+        counts = self.counts[name]
+        # A point on the line itself is on neither side: an object keeps the last point it had off the
+        # line, so that touching the line and going back is no crossing, and going over it (in one move
+        # or through points on it) is one. An object is followed from its first point off the line.
+        here = side(points, a, b)
+        off = here != 0
+        rows = f.rows(ids)
+        known = rows >= 0
+        f.seen[rows[known]] = now
+        start = ~known & off
+        if start.any():
+            f.add(ids[start], classes[start], points[start], now)
+        moved = known & off
+        r, before, after = rows[moved], f.point[rows[moved]], points[moved]
+        flipped = (side(before, a, b) > 0) != (here[moved] > 0)
+        # The move must also pass between A and B: A and B lie on either side of the move's own line (or
+        # on it).
+        d = after - before
+        end_a = d[:, 0] * (a[1] - before[:, 1]) - d[:, 1] * (a[0] - before[:, 0])
+        end_b = d[:, 0] * (b[1] - before[:, 1]) - d[:, 1] * (b[0] - before[:, 0])
+        crossed = flipped & (end_a * end_b <= 0)
+        f.point[r] = after
         events = []
-        keep = self._wanted(line.classes, classes)
-        points = anchors(boxes[keep], line.anchor)
-        for point, cid, tid in zip(points, classes[keep], ids[keep], strict=True):
-            # A point on the line itself is on neither side: the track keeps the last point it had off
-            # the line, so that touching the line and going back is no crossing and going over it (in one
-            # move or through points on it) is one.
-            here = float(side(point, a, b))
-            track = tracks.get(int(tid))
-            if track is None:
-                if here != 0:
-                    tracks[int(tid)] = _Track(point, int(cid), now)
-                continue
-            track.seen = now
-            if here == 0:
-                continue
-            before = float(side(track.point, a, b))
-            if (before > 0) != (here > 0):
-                # The move must also pass between A and B: the ends lie on either side of the move's own
-                # line (or on it).
-                ends = side(np.stack([a, b]), track.point, point)
-                if ends[0] * ends[1] <= 0:
-                    direction = IN if before > 0 else OUT
-                    counts[direction] += 1
-                    events.append(ZoneEvent(CROSS, line.name, int(tid), track.class_id, direction))
-            track.point = point
-        for tid, track in list(tracks.items()):
-            if now - track.seen > self.max_lost_s:
-                del tracks[tid]
+        for i in np.flatnonzero(crossed).tolist():
+            direction = IN if here[moved][i] < 0 else OUT  # (now on the left-hand side: it came in)
+            counts[direction] += 1
+            events.append(ZoneEvent(CROSS, name, int(ids[moved][i]), int(f.cls[r[i]]), direction))
+        f.expire(now, self.max_lost_s)
         return events
 
 
