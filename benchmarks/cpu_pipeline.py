@@ -93,6 +93,8 @@ def daemon(
     config.write_text(
         f"model:\n  onnx: {model}\nengine:\n  max_batch: {batch}\nsources:\n{sources}"
         f"publish:\n  endpoint: {endpoint}\nlogging:\n  stats_interval_s: 0\n  level: WARNING\n"
+        # Metrics on, as a service runs, on a port of its own (another daemon may hold the default).
+        "metrics:\n  listen: 127.0.0.1:0\n"
         f"tracking:\n  enabled: {'true' if tracking else 'false'}\n"
     )
     with Subscriber(endpoint, events=True) as sub:
