@@ -13,6 +13,7 @@ import urllib.error
 import urllib.request
 from collections import defaultdict
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from streamer.errors import EXIT_OK, YolostreamError
@@ -40,11 +41,17 @@ def fetch(url: str, timeout: float = 5.0) -> tuple[int, str]:
     Raises:
         StatusError: nothing answers (connection refused, timeout, unknown host).
     """
+    code, body = fetch_bytes(url, timeout)
+    return code, body.decode("utf-8", "replace")
+
+
+def fetch_bytes(url: str, timeout: float = 5.0) -> tuple[int, bytes]:
+    """As `fetch`, the body as bytes."""
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response:
-            return response.status, response.read().decode("utf-8", "replace")
+            return response.status, response.read()
     except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode("utf-8", "replace")
+        return exc.code, exc.read()
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
         raise StatusError(
@@ -313,6 +320,22 @@ def status_main(url: str, interval: float = 1.0, timeout: float = 5.0) -> int:
     return EXIT_OK
 
 
+def snapshot_main(url: str, stream: str, out: Path, timeout: float = 10.0) -> int:
+    """Save the picture of `stream` (``/streams/<stream>/latest.jpg``) of the daemon at `url` to `out`.
+
+    Raises:
+        StatusError: nothing answers at `url`, or it has no picture of the stream (the reason it gives).
+    """
+    url = url.rstrip("/")
+    code, body = fetch_bytes(f"{url}/streams/{stream}/latest.jpg", timeout)
+    if code != 200:
+        reason = body.decode("utf-8", "replace").strip()[:300]
+        raise StatusError(f"{url}: no picture of stream {stream!r} (HTTP {code}): {reason}")
+    out.write_bytes(body)
+    print(f"{out}: stream {stream}, {len(body)} bytes")
+    return EXIT_OK
+
+
 def _get_metrics(url: str, timeout: float) -> str:
     code, body = fetch(f"{url}/metrics", timeout)
     if code != 200:
@@ -320,4 +343,15 @@ def _get_metrics(url: str, timeout: float) -> str:
     return body
 
 
-__all__ = ["DEFAULT_URL", "Scrape", "StatusError", "fetch", "parse", "quantile", "render", "status_main"]
+__all__ = [
+    "DEFAULT_URL",
+    "Scrape",
+    "StatusError",
+    "fetch",
+    "fetch_bytes",
+    "parse",
+    "quantile",
+    "render",
+    "snapshot_main",
+    "status_main",
+]

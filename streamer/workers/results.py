@@ -25,6 +25,7 @@ from streamer.preprocess import LetterboxGeometry
 from streamer.protocol import DetectionsMessage, detections_from_array
 from streamer.publish import Publisher
 from streamer.workers.analysis import Analysis
+from streamer.workers.pictures import Pictures
 from streamer.workers.streams import StreamBook
 
 
@@ -54,6 +55,7 @@ class Results:
         class_names: tuple[str, ...],
         on_batch: Callable[[Batch, float, float], None] | None = None,
         analysis: Analysis | None = None,
+        pictures: Pictures | None = None,
     ) -> None:
         self.executor = executor
         self.publisher = publisher
@@ -61,8 +63,9 @@ class Results:
         self.class_names = class_names
         self.metrics = inference_metrics()
         self.on_batch = on_batch
-        self.analysis = analysis
         """Called after each batch with (batch, decoded, published) perf_counter times (the timeline)."""
+        self.analysis = analysis
+        self.pictures = pictures
 
     def collect(self, book: StreamBook) -> int:
         """Post-process and publish every finished batch, oldest first; how many frames were published."""
@@ -97,6 +100,8 @@ class Results:
                     zones = per_stream.zone_message(note, dets, track_ids)
                     if zones is not None:
                         self.publisher.publish(zones)
+                if self.pictures is not None:
+                    self.pictures.published(note, dets, track_ids)
                 sent = clock()
                 m.postprocess_seconds.observe(nms_share + built - start)
                 m.publish_seconds.observe(sent - built)
