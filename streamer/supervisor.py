@@ -43,6 +43,7 @@ from streamer.heartbeat import is_warm, python_stack, silent_for
 from streamer.logs import setup_main
 from streamer.messages import EVENT_ERROR, EVENT_STALLED, Shutdown, StreamEvent
 from streamer.models.registry import ensure_model_apart
+from streamer.picture import PICTURES_DIR
 from streamer.processes import (
     SOURCE_JOIN_S,
     InferenceProcess,
@@ -532,8 +533,9 @@ class Supervisor:
             return
         directory = run_dir / "metrics"
         directory.mkdir()
+        pictures = run_dir / PICTURES_DIR  # (its presence tells the inference worker to make pictures)
         try:
-            self._metrics = MetricsServer(*address, directory, lambda: self._health)
+            self._metrics = MetricsServer(*address, directory, lambda: self._health, pictures)
         except OSError as exc:
             log.error(
                 "metrics: cannot listen on %s (metrics.listen): %s; running without metrics and health "
@@ -543,7 +545,11 @@ class Supervisor:
             )
             return
         os.environ[MULTIPROC_ENV] = str(directory)
-        log.info("metrics and health checks on %s (/metrics, /healthz, /readyz)", self._metrics.url)
+        pictures.mkdir()
+        log.info(
+            "metrics and health checks on %s (/metrics, /healthz, /readyz; the streams' pictures: /)",
+            self._metrics.url,
+        )
 
     def _stop_metrics(self) -> None:
         if self._metrics is not None:
