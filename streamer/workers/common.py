@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 
 from streamer.logs import setup_child
-from streamer.workers import memtrace
 from streamer.metrics import DROP_RING_FULL
+from streamer.workers import memtrace
 
 
 @dataclass(frozen=True)
