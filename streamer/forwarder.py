@@ -57,7 +57,8 @@ class Forwarder:
 
     def __init__(self, cfg: PublishConfig, upstream: list[str]) -> None:
         self.publisher = Publisher.from_config(cfg)
-        self._xsub = zmq.Context.instance().socket(zmq.XSUB)
+        context: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
+        self._xsub = context.socket(zmq.XSUB)
         self._xsub.setsockopt(zmq.LINGER, 0)
         self._xsub.setsockopt(zmq.RCVHWM, cfg.send_hwm)
         for endpoint in upstream:
