@@ -39,9 +39,9 @@ def worker_names(devices: Sequence[str]) -> list[str]:
 def stream_loads(streams: Iterable[str], rates: Mapping[str, float]) -> dict[str, float]:
     """Each stream's expected load: its measured pixel rate, else the mean of the measured ones (else 1)."""
     streams = list(streams)
-    known = [rates[s] for s in streams if rates.get(s, 0.0) > 0]
-    default = sum(known) / len(known) if known else 1.0
-    return {s: rates[s] if rates.get(s, 0.0) > 0 else default for s in streams}
+    known = [rates[s] for s in streams if s in rates]
+    default = sum(known) / len(known) if known and sum(known) > 0 else 1.0
+    return {s: rates.get(s, default) for s in streams}
 
 
 def worker_loads(assignment: Mapping[str, int], rates: Mapping[str, float], workers: int) -> list[float]:
@@ -136,9 +136,47 @@ class Placement:
         return moved
 
 
+class LoadMeter:
+    """Each stream's pixel rate (width × height × frames published per second), from the status files.
+
+    Parameters:
+        window_s: the rate is measured over at least this long (a new measure replaces the last).
+    """
+
+    def __init__(self, window_s: float = 5.0) -> None:
+        self.window_s = window_s
+        self.rates: dict[str, float] = {}
+        """Stream id → pixels per second, for the streams measured so far."""
+        self._since: dict[str, tuple[float, int]] = {}
+
+    def update(self, now: float, streams: Mapping[str, tuple[int, int, int]]) -> None:
+        """Take each stream's ``(published, width, height)`` as of monotonic time `now`."""
+        for sid, (published, width, height) in streams.items():
+            since = self._since.get(sid)
+            if since is None or published < since[1]:  # (new, or counting again)
+                self._since[sid] = (now, published)
+                continue
+            elapsed = now - since[0]
+            if elapsed >= self.window_s and width and height:
+                self.rates[sid] = width * height * (published - since[1]) / elapsed
+                self._since[sid] = (now, published)
+
+    def forget(self, sid: str) -> None:
+        self.rates.pop(sid, None)
+        self._since.pop(sid, None)
+
+
 def _load(value: float) -> str:
     """A load for the log: ``1.2 Mpx/s`` for pixel rates, a plain count for stream counts."""
     return f"{value / 1e6:.1f} Mpx/s" if value >= 1000 else f"{value:g}"
 
 
-__all__ = ["Placement", "PlacementError", "choose", "stream_loads", "worker_loads", "worker_names"]
+__all__ = [
+    "LoadMeter",
+    "Placement",
+    "PlacementError",
+    "choose",
+    "stream_loads",
+    "worker_loads",
+    "worker_names",
+]

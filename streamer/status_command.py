@@ -60,6 +60,8 @@ def fetch(url: str, timeout: float = 5.0) -> tuple[int, str]:
 class StreamRow:
     state: str = "?"
     decoder: str = "-"
+    device: str = "-"
+    """The inference worker that carries it (``engine.devices``: gpu0, cpu1, ...)."""
     decoded: float = 0.0
     published: float = 0.0
     dropped: dict[str, float] = field(default_factory=dict)
@@ -119,6 +121,8 @@ def parse(text: str, at: float | None = None) -> Scrape:
             streams[stream].state = labels.get("state", "?")
         elif name == "stream_decoder" and value == 1:
             streams[stream].decoder = labels.get("decoder", "?")
+        elif name == "stream_device" and value == 1:
+            streams[stream].device = labels.get("device", "?")
         elif name == "frame_latency_seconds_bucket":
             streams[stream].latency[float(labels["le"])] = value
         elif name in ("process_resident_memory_bytes", "process_gpu_memory_bytes", "worker_restarts_total"):
@@ -217,6 +221,7 @@ def render(url: str, now: Scrape, readiness: dict[str, Any], before: Scrape | No
     window = f"over the last {elapsed:.1f} s" if before is not None else "since the start"
     states = readiness.get("streams") or {}
     rows, drops = [], []
+    placed = any(row.device != "-" for row in now.streams.values())  # (several inference workers)
     for sid in dict.fromkeys([*states, *sorted(now.streams)]):
         row = now.streams.get(sid, StreamRow())
         old = before.streams.get(sid) if before is not None else None
@@ -228,20 +233,22 @@ def render(url: str, now: Scrape, readiness: dict[str, Any], before: Scrape | No
         rows.append([
             sid, states.get(sid, row.state), row.decoder, _count(row.decoded), _count(row.published),
             _count(sum(row.dropped.values())), fps, _duration(p50, latency), _duration(p95, latency),
-            _count(row.reconnects),
+            _count(row.reconnects), *([row.device] if placed else []),
         ])  # fmt: skip
         reasons = ", ".join(f"{reason} {n:.0f}" for reason, n in sorted(row.dropped.items()) if n)
         if reasons:
             drops.append(f"  {sid}: {reasons}")
     header = ["STREAM", "STATE", "DECODER", "DECODED", "PUBLISHED", "DROPPED", "FPS", "P50", "P95"]
     header.append("RECONNECTS")
+    if placed:
+        header.append("DEVICE")
     lines.append("")
     lines += _table(header, rows, right={3, 4, 5, 6, 7, 8, 9}) if rows else ["no streams yet"]
     lines.append(f"(FPS: frames published per second, P50/P95: capture-to-publish latency, {window})")
     if drops:
         lines += ["dropped frames by reason:", *drops]
     order = {"supervisor": 0, "inference": 1, "decoders": 2, "source": 3}
-    workers = sorted(now.workers, key=lambda w: (order.get(w.worker, 4), w.stream))
+    workers = sorted(now.workers, key=lambda w: (order.get(w.worker.split(":")[0], 4), w.worker, w.stream))
     lines.append("")
     lines += _table(
         ["WORKER", "STREAM", "RSS", "GPU", "RESTARTS"],
