@@ -72,6 +72,8 @@ class Snapshot:
     workers: tuple[WorkerView, ...] = ()
     placement: Mapping[str, str] = field(default_factory=dict)
     """Stream id → the name of the inference worker that carries it (only with ``engine.devices``)."""
+    forwarder: tuple[int, int] | None = None
+    """The publish forwarder's (subscriptions, overflows), with ``engine.devices`` (`streamer.forwarder`)."""
 
 
 def build_snapshot(
@@ -87,6 +89,7 @@ def build_snapshot(
     restarts: Mapping[tuple[str, str], int],
     supervisor_pid: int,
     placement: Mapping[str, str] | None = None,
+    forwarder: tuple[int, int] | None = None,
 ) -> Snapshot:
     """A new `Snapshot` from the supervisor's state (`base` gives the start time)."""
     streams: dict[str, str] = {}
@@ -132,6 +135,7 @@ def build_snapshot(
         decoders=decoders,
         workers=tuple(workers),
         placement=dict(placement or {}),
+        forwarder=forwarder,
     )
 
 
@@ -243,6 +247,20 @@ class SupervisorCollector:
         yield restarts
         yield rss
         yield gpu
+        if snap.forwarder is not None:
+            subscriptions, overflows = snap.forwarder
+            yield GaugeMetricFamily(
+                PREFIX + "forwarder_subscriptions",
+                "Active subscriptions to publish.endpoint, bound by the forwarder of several inference "
+                "workers (each worker's own `subscriptions` counts the forwarder).",
+                subscriptions,
+            )
+            yield CounterMetricFamily(
+                PREFIX + "forwarder_overflows",
+                "Messages at which the forwarder found a subscriber's queue full (as "
+                "publish_overflows_total).",
+                overflows,
+            )
         ready = float(snap.inference == "ready")
         yield GaugeMetricFamily(PREFIX + "inference_ready", "1 while the inference worker is ready.", ready)
         uptime = time.time() - snap.started

@@ -210,9 +210,11 @@ def render(url: str, now: Scrape, readiness: dict[str, Any], before: Scrape | No
     head = [f"yolostream at {url}: {state}"]
     if "uptime_seconds" in v:
         head.append(f"up {_uptime(v['uptime_seconds'])}")
-    if "subscriptions" in v:
-        head.append(f"{v['subscriptions']:.0f} subscription(s)")
-    head.append(f"{v.get('publish_overflows_total', 0):.0f} publish overflow(s)")
+    subscriptions = v.get("forwarder_subscriptions", v.get("subscriptions"))  # (several workers: the front)
+    if subscriptions is not None:
+        head.append(f"{subscriptions:.0f} subscription(s)")
+    overflows = v.get("publish_overflows_total", 0) + v.get("forwarder_overflows_total", 0)
+    head.append(f"{overflows:.0f} publish overflow(s)")
     lines = ["; ".join(head)]
     if "gpu_memory_used_bytes" in v:
         used, total = v["gpu_memory_used_bytes"], v.get("gpu_memory_total_bytes", 0.0)

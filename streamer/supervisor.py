@@ -626,6 +626,7 @@ class Supervisor:
             placement={sid: self._workers[i].name for sid, i in self._placement.assignment.items()}
             if len(self._workers) > 1
             else {},
+            forwarder=(self._forwarder.subscribers, self._forwarder.dropped) if self._forwarder else None,
         )
 
     # -- SIGHUP ------------------------------------------------------------------------------------

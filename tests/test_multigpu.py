@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -142,6 +143,10 @@ def test_a_killed_worker_restarts_alone_then_its_streams_move_when_its_budget_is
         assert "DEVICE" in rows["STREAM"]
         assert [rows[s][-1] for s in "abcd"] == ["cpu0", "cpu0", "cpu1", "cpu1"], status.stdout
         assert "inference:cpu0" in rows and "inference:cpu1" in rows, status.stdout
+        with urllib.request.urlopen(f"{url}/metrics", timeout=10) as response:
+            metrics = response.read().decode()
+        assert "yolostream_forwarder_subscriptions 2.0" in metrics  # (det. and evt. of our subscriber)
+        assert 'yolostream_stream_device{device="cpu1",stream="c"} 1.0' in metrics
 
         os.kill(pid, signal.SIGKILL)
         _wait_log(daemon, r"inference worker cpu0 restarted \(pid \d+\)")
