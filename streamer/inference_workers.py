@@ -5,10 +5,11 @@ its `WorkerContext` (notification socket, epoch, ``engine_on_gpu``, the GPU its 
 the source workers of the streams placed on it (its `DecoderGroups`), its status file and its ledger. So
 a worker that crashes and restarts touches nothing of the others.
 
-With one worker (``engine.devices`` left out) the lane's folder is the run directory itself and the worker
-binds ``publish.endpoint``: everything is as it was before several workers existed. With several, each
-lane has a folder ``<run dir>/<name>/`` (``gpu0``, ``cpu1``, ...) and its worker publishes on an ``ipc://``
-endpoint there, relayed by the supervisor's `streamer.forwarder.Forwarder`.
+With one worker (``engine.devices`` left out, or one entry such as ``[0]``) the lane's folder is the run
+directory itself and the worker binds ``publish.endpoint``: everything is as it was before several
+workers existed (only the engine's device is the entry's). With several, each lane has a folder
+``<run dir>/<name>/`` (``gpu0``, ``cpu1``, ...) and its worker publishes on an ``ipc://`` endpoint there,
+relayed by the supervisor's `streamer.forwarder.Forwarder`.
 """
 
 from __future__ import annotations
@@ -92,7 +93,7 @@ class InferenceWorker:
 
     index: int
     name: str
-    """``gpu0``, ``cpu1``, ...; "" for the single worker of a daemon without ``engine.devices``."""
+    """``gpu0``, ``cpu1``, ...; "" for a daemon's only worker (no ``engine.devices``, or one entry)."""
     device: str | None
     """``cuda:N`` or ``cpu``; None: ``engine.device`` as configured."""
     ctx: WorkerContext
@@ -126,6 +127,8 @@ class InferenceWorker:
         engine = cfg.engine.model_copy(
             update={"device": self.device, "devices": None, "threads": cfg.engine.threads or self.threads}
         )
+        if not self.name:  # the only worker (engine.devices: [N]): it binds publish.endpoint itself
+            return cfg.model_copy(update={"engine": engine})
         publish = cfg.publish.model_copy(
             update={"endpoint": worker_endpoint(self.ctx.run_dir), "curve": None}
         )
@@ -146,14 +149,16 @@ def make_workers(
 ) -> list[InferenceWorker]:
     """The lanes for `cfg` (not started). Raises `DevicesError` as `resolve_devices`."""
     devices = resolve_devices(cfg)
-    names = worker_names(devices) if devices is not None else [""]
+    # One entry ([0]) is the single worker of engine.device on that device: no folder, no forwarder.
+    names = worker_names(devices) if devices is not None and len(devices) > 1 else [""]
     threads = cpu_threads(devices) if devices is not None else None
     workers = []
     for index, name in enumerate(names):
         folder = run_dir / name if name else run_dir
         folder.mkdir(exist_ok=True)
         device = devices[index] if devices is not None else None
-        gpu = int(device.partition(":")[2] or 0) if device and device != "cpu" else 0
+        on = device or cfg.engine.device  # NVDEC decodes on the engine's GPU (the CUDA ring needs both there)
+        gpu = int(on.partition(":")[2]) if on.startswith("cuda:") else 0
         endpoint = f"ipc://{folder}/notify.sock"
         ctx = WorkerContext(
             str(folder), endpoint, log_queue, cfg.logging.level, None, os.getpid(), mpc.Value("i", 0),

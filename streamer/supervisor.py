@@ -399,7 +399,8 @@ class Supervisor:
 
     def _add_source(self, scfg: Any) -> None:
         """Place stream `scfg` on an inference worker (kept where it is if placed before) and start it."""
-        index, why = self._placement.place(scfg.id, self._loads.rates, scfg.device)
+        pinned = scfg.device if len(self._workers) > 1 else None  # (one worker: it carries every stream)
+        index, why = self._placement.place(scfg.id, self._loads.rates, pinned)
         lane = self._workers[index]
         if len(self._workers) > 1 and why != "already placed":
             log.info("stream %s → inference worker %s: %s", scfg.id, lane.name, why)
