@@ -1,4 +1,5 @@
-"""The supervisor's HTTP endpoint: ``/metrics`` (Prometheus), ``/healthz`` and ``/readyz``.
+"""The supervisor's HTTP endpoint: ``/metrics`` (Prometheus), ``/healthz`` and ``/readyz``; the streams'
+pictures (``/``, ``/streams/<id>/latest.jpg``, ``/streams/<id>/live``: `streamer.web`).
 
 The workers write their metrics into the run directory's ``metrics/`` folder (prometheus-client's
 multiprocess mode, see `streamer.metrics`); a scrape adds those up and appends what only the supervisor
@@ -280,6 +281,9 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
     registry: Collector
     snapshot: Callable[[], Snapshot]
+    pictures: Path | None
+    """The run directory's pictures folder; None: no pictures."""
+    closing: threading.Event
 
 
 class _Server6(_Server):
@@ -311,17 +315,30 @@ class _Handler(BaseHTTPRequestHandler):
             ok, reason = readiness(snap)
             body = {"ready": ok, "reason": reason, "inference": snap.inference, "streams": dict(snap.streams)}
             self._json(200 if ok else 503, body)
-        elif path == "/":
-            self._send(200, "text/plain; charset=utf-8", b"yolostream: /metrics /healthz /readyz\n")
+        elif path == "/" or path.startswith("/streams/"):
+            from streamer import web
+
+            web.serve(self, path)
         else:
-            self._send(404, "text/plain; charset=utf-8", b"not found: try /metrics, /healthz or /readyz\n")
+            self._send(404, "text/plain; charset=utf-8", b"not found: try /, /metrics, /healthz or /readyz\n")
 
     def _json(self, code: int, body: dict[str, Any]) -> None:
         self._send(code, "application/json", json.dumps(body).encode() + b"\n")
 
-    def _send(self, code: int, content_type: str, body: bytes) -> None:
+    def _send(
+        self,
+        code: int,
+        content_type: str,
+        body: bytes,
+        cache: bool = True,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         self.send_response(code)
         self.send_header("Content-Type", content_type)
+        if not cache:
+            self.send_header("Cache-Control", "no-store")
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
@@ -337,12 +354,20 @@ class MetricsServer:
         host, port: where to listen (port 0: any free port; see `address`).
         metrics_dir: the workers' multiprocess metrics folder (``PROMETHEUS_MULTIPROC_DIR``).
         snapshot: returns the supervisor's latest `Snapshot`.
+        pictures: the run directory's pictures folder (`streamer.picture`); None: no pictures.
 
     Raises:
         OSError: the address cannot be bound (in use, not an address of this host, ...).
     """
 
-    def __init__(self, host: str, port: int, metrics_dir: Path, snapshot: Callable[[], Snapshot]) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        metrics_dir: Path,
+        snapshot: Callable[[], Snapshot],
+        pictures: Path | None = None,
+    ) -> None:
         from prometheus_client import CollectorRegistry
         from prometheus_client.multiprocess import MultiProcessCollector
 
@@ -353,6 +378,8 @@ class MetricsServer:
         self._httpd = (_Server6 if ":" in host else _Server)((host, port), _Handler)
         self._httpd.registry = registry
         self._httpd.snapshot = snapshot
+        self._httpd.pictures = pictures
+        self._httpd.closing = threading.Event()
         self.address: tuple[str, int] = (host, self._httpd.server_address[1])
         """Where it listens (with the port chosen for port 0)."""
         self._thread = threading.Thread(target=self._httpd.serve_forever, name="metrics-http", daemon=True)
@@ -372,6 +399,7 @@ class MetricsServer:
         mark_process_dead(pid, str(self._dir))
 
     def close(self) -> None:
+        self._httpd.closing.set()  # (ends the live pictures' loops)
         self._httpd.shutdown()
         self._httpd.server_close()
         self._thread.join(5)

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from streamer.decoder_groups import DecoderGroups
 from streamer.forwarder import worker_endpoint
+from streamer.picture import PICTURES_DIR
 from streamer.placement import worker_names
 from streamer.processes import InferenceProcess
 from streamer.transport.notify import NotifySender
@@ -156,6 +157,8 @@ def make_workers(
     for index, name in enumerate(names):
         folder = run_dir / name if name else run_dir
         folder.mkdir(exist_ok=True)
+        if name:  # the streams' pictures, when the supervisor serves them: one folder for all workers
+            (folder / PICTURES_DIR).symlink_to(run_dir / PICTURES_DIR)
         device = devices[index] if devices is not None else None
         on = device or cfg.engine.device  # NVDEC decodes on the engine's GPU (the CUDA ring needs both there)
         gpu = int(on.partition(":")[2]) if on.startswith("cuda:") else 0

@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, cast
 import zmq
 
 from streamer.errors import YolostreamError
-from streamer.protocol import ENCODINGS, DetectionsMessage, Message, encode
+from streamer.protocol import ANA_PREFIX, ENCODINGS, AnalyticsMessage, DetectionsMessage, Message, encode
 from streamer.security import CurveServer, is_local_endpoint, start_authenticator
 
 if TYPE_CHECKING:
@@ -240,16 +240,19 @@ class Publisher:
         # Reading ZMQ_EVENTS (done here while draining subscriptions) also makes libzmq process the notices
         # of how much each subscriber has read, so that the high-water-mark check below is up to date.
         self._read_subscriptions()
-        seq = self._seq.get(msg.stream, 0)
+        # Analytics messages count apart, so that a subscriber of detections and events sees no gaps
+        # for them (a stream id has no '.', so the key cannot be another stream's).
+        key = ANA_PREFIX + msg.stream if isinstance(msg, AnalyticsMessage) else msg.stream
+        seq = self._seq.get(key, 0)
         msg.seq = seq
-        if isinstance(msg, DetectionsMessage):
+        if isinstance(msg, (DetectionsMessage, AnalyticsMessage)):
             msg.publish_ts = time.time()
         parts = encode(msg, self.encoding)
         try:
             delivered = self._send(parts)
         except zmq.ZMQError as exc:
             raise PublishError(self.endpoint, f"send failed: {exc.strerror}", exc.errno) from None
-        self._seq[msg.stream] = seq + 1
+        self._seq[key] = seq + 1
         self._sent += 1
         return delivered
 

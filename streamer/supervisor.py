@@ -43,6 +43,7 @@ from streamer.inference_workers import DevicesError, InferenceWorker, make_worke
 from streamer.logs import setup_main
 from streamer.messages import EVENT_ERROR, EVENT_MOVED, EVENT_STALLED, Shutdown, StreamEvent
 from streamer.models.registry import ensure_model_apart
+from streamer.picture import PICTURES_DIR
 from streamer.placement import LoadMeter, Placement, PlacementError
 from streamer.processes import SOURCE_JOIN_S, SourceProcess, describe_exit, kill, policy_of, rss_mb
 from streamer.sdnotify import SystemdNotifier
@@ -61,6 +62,10 @@ LOADING_EXTEND_S = 30.0
 RUN_DIR_PREFIX = "yolostream-"
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 MEMORY_CHECK_S = 5.0
+RECYCLE_MIN_AGE_S = 10.0
+"""A process is recycled for its memory only after it has run this long: a budget below what a worker
+needs at start must not recycle it before it reads a frame (on a loaded machine a decoder group was
+recycled over and over while still opening its files, and published nothing)."""
 STATUS_EVERY_S = 5.0
 
 
@@ -114,6 +119,8 @@ class Supervisor:
         self._watchdog_published = -1
         self._loading_told_at = 0.0
         self._memory_at = 0.0
+        self._first_seen: dict[int, float] = {}
+        """When the memory check first saw each worker process (pid): its age, for `RECYCLE_MIN_AGE_S`."""
         self._metrics: MetricsServer | None = None
         self._env_before: str | None = None
         self._health = Snapshot()
@@ -512,11 +519,17 @@ class Supervisor:
         if now - self._memory_at < MEMORY_CHECK_S:
             return
         self._memory_at = now
+        pids = [w.pid for w in self._sources.values()] + [w.process.pid for w in self._workers]
+        self._first_seen = {pid: self._first_seen.get(pid, now) for pid in pids if pid is not None}
+
+        def old_enough(pid: int | None) -> bool:
+            return pid is not None and now - self._first_seen[pid] >= RECYCLE_MIN_AGE_S
+
         limits = self.cfg.supervisor
         if limits.source_rss_limit_mb:
             checked = set()
             for worker in self._sources.values():
-                if worker.pid in checked:  # a decoder group: one process, one budget
+                if worker.pid in checked or not old_enough(worker.pid):  # a decoder group: one budget
                     continue
                 checked.add(worker.pid)
                 used = rss_mb(worker.pid)
@@ -529,7 +542,7 @@ class Supervisor:
                     )
                     worker.recycle()
         for w in self._workers:
-            used = rss_mb(w.process.pid)
+            used = rss_mb(w.process.pid) if old_enough(w.process.pid) else None
             if limits.inference_rss_limit_mb and used and used > limits.inference_rss_limit_mb:
                 log.warning("%s uses %.0f MiB > %d MiB: recycling it", w.label.removeprefix("the "), used,
                             limits.inference_rss_limit_mb)  # fmt: skip
@@ -574,8 +587,9 @@ class Supervisor:
             return
         directory = run_dir / "metrics"
         directory.mkdir()
+        pictures = run_dir / PICTURES_DIR  # (its presence tells the inference worker to make pictures)
         try:
-            self._metrics = MetricsServer(*address, directory, lambda: self._health)
+            self._metrics = MetricsServer(*address, directory, lambda: self._health, pictures)
         except OSError as exc:
             log.error(
                 "metrics: cannot listen on %s (metrics.listen): %s; running without metrics and health "
@@ -585,7 +599,11 @@ class Supervisor:
             )
             return
         os.environ[MULTIPROC_ENV] = str(directory)
-        log.info("metrics and health checks on %s (/metrics, /healthz, /readyz)", self._metrics.url)
+        pictures.mkdir()
+        log.info(
+            "metrics and health checks on %s (/metrics, /healthz, /readyz; the streams' pictures: /)",
+            self._metrics.url,
+        )
 
     def _stop_metrics(self) -> None:
         if self._metrics is not None:
