@@ -86,7 +86,7 @@ def test_two_cpu_workers_publish_every_frame_of_four_streams_exactly_once_in_ord
     """Two streams pinned (sources[].device), two placed by count; every frame once, in order, eos last."""
     frames = {"a": 30, "b": 24, "c": 36, "d": 20}
     for i, (sid, n) in enumerate(frames.items()):
-        _clip(tmp_path / f"{sid}.mp4", (320, 240), n, seed=i)
+        _clip(tmp_path / f"{sid}.mp4", (160, 128), n, seed=i)
     pins = {"a": "    device: cpu1\n", "b": "    device: cpu1\n", "c": "", "d": ""}
     sources = {sid: f"    url: {sid}.mp4\n{pins[sid]}" for sid in frames}
     daemon = start_daemon(tmp_path, _config(model, sources))
@@ -185,10 +185,10 @@ def test_a_killed_worker_restarts_alone_then_its_streams_move_when_its_budget_is
 def test_sighup_places_an_added_stream_on_the_worker_with_fewer_pixels_per_second(
     tmp_path: Path, model: Path
 ) -> None:
-    """cpu0 carries one 640×480 stream, cpu1 two 160×128 ones: by stream count the new one would go to
+    """cpu0 carries one 320×240 stream, cpu1 two 96×64 ones: by stream count the new one would go to
     cpu0; by measured pixel rate it goes to cpu1."""
-    _clip(tmp_path / "big.mp4", (640, 480), 50, seed=1)
-    _clip(tmp_path / "small.mp4", (160, 128), 50, seed=2)
+    _clip(tmp_path / "big.mp4", (320, 240), 50, seed=1)
+    _clip(tmp_path / "small.mp4", (96, 64), 50, seed=2)
     entry = "    url: {}.mp4\n    loop: true\n    realtime: true\n"
     sources = {
         "big": entry.format("big") + "    device: cpu0\n",
@@ -207,7 +207,7 @@ def test_sighup_places_an_added_stream_on_the_worker_with_fewer_pixels_per_secon
         line = _wait_log(daemon, r"stream new → inference worker cpu1: least loaded \(loads: [^)]*\)").group(
             0
         )
-        loads = [float(x) for x in re.findall(r"([\d.]+) Mpx/s", line)]
+        loads = [float(x) for x in re.findall(r"([\d.]+) Mpx/s", line)]  # (320×240×25 = 1.9 Mpx/s)
         assert len(loads) == 2 and loads[0] > 3 * loads[1], line
         daemon.receive_until(lambda ms: len(_dets(daemon, "new")) >= 5, timeout=60)
         assert len(daemon.events("big", "started")) == 1  # the running streams were not touched
