@@ -150,6 +150,46 @@ def _on_off(value: Any) -> Any:
     return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
 
 
+def _devices(value: Any) -> Any:
+    """``[0, 'cuda:1', 'cpu']`` → ``('cuda:0', 'cuda:1', 'cpu')``; ``all`` and None as they are."""
+    if value is None or value == "all":
+        return value
+    if not isinstance(value, (list, tuple)) or not value:
+        raise ValueError(f"must be a list of GPU indices or cpu entries, or all, got {_describe(value)}")
+    devices = []
+    for item in value:
+        if isinstance(item, int) and not isinstance(item, bool) and item >= 0:
+            devices.append(f"cuda:{item}")
+        elif isinstance(item, str) and re.fullmatch(r"cpu|cuda:[0-9]+", item.strip().lower()):
+            devices.append(item.strip().lower())
+        else:
+            raise ValueError(
+                f"each entry must be a GPU index (0, 1, ...), cuda:N or cpu, got {_describe(item)}"
+            )
+    gpus = [d for d in devices if d != "cpu"]
+    if len(set(gpus)) != len(gpus):
+        raise ValueError(f"lists a GPU twice ({', '.join(gpus)}): one inference worker per GPU")
+    return tuple(devices)
+
+
+def _source_device(value: Any) -> Any:
+    """A stream's ``device``: ``1`` or ``cuda:1`` → ``gpu1``; ``gpuN`` and ``cpuK`` as they are."""
+    if value is None:
+        return None
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return f"gpu{value}"
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if m := re.fullmatch(r"cuda:([0-9]+)", text):
+            return f"gpu{m.group(1)}"
+        if re.fullmatch(r"(gpu|cpu)[0-9]+", text):
+            return text
+    raise ValueError(
+        f"must name an inference worker: a GPU index (0), cuda:N, gpuN or cpuK (the K-th cpu entry of "
+        f"engine.devices), got {_describe(value)}"
+    )
+
+
 class EngineConfig(_Section):
     """How inference runs: backend, device, precision and batching."""
 
@@ -157,6 +197,15 @@ class EngineConfig(_Section):
         default="auto", description="Inference backend; auto picks the best one installed for the device."
     )
     device: str = Field(default="auto", description="auto, cpu, cuda or cuda:N.")
+    devices: Annotated[
+        tuple[str, ...] | Literal["all"] | None,
+        BeforeValidator(_devices, json_schema_input_type=list[int | str] | Literal["all"] | None),
+    ] = Field(
+        default=None,
+        description="One inference worker per entry: GPU indices ([0, 1]), all (every GPU of the host), "
+        "or cpu entries ([cpu, cpu]); each stream is placed on one worker (docs/multigpu.md). None: one "
+        "worker on device.",
+    )
     precision: Literal["fp32", "fp16", "int8"] = Field(
         default="fp32",
         description="Numeric precision of inference: fp16 for TensorRT and torch on CUDA, int8 for TensorRT "
@@ -373,6 +422,13 @@ class SourceConfig(_Section):
         gt=0,
         description="Live streams: the same picture for this long means a frozen camera (reconnect); "
         "None: off.",
+    )
+    device: Annotated[
+        str | None, BeforeValidator(_source_device, json_schema_input_type=int | str | None)
+    ] = Field(
+        default=None,
+        description="With engine.devices: the inference worker that carries this stream (a GPU index, "
+        "cuda:N, gpuN or cpuK); None: the least loaded one.",
     )
     tracking: TrackingOverrides = Field(
         default_factory=TrackingOverrides,
@@ -720,6 +776,27 @@ class Config(_Section):
         if duplicates:
             _fail(*duplicates)
         return sources
+
+    @model_validator(mode="after")
+    def _source_devices_listed(self) -> Config:
+        from streamer.placement import worker_names
+
+        devices = self.engine.devices
+        if devices == "all":  # (which GPUs exist is known only at run time: the supervisor checks)
+            return self
+        names = worker_names(devices) if devices is not None else []
+        problems: list[tuple[KeyPath, str]] = []
+        for i, source in enumerate(self.sources):
+            if source.device is None or source.device in names:
+                continue
+            if devices is None:
+                why = "needs engine.devices (several inference workers); without it one worker carries all"
+            else:
+                why = f"names no worker of engine.devices (workers: {', '.join(names)})"
+            problems.append((("sources", i, "device"), f"{source.device}: {why}"))
+        if problems:
+            _fail(*problems)
+        return self
 
     @field_validator("sources")
     @classmethod

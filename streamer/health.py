@@ -17,7 +17,7 @@ import logging
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -44,7 +44,8 @@ STREAM_STATES = ("starting", "running", "reconnecting", "down", "frozen", "resta
 @dataclass(frozen=True)
 class WorkerView:
     worker: str
-    """``supervisor``, ``inference``, ``source`` or ``decoders`` (a source worker shared by streams)."""
+    """``supervisor``, ``inference`` (``inference:gpu0``... with ``engine.devices``), ``source`` or
+    ``decoders`` (a source worker shared by streams)."""
     stream: str
     """The stream of a source worker (a decoder group's streams, comma-separated); empty for the others."""
     pid: int | None
@@ -70,13 +71,17 @@ class Snapshot:
     decoders: Mapping[str, str] = field(default_factory=dict)
     """Stream id → ``cpu`` or ``nvdec``, for the streams that have started."""
     workers: tuple[WorkerView, ...] = ()
+    placement: Mapping[str, str] = field(default_factory=dict)
+    """Stream id → the name of the inference worker that carries it (only with ``engine.devices``)."""
+    forwarder: tuple[int, int] | None = None
+    """The publish forwarder's (subscriptions, overflows), with ``engine.devices`` (`streamer.forwarder`)."""
 
 
 def build_snapshot(
     base: Snapshot,
     *,
     phase: str,
-    inference: InferenceProcess | None,
+    inference: Sequence[InferenceProcess],
     loading: bool,
     ready_at: float,
     sources: Mapping[str, SourceProcess],
@@ -84,6 +89,8 @@ def build_snapshot(
     status: RunStatus | None,
     restarts: Mapping[tuple[str, str], int],
     supervisor_pid: int,
+    placement: Mapping[str, str] | None = None,
+    forwarder: tuple[int, int] | None = None,
 ) -> Snapshot:
     """A new `Snapshot` from the supervisor's state (`base` gives the start time)."""
     streams: dict[str, str] = {}
@@ -102,16 +109,16 @@ def build_snapshot(
         streams[sid] = state
     if loading:
         inference_state = "loading"
-    elif inference is not None and inference.alive():
+    elif inference and all(p.alive() for p in inference):
         inference_state = "ready"
-    elif inference is not None and inference.restart_at is not None:
+    elif any(p.restart_at is not None for p in inference):
         inference_state = "restarting"
     else:
         inference_state = "stopped"
     workers = [WorkerView("supervisor", "", supervisor_pid, 0)]
-    workers.append(
-        WorkerView("inference", "", inference.pid if inference else None, restarts.get(("inference", ""), 0))
-    )
+    for p in inference:
+        kind = f"inference:{p.name}" if p.name else "inference"
+        workers.append(WorkerView(kind, "", p.pid, restarts.get(("inference", p.name), 0)))
     processes: dict[tuple[str, str], list[str]] = {}
     for sid, w in sources.items():
         processes.setdefault(w.process_key(), []).append(sid)
@@ -128,6 +135,8 @@ def build_snapshot(
         streams=streams,
         decoders=decoders,
         workers=tuple(workers),
+        placement=dict(placement or {}),
+        forwarder=forwarder,
     )
 
 
@@ -204,6 +213,15 @@ class SupervisorCollector:
         yield up
         yield state
         yield decoder
+        if snap.placement:
+            device = GaugeMetricFamily(
+                PREFIX + "stream_device",
+                "1 for the inference worker (engine.devices: gpu0, cpu1, ...) that carries the stream.",
+                labels=["stream", "device"],
+            )
+            for sid, name in snap.placement.items():
+                device.add_metric([sid, name], 1.0)
+            yield device
         restarts = CounterMetricFamily(
             PREFIX + "worker_restarts_total",
             "Restarts of a worker after a crash, a stall or a memory recycle.",
@@ -230,6 +248,20 @@ class SupervisorCollector:
         yield restarts
         yield rss
         yield gpu
+        if snap.forwarder is not None:
+            subscriptions, overflows = snap.forwarder
+            yield GaugeMetricFamily(
+                PREFIX + "forwarder_subscriptions",
+                "Active subscriptions to publish.endpoint, bound by the forwarder of several inference "
+                "workers (each worker's own `subscriptions` counts the forwarder).",
+                subscriptions,
+            )
+            yield CounterMetricFamily(
+                PREFIX + "forwarder_overflows",
+                "Messages at which the forwarder found a subscriber's queue full (as "
+                "publish_overflows_total).",
+                overflows,
+            )
         ready = float(snap.inference == "ready")
         yield GaugeMetricFamily(PREFIX + "inference_ready", "1 while the inference worker is ready.", ready)
         uptime = time.time() - snap.started

@@ -256,7 +256,20 @@ class Publisher:
         self._sent += 1
         return delivered
 
-    def _send(self, parts: tuple[bytes, bytes]) -> bool:
+    def forward(self, parts: list[bytes]) -> bool:
+        """Send a message encoded and numbered by another `Publisher` (`streamer.forwarder`'s hop), as
+        `publish` sends: never blocking, a full subscriber queue counted in `dropped`."""
+        if self._closed:
+            raise PublishError(self.endpoint, "forward() on a closed publisher")
+        self._read_subscriptions()
+        try:
+            delivered = self._send(parts)
+        except zmq.ZMQError as exc:
+            raise PublishError(self.endpoint, f"send failed: {exc.strerror}", exc.errno) from None
+        self._sent += 1
+        return delivered
+
+    def _send(self, parts: tuple[bytes, bytes] | list[bytes]) -> bool:
         sock = self._sock
         try:
             sock.send_multipart(parts, zmq.NOBLOCK)

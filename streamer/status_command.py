@@ -67,6 +67,8 @@ def fetch_bytes(url: str, timeout: float = 5.0) -> tuple[int, bytes]:
 class StreamRow:
     state: str = "?"
     decoder: str = "-"
+    device: str = "-"
+    """The inference worker that carries it (``engine.devices``: gpu0, cpu1, ...)."""
     decoded: float = 0.0
     published: float = 0.0
     dropped: dict[str, float] = field(default_factory=dict)
@@ -140,6 +142,8 @@ def parse(text: str, at: float | None = None) -> Scrape:
             streams[stream].state = labels.get("state", "?")
         elif name == "stream_decoder" and value == 1:
             streams[stream].decoder = labels.get("decoder", "?")
+        elif name == "stream_device" and value == 1:
+            streams[stream].device = labels.get("device", "?")
         elif name == "frame_latency_seconds_bucket":
             streams[stream].latency[float(labels["le"])] = value
         elif name == "zone_events_total":
@@ -238,9 +242,11 @@ def render(url: str, now: Scrape, readiness: dict[str, Any], before: Scrape | No
     head = [f"yolostream at {url}: {state}"]
     if "uptime_seconds" in v:
         head.append(f"up {_uptime(v['uptime_seconds'])}")
-    if "subscriptions" in v:
-        head.append(f"{v['subscriptions']:.0f} subscription(s)")
-    head.append(f"{v.get('publish_overflows_total', 0):.0f} publish overflow(s)")
+    subscriptions = v.get("forwarder_subscriptions", v.get("subscriptions"))  # (several workers: the front)
+    if subscriptions is not None:
+        head.append(f"{subscriptions:.0f} subscription(s)")
+    overflows = v.get("publish_overflows_total", 0) + v.get("forwarder_overflows_total", 0)
+    head.append(f"{overflows:.0f} publish overflow(s)")
     lines = ["; ".join(head)]
     if "gpu_memory_used_bytes" in v:
         used, total = v["gpu_memory_used_bytes"], v.get("gpu_memory_total_bytes", 0.0)
@@ -249,6 +255,7 @@ def render(url: str, now: Scrape, readiness: dict[str, Any], before: Scrape | No
     window = f"over the last {elapsed:.1f} s" if before is not None else "since the start"
     states = readiness.get("streams") or {}
     rows, drops = [], []
+    placed = any(row.device != "-" for row in now.streams.values())  # (several inference workers)
     for sid in dict.fromkeys([*states, *sorted(now.streams)]):
         row = now.streams.get(sid, StreamRow())
         old = before.streams.get(sid) if before is not None else None
@@ -260,13 +267,15 @@ def render(url: str, now: Scrape, readiness: dict[str, Any], before: Scrape | No
         rows.append([
             sid, states.get(sid, row.state), row.decoder, _count(row.decoded), _count(row.published),
             _count(sum(row.dropped.values())), fps, _duration(p50, latency), _duration(p95, latency),
-            _count(row.reconnects),
+            _count(row.reconnects), *([row.device] if placed else []),
         ])  # fmt: skip
         reasons = ", ".join(f"{reason} {n:.0f}" for reason, n in sorted(row.dropped.items()) if n)
         if reasons:
             drops.append(f"  {sid}: {reasons}")
     header = ["STREAM", "STATE", "DECODER", "DECODED", "PUBLISHED", "DROPPED", "FPS", "P50", "P95"]
     header.append("RECONNECTS")
+    if placed:
+        header.append("DEVICE")
     lines.append("")
     lines += _table(header, rows, right={3, 4, 5, 6, 7, 8, 9}) if rows else ["no streams yet"]
     lines.append(f"(FPS: frames published per second, P50/P95: capture-to-publish latency, {window})")
@@ -274,7 +283,7 @@ def render(url: str, now: Scrape, readiness: dict[str, Any], before: Scrape | No
         lines += ["dropped frames by reason:", *drops]
     lines += _analytics(now)
     order = {"supervisor": 0, "inference": 1, "decoders": 2, "source": 3}
-    workers = sorted(now.workers, key=lambda w: (order.get(w.worker, 4), w.stream))
+    workers = sorted(now.workers, key=lambda w: (order.get(w.worker.split(":")[0], 4), w.worker, w.stream))
     lines.append("")
     lines += _table(
         ["WORKER", "STREAM", "RSS", "GPU", "RESTARTS"],

@@ -61,6 +61,7 @@ def test_minimal_config_has_all_defaults(tmp_path: Path) -> None:
     assert cfg.engine.model_dump() == {
         "backend": "auto",
         "device": "auto",
+        "devices": None,
         "precision": "fp32",
         "max_batch": 4,
         "batch_timeout_ms": 10.0,

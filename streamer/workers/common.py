@@ -40,6 +40,9 @@ class WorkerContext:
     would come back to the host and be letterboxed by the slow NumPy model."""
     heartbeat: Any = None
     """multiprocessing.RawArray('d', 2): the worker's `Heartbeat`, read by the supervisor."""
+    cuda_device: int = 0
+    """The GPU of the inference worker this context belongs to (``engine.devices``): NVDEC decodes there,
+    so that its frames' CUDA ring and the engine share a device."""
 
 
 class StopFlag:

@@ -88,10 +88,12 @@ class InferenceLoop:
         self.max_batch = spec.max_batch
         self.timeout_s = cfg.engine.batch_timeout_ms / 1000
         self.swap_rb = cfg.model.channel_order == "bgr"  # rings hold RGB
-        self.book = StreamBook(ledger)
-        for stream in self.book:  # a replaced worker's streams: their seq goes on, never back
-            if stream.record is not None:
+
+        def resume(stream: StreamState) -> None:  # a replaced worker's stream, or one moved here from a
+            if stream.record is not None:  # failed worker (engine.devices): its seq goes on, never back
                 publisher.resume(stream.id, stream.record.next_seq)
+
+        self.book = StreamBook(ledger, on_new=resume)
         names = _class_names(cfg, spec.num_classes)
         analysis = Analysis(cfg, names)
         self.pictures: Pictures | None = None
