@@ -8,7 +8,11 @@ For each model, on the same clip (1280x720 H.264 made from tinycoco images):
 - daemon:  ``yolostream run`` as a real multi-process service with N file streams (not paced), measured
            by a ZeroMQ subscriber from its first to its last detection message.
 
+With ``--tracking both`` the daemon runs four times back to back, tracking off, on, off, on
+(``tracking: {enabled: true}``, every stream), and the table shows the mean of each and their ratio.
+
 Usage: python benchmarks/cpu_pipeline.py [--models yolov5s-coco,yolov7-coco] [--streams 2] [--frames 60]
+                                         [--tracking off|on|both]
 Prints a table last; needs ../shared (models and tinycoco images).
 """
 
@@ -79,7 +83,9 @@ def naive(model: Path, clip: Path) -> float:
     return n / (time.perf_counter() - start)
 
 
-def daemon(model: Path, clip: Path, streams: int, frames: int, batch: int, workdir: Path) -> float:
+def daemon(
+    model: Path, clip: Path, streams: int, frames: int, batch: int, workdir: Path, tracking: bool = False
+) -> float:
     port = 20000 + os.getpid() % 20000
     endpoint = f"tcp://127.0.0.1:{port}"
     sources = "".join(f"  - id: s{i}\n    url: {clip}\n" for i in range(streams))
@@ -87,6 +93,9 @@ def daemon(model: Path, clip: Path, streams: int, frames: int, batch: int, workd
     config.write_text(
         f"model:\n  onnx: {model}\nengine:\n  max_batch: {batch}\nsources:\n{sources}"
         f"publish:\n  endpoint: {endpoint}\nlogging:\n  stats_interval_s: 0\n  level: WARNING\n"
+        # Metrics on, as a service runs, on a port of its own (another daemon may hold the default).
+        "metrics:\n  listen: 127.0.0.1:0\n"
+        f"tracking:\n  enabled: {'true' if tracking else 'false'}\n"
     )
     with Subscriber(endpoint, events=True) as sub:
         proc = subprocess.Popen([sys.executable, "-m", "streamer", "run", str(config)])
@@ -113,8 +122,10 @@ def main() -> None:
     parser.add_argument("--streams", type=int, default=2)
     parser.add_argument("--frames", type=int, default=0, help="frames per stream (default: per model)")
     parser.add_argument("--batch", type=int, default=0, help="daemon max_batch (default: --streams)")
+    parser.add_argument("--tracking", choices=("off", "on", "both"), default="off")
     args = parser.parse_args()
     batch = args.batch or args.streams
+    tracked: list[tuple[str, float, float]] = []
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
@@ -127,7 +138,16 @@ def main() -> None:
             ceil = ceiling(model, batch, seconds=10)
             ceil1 = ceiling(model, 1, seconds=10) if batch != 1 else ceil
             slow = naive(model, clip)
-            fast = daemon(model, clip, args.streams, frames, batch, workdir)
+            if args.tracking == "both":
+                runs = {False: [], True: []}
+                for on in (False, True, False, True):
+                    runs[on].append(daemon(model, clip, args.streams, frames, batch, workdir, on))
+                    print(f"{name}: daemon, tracking {'on' if on else 'off'}: {runs[on][-1]:.2f} frames/s")
+                off_mean, on_mean = np.mean(runs[False]), np.mean(runs[True])
+                tracked.append((name, float(off_mean), float(on_mean)))
+                fast = float(off_mean)
+            else:
+                fast = daemon(model, clip, args.streams, frames, batch, workdir, args.tracking == "on")
             ceil = max(ceil, ceiling(model, batch, seconds=10))
             rows.append((name, ceil, ceil1, slow, fast))
             print(
@@ -145,6 +165,11 @@ def main() -> None:
     print("|---|---:|---:|---:|---:|---:|")
     for name, ceil, ceil1, slow, fast in rows:
         print(f"| {name} | {ceil:.2f} | {ceil1:.2f} | {slow:.2f} | {fast:.2f} | {fast / ceil:.2f} |")
+    if tracked:
+        print("\n| model | daemon, tracking off | daemon, tracking on | on / off |")
+        print("|---|---:|---:|---:|")
+        for name, off, on in tracked:
+            print(f"| {name} | {off:.2f} | {on:.2f} | {on / off:.3f} |")
 
 
 if __name__ == "__main__":

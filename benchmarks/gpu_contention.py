@@ -29,6 +29,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -82,16 +84,35 @@ def decode_streams(clip: str, streams: int, copy: bool, stop: Any, counter: Any,
         t.join()
 
 
-def measure(engine: Any, batch: int, seconds: float) -> tuple[float, float]:
-    """(engine alone img/s, executor img/s), each over about `seconds`."""
-    from gpu_executor import ceiling
+class Bench:
+    """The engine on its own stream and the daemon's executor, built (CUDA graphs captured) once, on the idle
+    GPU: a capture while decoder threads of this process run is invalidated by their work (K = 0 crashed)."""
 
-    from streamer.engine.cuda_executor import CudaExecutor
+    def __init__(self, engine: Any, batch: int) -> None:
+        from streamer.engine.cuda_executor import CudaExecutor, DeviceArray, check, cudart
 
-    rate = ceiling(engine, batch, 20)
-    alone = ceiling(engine, batch, max(20, int(rate * seconds / batch)))
-    ex = CudaExecutor(engine, slots=2, conf=0.25)
-    try:
+        spec, self.engine, self.batch = engine.spec, engine, batch
+        self.x = DeviceArray((batch, 3, spec.height, spec.width), np.float32)
+        self.y = DeviceArray((batch, spec.boxes, spec.outputs_per_box), np.float32)
+        self.stream = int(check(cudart.cudaStreamCreate(), "stream"))
+        self.ctx = engine.new_context()
+        self._run(3)  # binds the context: its graphs are captured here
+        self.executor = CudaExecutor(engine, slots=2, conf=0.25)
+
+    def _run(self, batches: int) -> float:
+        from streamer.engine.cuda_executor import check, cudart
+
+        start = time.perf_counter()
+        for _ in range(batches):
+            self.engine.enqueue(self.ctx, self.batch, self.x.ptr, {"output": self.y.ptr}, self.stream)
+        check(cudart.cudaStreamSynchronize(self.stream), "sync")
+        return self.batch * batches / (time.perf_counter() - start)
+
+    def measure(self, seconds: float) -> tuple[float, float]:
+        """(engine alone img/s, executor img/s), each over about `seconds`."""
+        rate = self._run(20)
+        alone = self._run(max(20, int(rate * seconds / self.batch)))
+        ex, batch = self.executor, self.batch
         done, start, now = -4, 0.0, 0.0  # the first four batches warm up
         while done < 0 or now - start < seconds:
             while (slot := ex.free_slot()) is not None:
@@ -104,9 +125,12 @@ def measure(engine: Any, batch: int, seconds: float) -> tuple[float, float]:
         executor = done * batch / (now - start)
         while ex.done(timeout=None) is not None:
             pass
-    finally:
-        ex.close()
-    return alone, executor
+        return alone, executor
+
+    def close(self) -> None:
+        self.executor.close()
+        self.x.close()
+        self.y.close()
 
 
 def main() -> None:
@@ -133,7 +157,8 @@ def main() -> None:
         model, EngineOptions(device="cuda", max_batch=args.batch, precision=args.precision)
     )
     rows: list[tuple[str, float, float, float]] = []
-    alone, executor = measure(engine, args.batch, args.seconds)
+    bench = Bench(engine, args.batch)
+    alone, executor = bench.measure(args.seconds)
     rows.append(("GPU otherwise idle", alone, executor, 0.0))
     print(f"idle: engine {alone:.0f} img/s, executor {executor:.0f}", flush=True)
     variants = [(k, True) for k in args.per_process]
@@ -158,7 +183,7 @@ def main() -> None:
                 sys.exit("the decoders did not start in 120 s")
         time.sleep(2)  # decoders up to speed
         c0, t0 = counter.value, time.perf_counter()
-        e_alone, e_exec = measure(engine, args.batch, args.seconds)
+        e_alone, e_exec = bench.measure(args.seconds)
         decoded = (counter.value - c0) / (time.perf_counter() - t0)
         stop.set()
         for w in workers:
@@ -171,6 +196,7 @@ def main() -> None:
         label = f"{args.streams} streams, {where}{'' if copy else ', decode only'}"
         rows.append((label, e_alone, e_exec, decoded))
         print(f"{label}: engine {e_alone:.0f}, executor {e_exec:.0f}, decoded {decoded:.0f} fps", flush=True)
+    bench.close()
     engine.close()
 
     print(f"\nYOLOv7-640 random weights, torch {args.precision} compiled, batch {args.batch}; "

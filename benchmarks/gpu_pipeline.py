@@ -50,6 +50,7 @@ def engine_ceiling(model: Path, batch: int, precision: str, batches: int) -> flo
 def daemon_throughput(
     model: Path, clip: Path, streams: int, batch: int, precision: str, decoder: str,
     warmup: float, seconds: float, workdir: Path, log: Path | None, ring_slots: int = 4,
+    per_process: int | None = None,
 ) -> tuple[float, float | None, int, dict]:  # fmt: skip
     """(detection messages/s, GPU MiB held by the daemon, streams that published, timeline summary)."""
     endpoint = f"ipc://{workdir}/pub.sock"
@@ -58,9 +59,11 @@ def daemon_throughput(
         f"    ring_slots: {ring_slots}\n"
         for i in range(streams)
     )
+    groups = f"supervisor:\n  nvdec_streams_per_process: {per_process}\n" if per_process else ""
     config = workdir / "pipeline.yaml"
     config.write_text(
-        f"model:\n  onnx: {model}\nengine:\n  backend: torch\n  device: cuda\n  precision: {precision}\n"
+        groups
+        + f"model:\n  onnx: {model}\nengine:\n  backend: torch\n  device: cuda\n  precision: {precision}\n"
         f"  max_batch: {batch}\nsources:\n{sources}publish:\n  endpoint: {endpoint}\n"
         "logging:\n  stats_interval_s: 5\n  level: INFO\nmetrics:\n  enabled: false\n"
     )
@@ -109,6 +112,7 @@ def main() -> None:
     parser.add_argument("--precision", choices=("fp32", "fp16"), default="fp32")
     parser.add_argument("--decoder", choices=("nvdec", "cpu"), default="nvdec")
     parser.add_argument("--ring-slots", type=int, default=4, help="frame slots per stream (daemon default 4)")
+    parser.add_argument("--per-process", type=int, help="NVDEC streams per decoder process (default 8)")
     parser.add_argument("--warmup", type=float, default=10.0)
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--clip", type=Path, help="a 1080p H.264 file (default: made here)")
@@ -128,7 +132,7 @@ def main() -> None:
         results = [
             (n, *daemon_throughput(
                 model, clip, n, args.batch, args.precision, args.decoder,
-                args.warmup, args.seconds, workdir, args.log, args.ring_slots,
+                args.warmup, args.seconds, workdir, args.log, args.ring_slots, args.per_process,
             ))
             for n in args.streams
         ]  # fmt: skip
@@ -137,7 +141,8 @@ def main() -> None:
     name = load_cudart().cudaGetDeviceProperties(0)[1].name
     name = name.decode(errors="replace").rstrip("\0") if isinstance(name, bytes) else name
     print(f"GPU: {name}; 1080p H.264 ({args.decoder}), YOLOv7 640 random weights, "
-          f"{args.precision}, batch {args.batch}, pid {os.getpid()}")  # fmt: skip
+          f"{args.precision}, batch {args.batch}, NVDEC streams per process "
+          f"{args.per_process or 'default'}, pid {os.getpid()}")  # fmt: skip
     header = ("streams", "publishing", "engine img/s", "daemon img/s", "ratio", "daemon GPU MiB",
               "batch", "engine ms", "duty", "loop busy")  # fmt: skip
     print(" | ".join(header))

@@ -27,7 +27,8 @@
 #   save-cache  the compile caches into $OUT/cache.tar.xz (copy it to .whl-gpu/ and carry it: a warm start)
 #   live      benchmarks/gpu_live.py: LIVE_STREAMS (4 16 32 48 64), LIVE_SECONDS (60) per count
 #   mps-live  the same under CUDA MPS (LIVE_STREAMS 32 48, LIVE_SECONDS 30, LIVE_BATCH 16)
-#   pipeline-fp16, pipeline-mps, pipeline-fp32  unpaced daemon vs engine alone (16/48 fp16, MPS, fp32 16)
+#   pipeline-fp16, pipeline-mps, pipeline-fp32  unpaced daemon vs engine alone (16/48 fp16, MPS, fp32 16;
+#             fp16: PIPELINE_STREAMS, PIPELINE_PER_PROCESS = supervisor.nvdec_streams_per_process)
 #   contention  benchmarks/gpu_contention.py: how much of the GPU 48 paced NVDEC streams take from the engine
 #   soak      benchmarks/gpu_soak.py: per-process memory trend of a live daemon (SOAK_STREAMS, SOAK_MINUTES,
 #             SOAK_TRACE=1 for tracemalloc reports under $OUT/soak/memtrace)
@@ -114,7 +115,8 @@ print('PyAV', av.__version__, '| cuda-bindings', cuda.bindings.__version__, '| t
         python benchmarks/gpu_live.py --streams ${LIVE_STREAMS:-4 16 32 48 64} --seconds ${LIVE_SECONDS:-60} \
             --warmup 10 --out "$OUT" ;;
     pipeline-fp16)  # unpaced: the daemon vs the engine alone, fp16 compiled, 16 and 48 streams
-        python benchmarks/gpu_pipeline.py --streams 16 48 --batch 16 --seconds 15 --warmup 8 --precision fp16 \
+        python benchmarks/gpu_pipeline.py --streams ${PIPELINE_STREAMS:-16 48} --batch 16 --seconds 15 --warmup 8 \
+            --precision fp16 ${PIPELINE_PER_PROCESS:+--per-process $PIPELINE_PER_PROCESS} \
             --log "$OUT/daemon-pipeline.log" ;;
     mps-live)  # live streams under CUDA MPS (one GPU context for every process instead of one each)
         with_mps python benchmarks/gpu_live.py --streams ${LIVE_STREAMS:-32 48} --seconds ${LIVE_SECONDS:-30} \

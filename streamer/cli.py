@@ -142,16 +142,28 @@ def _add_fleet_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]
         p.set_defaults(func=_cmd_fleet)
 
 
-def _cmd_status(args: argparse.Namespace) -> int:
-    from streamer.status_command import status_main, url_of_listen
+def _metrics_url(args: argparse.Namespace) -> str:
+    """``--url``, or the address of ``--config``'s metrics endpoint."""
+    from streamer.status_command import url_of_listen
 
-    url = args.url
-    if args.config:
-        metrics = _load(args.config).metrics
-        if metrics.address is None:
-            raise YolostreamError(f"{args.config}: metrics are off (metrics.enabled / metrics.listen)")
-        url = url_of_listen(metrics.listen or "")
-    return status_main(url, interval=args.interval, timeout=args.timeout)
+    if not args.config:
+        return str(args.url)
+    metrics = _load(args.config).metrics
+    if metrics.address is None:
+        raise YolostreamError(f"{args.config}: metrics are off (metrics.enabled / metrics.listen)")
+    return url_of_listen(metrics.listen or "")
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from streamer.status_command import status_main
+
+    return status_main(_metrics_url(args), interval=args.interval, timeout=args.timeout)
+
+
+def _cmd_snapshot(args: argparse.Namespace) -> int:
+    from streamer.status_command import snapshot_main
+
+    return snapshot_main(_metrics_url(args), args.stream, args.output, timeout=args.timeout)
 
 
 def _cmd_keys(args: argparse.Namespace) -> int:
@@ -387,6 +399,18 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     p.add_argument("--timeout", type=float, default=5.0, metavar="S", help="HTTP timeout [5]")
     p.set_defaults(func=_cmd_status)
+
+    p = sub.add_parser(
+        "snapshot", help="save a stream's latest frame with its boxes, zones and lines as a JPEG"
+    )
+    p.add_argument("stream", help="the stream id")
+    p.add_argument("-o", "--output", type=Path, required=True, metavar="FILE", help="the JPEG to write")
+    p.add_argument(
+        "--url", default="http://127.0.0.1:9464", help="the metrics endpoint [http://127.0.0.1:9464]"
+    )
+    p.add_argument("--config", help="take the address from this config file's metrics.listen instead")
+    p.add_argument("--timeout", type=float, default=10.0, metavar="S", help="HTTP timeout [10]")
+    p.set_defaults(func=_cmd_snapshot)
 
     p = sub.add_parser("keys", help="generate CURVE key pairs for an encrypted, authenticated publisher")
     p.add_argument("--out", type=Path, default=Path("."), metavar="DIR", help="where to write them [.]")

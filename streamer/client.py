@@ -38,8 +38,10 @@ from zmq.utils.monitor import recv_monitor_message
 
 from streamer.errors import EXIT_FAILURE, EXIT_OK, YolostreamError
 from streamer.protocol import (
+    ANA_PREFIX,
     DET_PREFIX,
     EVT_PREFIX,
+    AnalyticsMessage,
     DetectionsMessage,
     EventMessage,
     Message,
@@ -143,6 +145,7 @@ class Subscriber:
         streams: Iterable[str] | None = None,
         events: bool = True,
         detections: bool = True,
+        analytics: bool = False,
         context: zmq.Context[zmq.Socket[bytes]] | None = None,
         rcv_hwm: int = 10000,
         curve: CurveClient | None = None,
@@ -157,6 +160,8 @@ class Subscriber:
             streams: stream ids to receive; None for every stream.
             events: receive ``evt.<stream>`` messages (started, eos, error, dropped).
             detections: receive ``det.<stream>`` messages.
+            analytics: receive ``ana.<stream>`` messages (zones and lines; off by default, so that code
+                written for detections and events gets no other kind).
             context: ZeroMQ context; the process-wide one by default.
             rcv_hwm: messages queued on this side before the publisher starts skipping this subscriber.
             curve: CURVE keys, for a publisher that uses CURVE (`CurveClient.from_files`).
@@ -170,8 +175,8 @@ class Subscriber:
                 keys given, client keys without the server's, or a malformed key.
             SubscribeError: the endpoint is malformed or its transport unsupported.
         """
-        if not (events or detections):
-            raise ValueError("subscribe to events, detections or both")
+        if not (events or detections or analytics):
+            raise ValueError("subscribe to events, detections or analytics")
         if server_public_key is not None:
             if curve is not None:
                 raise ValueError("give either curve or the keys (server_public_key, ...), not both")
@@ -182,7 +187,8 @@ class Subscriber:
         """The CURVE keys in use, or None."""
         self.handshake_error: str | None = None
         """Why the last handshake with the publisher failed; None once one has succeeded (or none failed)."""
-        prefixes = [p for p, wanted in ((DET_PREFIX, detections), (EVT_PREFIX, events)) if wanted]
+        kinds = ((DET_PREFIX, detections), (EVT_PREFIX, events), (ANA_PREFIX, analytics))
+        prefixes = [p for p, wanted in kinds if wanted]
         self.streams: tuple[str, ...] | None = None if streams is None else tuple(dict.fromkeys(streams))
         if self.streams is None:
             subscriptions = [p.encode("ascii") for p in prefixes]
@@ -198,7 +204,8 @@ class Subscriber:
         # both are received.
         self._count_gaps = events and detections
         self.gaps: dict[str, int] = {}
-        """Per stream, messages missed according to ``seq`` (counted only when receiving both kinds)."""
+        """Per stream, messages missed according to ``seq`` (counted only when receiving both kinds);
+        analytics messages, numbered apart, under ``ana.<stream>``."""
         self.received = 0
         """Messages returned by `recv`."""
         self._last_seq: dict[str, int] = {}
@@ -312,10 +319,11 @@ class Subscriber:
                 log.warning("%s: %s", self.endpoint, problem)
 
     def _track(self, msg: Message) -> None:
-        stream, seq = msg.stream, msg.seq
+        analytics = isinstance(msg, AnalyticsMessage)
+        stream, seq = (ANA_PREFIX + msg.stream if analytics else msg.stream), msg.seq
         last = self._last_seq.get(stream)
         self._last_seq[stream] = seq
-        if not self._count_gaps:
+        if not (self._count_gaps or analytics):
             return
         missed = self.gaps.setdefault(stream, 0)
         if last is None:
@@ -369,12 +377,21 @@ def format_message(msg: Message) -> str:
         if msg.detail:
             line += " (" + ", ".join(f"{k}={v}" for k, v in msg.detail.items()) + ")"
         return line
+    if isinstance(msg, AnalyticsMessage):
+        happened = "; ".join(
+            f"{e.event} {e.name}" + (f" {e.direction}" if e.direction else "")
+            + f" #{e.track_id} {e.class_name}" + (f" ({e.reason})" if e.reason else "")
+            for e in msg.events
+        )  # fmt: skip
+        return f"{msg.stream} #{msg.seq} ZONES frame {msg.frame}: {happened}"
     pts = "-" if msg.pts is None else f"{msg.pts:.3f}s"
     n = len(msg.detections)
     line = f"{msg.stream} #{msg.seq} frame {msg.frame} pts {pts} {n} det{'' if n == 1 else 's'}"
     if n:
         line += ": " + ", ".join(
-            f"{d.class_name} {d.score:.2f} [{','.join(map(_num, d.box))}]" for d in msg.detections
+            f"{d.class_name} {d.score:.2f}{'' if d.track_id is None else f' #{d.track_id}'} "
+            f"[{','.join(map(_num, d.box))}]"
+            for d in msg.detections
         )
     return line
 
@@ -427,7 +444,7 @@ def subscribe_main(
         return EXIT_USAGE
     try:
         curve = None if server_key is None else CurveClient.from_files(server_key, client_key)
-        sub = Subscriber(endpoint, streams=streams or None, curve=curve)
+        sub = Subscriber(endpoint, streams=streams or None, curve=curve, analytics=True)
     except (ValueError, KeyFileError, SubscribeError) as exc:
         print(f"yolostream subscribe: {exc}", file=sys.stderr)
         return EXIT_USAGE if isinstance(exc, (ValueError, KeyFileError)) else EXIT_FAILURE

@@ -14,7 +14,7 @@ import re
 import stat
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal, NoReturn, TypeVar, get_args
+from typing import Annotated, Any, Literal, TypeVar, get_args
 from urllib.parse import unquote, urlsplit
 
 from pydantic import (
@@ -32,9 +32,11 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_core import PydanticCustomError
 
 from streamer.coco import COCO_CLASSES
+from streamer.config_analytics import LineConfig, TrackingConfig, TrackingOverrides, ZoneConfig
+from streamer.config_base import Section as _Section
+from streamer.config_base import fail as _fail
 from streamer.errors import ConfigError, ConfigProblem
 from streamer.yamlfile import KeyPath, data_path, format_key, load_yaml
 
@@ -50,6 +52,7 @@ __all__ = [
     "PublishConfig",
     "ReconnectConfig",
     "SourceConfig",
+    "TrackingConfig",
     "load_config",
     "parse_config",
     "redact_url",
@@ -63,20 +66,6 @@ MAX_CONFIG_BYTES = 1 << 20
 _STREAM_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
 _DEVICE = re.compile(r"auto|cpu|cuda(:[0-9]+)?")
 _SECRET_QUERY = re.compile(r"(?i)([?&][^=&#]*(?:pass|pwd|token|secret|key|auth|sig)[^=&#]*=)[^&#]*")
-
-
-def _fail(*problems: tuple[KeyPath, str]) -> NoReturn:
-    """Raise from a validator with problems at paths *below* the validated value, so each keeps its line.
-
-    Pydantic puts an error raised in a validator at the validated value itself; the paths carried in the
-    error's context are appended to that location by `_problems_from` below.
-    """
-    summary = "; ".join(message for _, message in problems)
-    raise PydanticCustomError("yolostream", "{summary}", {"summary": summary, "problems": list(problems)})
-
-
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 # ---------------------------------------------------------------------------------------------------- model
@@ -164,6 +153,46 @@ def _on_off(value: Any) -> Any:
     return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
 
 
+def _devices(value: Any) -> Any:
+    """``[0, 'cuda:1', 'cpu']`` → ``('cuda:0', 'cuda:1', 'cpu')``; ``all`` and None as they are."""
+    if value is None or value == "all":
+        return value
+    if not isinstance(value, (list, tuple)) or not value:
+        raise ValueError(f"must be a list of GPU indices or cpu entries, or all, got {_describe(value)}")
+    devices = []
+    for item in value:
+        if isinstance(item, int) and not isinstance(item, bool) and item >= 0:
+            devices.append(f"cuda:{item}")
+        elif isinstance(item, str) and re.fullmatch(r"cpu|cuda:[0-9]+", item.strip().lower()):
+            devices.append(item.strip().lower())
+        else:
+            raise ValueError(
+                f"each entry must be a GPU index (0, 1, ...), cuda:N or cpu, got {_describe(item)}"
+            )
+    gpus = [d for d in devices if d != "cpu"]
+    if len(set(gpus)) != len(gpus):
+        raise ValueError(f"lists a GPU twice ({', '.join(gpus)}): one inference worker per GPU")
+    return tuple(devices)
+
+
+def _source_device(value: Any) -> Any:
+    """A stream's ``device``: ``1`` or ``cuda:1`` → ``gpu1``; ``gpuN`` and ``cpuK`` as they are."""
+    if value is None:
+        return None
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return f"gpu{value}"
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if m := re.fullmatch(r"cuda:([0-9]+)", text):
+            return f"gpu{m.group(1)}"
+        if re.fullmatch(r"(gpu|cpu)[0-9]+", text):
+            return text
+    raise ValueError(
+        f"must name an inference worker: a GPU index (0), cuda:N, gpuN or cpuK (the K-th cpu entry of "
+        f"engine.devices), got {_describe(value)}"
+    )
+
+
 class EngineConfig(_Section):
     """How inference runs: backend, device, precision and batching."""
 
@@ -171,6 +200,15 @@ class EngineConfig(_Section):
         default="auto", description="Inference backend; auto picks the best one installed for the device."
     )
     device: str = Field(default="auto", description="auto, cpu, cuda or cuda:N.")
+    devices: Annotated[
+        tuple[str, ...] | Literal["all"] | None,
+        BeforeValidator(_devices, json_schema_input_type=list[int | str] | Literal["all"] | None),
+    ] = Field(
+        default=None,
+        description="One inference worker per entry: GPU indices ([0, 1]), all (every GPU of the host), "
+        "or cpu entries ([cpu, cpu]); each stream is placed on one worker (docs/multigpu.md). None: one "
+        "worker on device.",
+    )
     precision: Literal["fp32", "fp16", "int8"] = Field(
         default="fp32",
         description="Numeric precision of inference: fp16 for TensorRT and torch on CUDA, int8 for TensorRT "
@@ -387,6 +425,23 @@ class SourceConfig(_Section):
         gt=0,
         description="Live streams: the same picture for this long means a frozen camera (reconnect); "
         "None: off.",
+    )
+    device: Annotated[
+        str | None, BeforeValidator(_source_device, json_schema_input_type=int | str | None)
+    ] = Field(
+        default=None,
+        description="With engine.devices: the inference worker that carries this stream (a GPU index, "
+        "cuda:N, gpuN or cpuK); None: the least loaded one.",
+    )
+    tracking: TrackingOverrides = Field(
+        default_factory=TrackingOverrides,
+        description="This source's tracking settings, over the global tracking section.",
+    )
+    zones: tuple[ZoneConfig, ...] = Field(
+        default=(), description="Polygons of the picture: enter/exit events, occupancy (needs tracking)."
+    )
+    lines: tuple[LineConfig, ...] = Field(
+        default=(), description="Segments of the picture: crossings in and out (needs tracking)."
     )
 
     @property
@@ -798,6 +853,9 @@ class Config(_Section):
     model: ModelConfig = Field(description="The detector model.")
     engine: EngineConfig = Field(default_factory=EngineConfig, description="Inference backend and batching.")
     detection: DetectionConfig = Field(default_factory=DetectionConfig, description="Thresholds and classes.")
+    tracking: TrackingConfig = Field(
+        default_factory=TrackingConfig, description="Object tracking (defaults of every source)."
+    )
     sources: tuple[SourceConfig, ...] = Field(
         default=(),
         description="The video streams (at least one, unless fleet mode gives this daemon its cameras).",
@@ -839,7 +897,11 @@ class Config(_Section):
             return {k: v for k, v in data.items() if not (isinstance(k, str) and k.startswith("x-"))}
         return data
 
-    @field_validator("engine", "detection", "publish", "logging", mode="before")
+    def tracking_for(self, source: SourceConfig) -> TrackingConfig:
+        """The tracking settings of `source`: the global section with the source's own keys over it."""
+        return source.tracking.over(self.tracking)
+
+    @field_validator("engine", "detection", "tracking", "publish", "logging", mode="before")
     @classmethod
     def _empty_section(cls, value: Any) -> Any:
         return {} if value is None else value  # `engine:` with everything commented out: all defaults
@@ -870,31 +932,108 @@ class Config(_Section):
             _fail(*duplicates)
         return sources
 
+    @model_validator(mode="after")
+    def _source_devices_listed(self) -> Config:
+        from streamer.placement import worker_names
+
+        devices = self.engine.devices
+        if devices == "all":  # (which GPUs exist is known only at run time: the supervisor checks)
+            return self
+        names = worker_names(devices) if devices is not None else []
+        problems: list[tuple[KeyPath, str]] = []
+        for i, source in enumerate(self.sources):
+            if source.device is None or source.device in names:
+                continue
+            if devices is None:
+                why = "needs engine.devices (several inference workers); without it one worker carries all"
+            else:
+                why = f"names no worker of engine.devices (workers: {', '.join(names)})"
+            problems.append((("sources", i, "device"), f"{source.device}: {why}"))
+        if problems:
+            _fail(*problems)
+        return self
+
+    @field_validator("sources")
+    @classmethod
+    def _analytics(cls, sources: tuple[SourceConfig, ...], info: ValidationInfo) -> tuple[SourceConfig, ...]:
+        """Per source: its tracking overrides within bounds, zones and lines named once each and only with
+        tracking on, their class names turned into ids."""
+        model, tracking = info.data.get("model"), info.data.get("tracking")
+        if model is None or tracking is None:  # (their own problems are reported)
+            return sources
+        names = model.effective_class_names
+        problems: list[tuple[KeyPath, str]] = []
+        out = []
+        for i, source in enumerate(sources):
+            effective: TrackingConfig | None = None
+            try:
+                effective = source.tracking.over(tracking)
+            except ValidationError as exc:
+                for error in exc.errors():
+                    key = error["loc"][0] if error["loc"] else "low_score"
+                    problems.append(((i, "tracking", key), _message(error, ("tracking", key))))
+            seen: dict[str, str] = {}
+            update: dict[str, tuple[Any, ...]] = {}
+            for kind in ("zones", "lines"):
+                shapes = getattr(source, kind)
+                if shapes and effective is not None and not effective.enabled:
+                    problems.append(
+                        (
+                            (i, kind),
+                            f"{kind} need tracking: set tracking.enabled (globally or for the source)",
+                        )
+                    )
+                resolved = []
+                for j, shape in enumerate(shapes):
+                    if shape.name in seen:
+                        problems.append(
+                            (
+                                (i, kind, j, "name"),
+                                f"duplicate name {shape.name!r} (also a {seen[shape.name]})",
+                            )
+                        )
+                    seen.setdefault(shape.name, kind[:-1])
+                    ids, bad = _class_ids(shape.classes, names)
+                    problems += [((i, kind, j, "classes", *path), message) for path, message in bad]
+                    resolved.append(shape.model_copy(update={"classes": ids}))
+                update[kind] = tuple(resolved)
+            out.append(source.model_copy(update=update) if any(update.values()) else source)
+        if problems:
+            _fail(*problems)
+        return tuple(out)
+
     @field_validator("detection")
     @classmethod
     def _class_names_to_ids(cls, detection: DetectionConfig, info: ValidationInfo) -> DetectionConfig:
         model = info.data.get("model")
         if detection.classes is None or model is None:  # (no model: its own problem is reported)
             return detection
-        names = model.effective_class_names
-        index = {name: i for i, name in enumerate(names)}
-        ids: list[int] = []
-        problems: list[tuple[KeyPath, str]] = []
-        for i, item in enumerate(detection.classes):
-            if isinstance(item, str) and item not in index:
-                hint = _did_you_mean(item, names) or f" (see model.class_names; {len(names)} classes)"
-                problems.append((("classes", i), f"unknown class name {item!r}{hint}"))
-            elif isinstance(item, int) and item >= len(names):
-                problems.append(
-                    (("classes", i), f"class id {item} is out of range: the model has {len(names)} classes")
-                )
-            else:
-                class_id = index[item] if isinstance(item, str) else item
-                if class_id not in ids:
-                    ids.append(class_id)
-        if problems:
-            _fail(*problems)
-        return detection.model_copy(update={"classes": tuple(ids)})
+        ids, bad = _class_ids(detection.classes, model.effective_class_names)
+        if bad:
+            _fail(*[(("classes", *path), message) for path, message in bad])
+        return detection.model_copy(update={"classes": ids})
+
+
+def _class_ids(
+    items: tuple[int | str, ...] | None, names: tuple[str, ...]
+) -> tuple[tuple[int, ...] | None, list[tuple[KeyPath, str]]]:
+    """Class names or ids → ids (each once, in order), and the problems at each bad item's index."""
+    if items is None:
+        return None, []
+    index = {name: i for i, name in enumerate(names)}
+    ids: list[int] = []
+    problems: list[tuple[KeyPath, str]] = []
+    for i, item in enumerate(items):
+        if isinstance(item, str) and item not in index:
+            hint = _did_you_mean(item, names) or f" (see model.class_names; {len(names)} classes)"
+            problems.append(((i,), f"unknown class name {item!r}{hint}"))
+        elif isinstance(item, int) and item >= len(names):
+            problems.append(((i,), f"class id {item} is out of range: the model has {len(names)} classes"))
+        else:
+            class_id = index[item] if isinstance(item, str) else item
+            if class_id not in ids:
+                ids.append(class_id)
+    return tuple(ids), problems
 
 
 # -------------------------------------------------------------------------------------------------- loading

@@ -1,4 +1,5 @@
-"""The supervisor's HTTP endpoint: ``/metrics`` (Prometheus), ``/healthz`` and ``/readyz``.
+"""The supervisor's HTTP endpoint: ``/metrics`` (Prometheus), ``/healthz`` and ``/readyz``; the streams'
+pictures (``/``, ``/streams/<id>/latest.jpg``, ``/streams/<id>/live``: `streamer.web`).
 
 The workers write their metrics into the run directory's ``metrics/`` folder (prometheus-client's
 multiprocess mode, see `streamer.metrics`); a scrape adds those up and appends what only the supervisor
@@ -16,7 +17,7 @@ import logging
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -43,7 +44,8 @@ STREAM_STATES = ("starting", "running", "reconnecting", "down", "frozen", "resta
 @dataclass(frozen=True)
 class WorkerView:
     worker: str
-    """``supervisor``, ``inference``, ``source`` or ``decoders`` (a source worker shared by streams)."""
+    """``supervisor``, ``inference`` (``inference:gpu0``... with ``engine.devices``), ``source`` or
+    ``decoders`` (a source worker shared by streams)."""
     stream: str
     """The stream of a source worker (a decoder group's streams, comma-separated); empty for the others."""
     pid: int | None
@@ -69,13 +71,17 @@ class Snapshot:
     decoders: Mapping[str, str] = field(default_factory=dict)
     """Stream id → ``cpu`` or ``nvdec``, for the streams that have started."""
     workers: tuple[WorkerView, ...] = ()
+    placement: Mapping[str, str] = field(default_factory=dict)
+    """Stream id → the name of the inference worker that carries it (only with ``engine.devices``)."""
+    forwarder: tuple[int, int] | None = None
+    """The publish forwarder's (subscriptions, overflows), with ``engine.devices`` (`streamer.forwarder`)."""
 
 
 def build_snapshot(
     base: Snapshot,
     *,
     phase: str,
-    inference: InferenceProcess | None,
+    inference: Sequence[InferenceProcess],
     loading: bool,
     ready_at: float,
     sources: Mapping[str, SourceProcess],
@@ -83,6 +89,8 @@ def build_snapshot(
     status: RunStatus | None,
     restarts: Mapping[tuple[str, str], int],
     supervisor_pid: int,
+    placement: Mapping[str, str] | None = None,
+    forwarder: tuple[int, int] | None = None,
 ) -> Snapshot:
     """A new `Snapshot` from the supervisor's state (`base` gives the start time)."""
     streams: dict[str, str] = {}
@@ -101,16 +109,16 @@ def build_snapshot(
         streams[sid] = state
     if loading:
         inference_state = "loading"
-    elif inference is not None and inference.alive():
+    elif inference and all(p.alive() for p in inference):
         inference_state = "ready"
-    elif inference is not None and inference.restart_at is not None:
+    elif any(p.restart_at is not None for p in inference):
         inference_state = "restarting"
     else:
         inference_state = "stopped"
     workers = [WorkerView("supervisor", "", supervisor_pid, 0)]
-    workers.append(
-        WorkerView("inference", "", inference.pid if inference else None, restarts.get(("inference", ""), 0))
-    )
+    for p in inference:
+        kind = f"inference:{p.name}" if p.name else "inference"
+        workers.append(WorkerView(kind, "", p.pid, restarts.get(("inference", p.name), 0)))
     processes: dict[tuple[str, str], list[str]] = {}
     for sid, w in sources.items():
         processes.setdefault(w.process_key(), []).append(sid)
@@ -127,6 +135,8 @@ def build_snapshot(
         streams=streams,
         decoders=decoders,
         workers=tuple(workers),
+        placement=dict(placement or {}),
+        forwarder=forwarder,
     )
 
 
@@ -203,6 +213,15 @@ class SupervisorCollector:
         yield up
         yield state
         yield decoder
+        if snap.placement:
+            device = GaugeMetricFamily(
+                PREFIX + "stream_device",
+                "1 for the inference worker (engine.devices: gpu0, cpu1, ...) that carries the stream.",
+                labels=["stream", "device"],
+            )
+            for sid, name in snap.placement.items():
+                device.add_metric([sid, name], 1.0)
+            yield device
         restarts = CounterMetricFamily(
             PREFIX + "worker_restarts_total",
             "Restarts of a worker after a crash, a stall or a memory recycle.",
@@ -229,6 +248,20 @@ class SupervisorCollector:
         yield restarts
         yield rss
         yield gpu
+        if snap.forwarder is not None:
+            subscriptions, overflows = snap.forwarder
+            yield GaugeMetricFamily(
+                PREFIX + "forwarder_subscriptions",
+                "Active subscriptions to publish.endpoint, bound by the forwarder of several inference "
+                "workers (each worker's own `subscriptions` counts the forwarder).",
+                subscriptions,
+            )
+            yield CounterMetricFamily(
+                PREFIX + "forwarder_overflows",
+                "Messages at which the forwarder found a subscriber's queue full (as "
+                "publish_overflows_total).",
+                overflows,
+            )
         ready = float(snap.inference == "ready")
         yield GaugeMetricFamily(PREFIX + "inference_ready", "1 while the inference worker is ready.", ready)
         uptime = time.time() - snap.started
@@ -248,6 +281,9 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
     registry: Collector
     snapshot: Callable[[], Snapshot]
+    pictures: Path | None
+    """The run directory's pictures folder; None: no pictures."""
+    closing: threading.Event
 
 
 class _Server6(_Server):
@@ -279,17 +315,30 @@ class _Handler(BaseHTTPRequestHandler):
             ok, reason = readiness(snap)
             body = {"ready": ok, "reason": reason, "inference": snap.inference, "streams": dict(snap.streams)}
             self._json(200 if ok else 503, body)
-        elif path == "/":
-            self._send(200, "text/plain; charset=utf-8", b"yolostream: /metrics /healthz /readyz\n")
+        elif path == "/" or path.startswith("/streams/"):
+            from streamer import web
+
+            web.serve(self, path)
         else:
-            self._send(404, "text/plain; charset=utf-8", b"not found: try /metrics, /healthz or /readyz\n")
+            self._send(404, "text/plain; charset=utf-8", b"not found: try /, /metrics, /healthz or /readyz\n")
 
     def _json(self, code: int, body: dict[str, Any]) -> None:
         self._send(code, "application/json", json.dumps(body).encode() + b"\n")
 
-    def _send(self, code: int, content_type: str, body: bytes) -> None:
+    def _send(
+        self,
+        code: int,
+        content_type: str,
+        body: bytes,
+        cache: bool = True,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         self.send_response(code)
         self.send_header("Content-Type", content_type)
+        if not cache:
+            self.send_header("Cache-Control", "no-store")
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
@@ -305,12 +354,20 @@ class MetricsServer:
         host, port: where to listen (port 0: any free port; see `address`).
         metrics_dir: the workers' multiprocess metrics folder (``PROMETHEUS_MULTIPROC_DIR``).
         snapshot: returns the supervisor's latest `Snapshot`.
+        pictures: the run directory's pictures folder (`streamer.picture`); None: no pictures.
 
     Raises:
         OSError: the address cannot be bound (in use, not an address of this host, ...).
     """
 
-    def __init__(self, host: str, port: int, metrics_dir: Path, snapshot: Callable[[], Snapshot]) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        metrics_dir: Path,
+        snapshot: Callable[[], Snapshot],
+        pictures: Path | None = None,
+    ) -> None:
         from prometheus_client import CollectorRegistry
         from prometheus_client.multiprocess import MultiProcessCollector
 
@@ -321,6 +378,8 @@ class MetricsServer:
         self._httpd = (_Server6 if ":" in host else _Server)((host, port), _Handler)
         self._httpd.registry = registry
         self._httpd.snapshot = snapshot
+        self._httpd.pictures = pictures
+        self._httpd.closing = threading.Event()
         self.address: tuple[str, int] = (host, self._httpd.server_address[1])
         """Where it listens (with the port chosen for port 0)."""
         self._thread = threading.Thread(target=self._httpd.serve_forever, name="metrics-http", daemon=True)
@@ -340,6 +399,7 @@ class MetricsServer:
         mark_process_dead(pid, str(self._dir))
 
     def close(self) -> None:
+        self._httpd.closing.set()  # (ends the live pictures' loops)
         self._httpd.shutdown()
         self._httpd.server_close()
         self._thread.join(5)

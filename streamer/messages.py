@@ -23,9 +23,11 @@ EVENT_UP = "up"  # frames flow again after failures; detail: downtime_s, attempt
 EVENT_FROZEN = "frozen"  # the same picture for frozen_after_s: the stream is reconnected
 EVENT_FALLBACK = "fallback"  # NVDEC could not decode the stream: it goes on with the CPU decoder
 EVENT_STALLED = "stalled"  # a worker of the stream stopped advancing (heartbeat): killed and restarted
+EVENT_MOVED = "moved"  # its inference worker failed for good (engine.devices): the stream moved to another
 EVENT_KINDS = (
     EVENT_STARTED, EVENT_EOS, EVENT_ERROR, EVENT_DROPPED,
     EVENT_RECONNECTING, EVENT_DOWN, EVENT_UP, EVENT_FROZEN, EVENT_FALLBACK, EVENT_STALLED,
+    EVENT_MOVED,
 )  # fmt: skip
 
 

@@ -171,6 +171,39 @@ def inference_metrics() -> InferenceMetrics:
     )
 
 
+@dataclass
+class ZoneMetrics:
+    """Zones and lines (inference worker), labelled by stream and zone or line name."""
+
+    zone_events: Counter
+    """(stream, zone, event): ``enter`` / ``exit``."""
+    occupancy: Gauge
+    """(stream, zone, class): tracked objects inside now."""
+    crossings: Counter
+    """(stream, line, direction): ``in`` / ``out``."""
+
+
+@functools.cache
+def zone_metrics() -> ZoneMetrics:
+    return ZoneMetrics(
+        zone_events=_counter(
+            "zone_events_total", "Tracked objects entering or leaving a zone.", ("stream", "zone", "event")
+        ),
+        occupancy=Gauge(
+            PREFIX + "zone_occupancy",
+            "Tracked objects inside a zone now, by class.",
+            ("stream", "zone", "class"),
+            registry=None,
+            multiprocess_mode="livesum",
+        ),
+        crossings=_counter(
+            "line_crossings_total",
+            "Tracked objects crossing a line, by direction.",
+            ("stream", "line", "direction"),
+        ),
+    )
+
+
 @functools.cache
 def gpu_memory_gauges() -> tuple[Gauge, Gauge]:
     """``(used, total)``: made only by an inference worker that runs on a GPU, so a CPU daemon has neither."""
@@ -217,4 +250,5 @@ __all__ = [
     "gpu_memory_gauges",
     "inference_metrics",
     "source_metrics",
+    "zone_metrics",
 ]

@@ -40,8 +40,8 @@ def _source_entry(cfg: SourceConfig, ctx: WorkerContext) -> None:
     raise SystemExit(profiled(f"source-{cfg.id}", run_source, cfg, ctx))
 
 
-def _inference_entry(cfg: Config, model: Path, ctx: WorkerContext, ready: Any) -> None:
-    raise SystemExit(profiled("inference", run_inference, cfg, model, ctx, ready))
+def _inference_entry(cfg: Config, model: Path, ctx: WorkerContext, ready: Any, role: str) -> None:
+    raise SystemExit(profiled(role, run_inference, cfg, model, ctx, ready))
 
 
 def describe_exit(code: int | None) -> str:
@@ -240,11 +240,12 @@ class SourceProcess(_WorkerProcess):
 
 
 class InferenceProcess(_WorkerProcess):
-    """The inference worker across its restarts."""
+    """An inference worker across its restarts (`name`: its device's, with ``engine.devices``)."""
 
-    def __init__(self, mpc: SpawnContext, ctx: WorkerContext, policy: RestartPolicy) -> None:
+    def __init__(self, mpc: SpawnContext, ctx: WorkerContext, policy: RestartPolicy, name: str = "") -> None:
         self._mp = mpc
         self._ctx = ctx
+        self.name = name
         self.tracker = RestartTracker(policy)
         self.proc: BaseProcess | None = None
         self.stop_event: Any = None
@@ -256,8 +257,9 @@ class InferenceProcess(_WorkerProcess):
         self.stop_event, self.ready = self._mp.Event(), self._mp.Event()
         self.heartbeat = shared_heartbeat(self._mp)
         ctx = replace(self._ctx, stop=self.stop_event, heartbeat=self.heartbeat)
+        role = f"inference-{self.name}" if self.name else "inference"
         self.proc = self._mp.Process(
-            target=_inference_entry, args=(cfg, model, ctx, self.ready), name="inference"
+            target=_inference_entry, args=(cfg, model, ctx, self.ready, role), name=role.replace("-", ":")
         )
         self.proc.start()
         self.tracker.started()
@@ -279,7 +281,11 @@ class InferenceProcess(_WorkerProcess):
         send_shutdown()
         self.proc.join(INFERENCE_DRAIN_S)
         if self.proc.is_alive():
-            log.warning("the inference worker did not finish in %.0f s; stopping it", INFERENCE_DRAIN_S)
+            log.warning(
+                "inference worker %s did not finish in %.0f s; stopping it",
+                self.name or "",
+                INFERENCE_DRAIN_S,
+            )
             self.stop_event.set()
             self.proc.join(5)
             kill(self.proc)

@@ -4,7 +4,9 @@ Every message is a two-part ZeroMQ message ``[topic, payload]``:
 
 - ``det.<stream>`` carries a `DetectionsMessage` (one per frame),
 - ``evt.<stream>`` carries an `EventMessage` (the stream started, ended, failed, dropped frames, lost its
-  connection, came back or froze).
+  connection, came back or froze),
+- ``ana.<stream>`` carries an `AnalyticsMessage` (tracked objects entered or left a zone, crossed a line),
+  with a sequence number of its own.
 
 Payloads are JSON (the default) or MessagePack, encoded from the msgspec structs below; `decode` tells
 the two apart by the first byte. Within a stream, detections and events share one sequence number
@@ -34,6 +36,7 @@ SCHEMA_VERSION: Final = 1
 
 DET_PREFIX: Final = "det."
 EVT_PREFIX: Final = "evt."
+ANA_PREFIX: Final = "ana."
 
 Encoding = Literal["json", "msgpack"]
 ENCODINGS: Final[tuple[str, ...]] = ("json", "msgpack")
@@ -46,7 +49,7 @@ class ProtocolError(YolostreamError, ValueError):
     """A message is not a valid yolostream message, or has a schema version this code does not know."""
 
 
-class Detection(msgspec.Struct, frozen=True, gc=False):
+class Detection(msgspec.Struct, frozen=True, gc=False, omit_defaults=True):
     """One detected object."""
 
     class_id: int
@@ -55,6 +58,9 @@ class Detection(msgspec.Struct, frozen=True, gc=False):
     """Confidence in [0, 1], rounded to 4 decimals."""
     box: tuple[float, float, float, float]
     """x1, y1, x2, y2 in pixels of the source frame (not the model input), rounded to 2 decimals."""
+    track_id: int | None = None
+    """With tracking on for the stream: the object's track (stable while it is tracked, > 0), or None
+    for a detection not (yet) part of a confirmed track. Left out of the payload when None."""
 
 
 class DetectionsMessage(msgspec.Struct, kw_only=True, tag_field="type", tag="det"):
@@ -102,7 +108,46 @@ class EventMessage(msgspec.Struct, kw_only=True, tag_field="type", tag="evt"):
     detail: dict[str, str | int | float] = msgspec.field(default_factory=dict)
 
 
-Message = DetectionsMessage | EventMessage
+class ZoneEventRecord(msgspec.Struct, frozen=True, omit_defaults=True):
+    """One thing that happened in a zone or on a line of an `AnalyticsMessage`."""
+
+    event: str
+    """``enter`` or ``exit`` (a zone), ``cross`` (a line)."""
+    name: str
+    """The zone's or the line's name, as in the config."""
+    track_id: int
+    class_id: int
+    class_name: str
+    direction: str | None = None
+    """``in`` or ``out``: a crossing's direction."""
+    reason: str | None = None
+    """``lost``: the exit of a track that ended inside the zone."""
+
+
+class AnalyticsMessage(msgspec.Struct, kw_only=True, tag_field="type", tag="ana"):
+    """Zones and lines of one stream at one frame (topic ``ana.<stream>``): sent for each frame with at
+    least one event, after that frame's detections.
+
+    `seq` counts the stream's analytics messages (its own counter, not the detections'), filled in by
+    `streamer.publish.Publisher.publish`, as is `publish_ts`.
+    """
+
+    type: ClassVar[Literal["ana"]] = "ana"
+    v: int = SCHEMA_VERSION
+    stream: str
+    seq: int = 0
+    frame: int
+    pts: float | None
+    capture_ts: float
+    publish_ts: float = 0.0
+    events: list[ZoneEventRecord] = msgspec.field(default_factory=list)
+    occupancy: dict[str, dict[str, int]] = msgspec.field(default_factory=dict)
+    """Every zone of the stream → class name → tracked objects inside now (classes with none left out)."""
+    counts: dict[str, dict[str, int]] = msgspec.field(default_factory=dict)
+    """Every line of the stream → ``{"in": n, "out": n}``, crossings since the inference worker started."""
+
+
+Message = DetectionsMessage | EventMessage | AnalyticsMessage
 
 
 class _Header(msgspec.Struct):
@@ -137,7 +182,9 @@ def topic_for(prefix: str, stream: str) -> bytes:
     return (prefix + stream).encode("ascii")
 
 
-def detections_from_array(dets: ArrayLike, class_names: Sequence[str]) -> list[Detection]:
+def detections_from_array(
+    dets: ArrayLike, class_names: Sequence[str], track_ids: ArrayLike | None = None
+) -> list[Detection]:
     """Build `Detection` records from a ``[K, 6]`` array of ``x1, y1, x2, y2, score, class_id`` rows.
 
     Box coordinates are rounded to 2 decimals and scores to 4 (computed in float64, so float32 inputs
@@ -147,6 +194,7 @@ def detections_from_array(dets: ArrayLike, class_names: Sequence[str]) -> list[D
     Parameters:
         dets: detections in source-frame pixels, e.g. from `streamer.postprocess`.
         class_names: names indexed by class id (e.g. the 80 COCO names).
+        track_ids: one per row (``-1``: no track), from `streamer.tracking`; None: tracking is off.
 
     Returns:
         One `Detection` per row, in row order.
@@ -162,14 +210,19 @@ def detections_from_array(dets: ArrayLike, class_names: Sequence[str]) -> list[D
     scores = np.round(arr[:, 4], 4).tolist()
     class_ids = arr[:, 5].astype(np.int64).tolist()
     n_names = len(class_names)
+    if track_ids is None:
+        tracks: list[int | None] = [None] * len(boxes)
+    else:
+        tracks = [t if t > 0 else None for t in np.asarray(track_ids, dtype=np.int64).tolist()]
     return [
         Detection(
             class_id=cid,
             class_name=class_names[cid] if 0 <= cid < n_names else str(cid),
             score=score,
             box=(box[0], box[1], box[2], box[3]),
+            track_id=track,
         )
-        for box, score, cid in zip(boxes, scores, class_ids, strict=True)
+        for box, score, cid, track in zip(boxes, scores, class_ids, tracks, strict=True)
     ]
 
 
@@ -195,6 +248,8 @@ def encode(msg: Message, encoding: str = "json") -> tuple[bytes, bytes]:
     """
     if isinstance(msg, DetectionsMessage):
         topic = topic_for(DET_PREFIX, msg.stream)
+    elif isinstance(msg, AnalyticsMessage):
+        topic = topic_for(ANA_PREFIX, msg.stream)
     else:
         topic = topic_for(EVT_PREFIX, msg.stream)
         if msg.event not in EVENT_KINDS:
@@ -217,11 +272,11 @@ def decode(topic: bytes, payload: bytes) -> Message:
     The encoding is detected from the payload: JSON objects start with ``{``, MessagePack maps never do.
 
     Parameters:
-        topic: the first frame (``det.<stream>`` or ``evt.<stream>``).
+        topic: the first frame (``det.<stream>``, ``evt.<stream>`` or ``ana.<stream>``).
         payload: the second frame.
 
     Returns:
-        A `DetectionsMessage` or an `EventMessage`.
+        A `DetectionsMessage`, an `EventMessage` or an `AnalyticsMessage`.
 
     Raises:
         ProtocolError: the payload is not a valid message, has an unsupported schema version, or does not
@@ -238,13 +293,20 @@ def decode(topic: bytes, payload: bytes) -> Message:
         ) from None
     if msg.v != SCHEMA_VERSION:
         _version_error(topic, msg.v)
-    prefix = DET_PREFIX if isinstance(msg, DetectionsMessage) else EVT_PREFIX
+    prefix = _PREFIX_OF[type(msg)]
     if topic != (prefix + msg.stream).encode("utf-8", "replace"):
         raise ProtocolError(
             f"topic {topic.decode('utf-8', 'replace')!r} does not match its payload, "
             f"a {prefix[:-1]!r} message of stream {msg.stream!r}"
         )
     return msg
+
+
+_PREFIX_OF: dict[type, str] = {
+    DetectionsMessage: DET_PREFIX,
+    EventMessage: EVT_PREFIX,
+    AnalyticsMessage: ANA_PREFIX,
+}
 
 
 def _check_version(topic: bytes, payload: bytes, is_json: bool) -> None:

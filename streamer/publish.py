@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Protocol, cast
 import zmq
 
 from streamer.errors import YolostreamError
-from streamer.protocol import ENCODINGS, DetectionsMessage, Message, encode
+from streamer.protocol import ANA_PREFIX, ENCODINGS, AnalyticsMessage, DetectionsMessage, Message, encode
 from streamer.security import CurveServer, is_local_endpoint, start_authenticator
 
 if TYPE_CHECKING:
@@ -256,9 +256,12 @@ class Publisher:
         # Reading ZMQ_EVENTS (done here while draining subscriptions) also makes libzmq process the notices
         # of how much each subscriber has read, so that the high-water-mark check below is up to date.
         self._read_subscriptions()
-        seq = self._seq.get(msg.stream, 0)
+        # Analytics messages count apart, so that a subscriber of detections and events sees no gaps
+        # for them (a stream id has no '.', so the key cannot be another stream's).
+        key = ANA_PREFIX + msg.stream if isinstance(msg, AnalyticsMessage) else msg.stream
+        seq = self._seq.get(key, 0)
         msg.seq = seq
-        if isinstance(msg, DetectionsMessage):
+        if isinstance(msg, (DetectionsMessage, AnalyticsMessage)):
             msg.publish_ts = time.time()
         parts = encode(msg, self.encoding)
         if self.mirror is not None:
@@ -267,11 +270,24 @@ class Publisher:
             delivered = self._send(parts)
         except zmq.ZMQError as exc:
             raise PublishError(self.endpoint, f"send failed: {exc.strerror}", exc.errno) from None
-        self._seq[msg.stream] = seq + 1
+        self._seq[key] = seq + 1
         self._sent += 1
         return delivered
 
-    def _send(self, parts: tuple[bytes, bytes]) -> bool:
+    def forward(self, parts: list[bytes]) -> bool:
+        """Send a message encoded and numbered by another `Publisher` (`streamer.forwarder`'s hop), as
+        `publish` sends: never blocking, a full subscriber queue counted in `dropped`."""
+        if self._closed:
+            raise PublishError(self.endpoint, "forward() on a closed publisher")
+        self._read_subscriptions()
+        try:
+            delivered = self._send(parts)
+        except zmq.ZMQError as exc:
+            raise PublishError(self.endpoint, f"send failed: {exc.strerror}", exc.errno) from None
+        self._sent += 1
+        return delivered
+
+    def _send(self, parts: tuple[bytes, bytes] | list[bytes]) -> bool:
         sock = self._sock
         try:
             sock.send_multipart(parts, zmq.NOBLOCK)

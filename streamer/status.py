@@ -32,6 +32,9 @@ class StreamStatus(msgspec.Struct):
     decoder: str = ""
     """``cpu`` or ``nvdec``: the decoder of the stream's last ``started`` event, or ``cpu`` after a
     ``fallback`` ("" until the stream started)."""
+    width: int = 0
+    height: int = 0
+    """The size of the stream's last frame (0: none yet): its load, for placement (`streamer.placement`)."""
 
 
 class RunStatus(msgspec.Struct):
@@ -50,6 +53,22 @@ class RunStatus(msgspec.Struct):
             counts[s.state] = counts.get(s.state, 0) + 1
         states = ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
         return f"{len(self.streams)} stream(s): {states or 'none yet'}; {self.published} frames published"
+
+
+def merge_statuses(statuses: list[RunStatus | None]) -> RunStatus | None:
+    """One status of several inference workers' (``engine.devices``): their streams and totals; the
+    oldest time (one stuck worker makes the whole look stuck); None while one has written none."""
+    if not statuses or any(s is None for s in statuses):
+        return None
+    known = [s for s in statuses if s is not None]
+    if len(known) == 1:
+        return known[0]
+    merged = RunStatus(time=min(s.time for s in known), subscriptions=max(s.subscriptions for s in known))
+    for s in known:
+        merged.published += s.published
+        merged.batches += s.batches
+        merged.streams.update(s.streams)
+    return merged
 
 
 def decoder_after(event: Any, decoder: str) -> str:
@@ -77,4 +96,12 @@ def read_status(path: Path) -> RunStatus | None:
         return None
 
 
-__all__ = ["STATE_OF_EVENT", "RunStatus", "StreamStatus", "decoder_after", "read_status", "write_status"]
+__all__ = [
+    "STATE_OF_EVENT",
+    "RunStatus",
+    "StreamStatus",
+    "decoder_after",
+    "merge_statuses",
+    "read_status",
+    "write_status",
+]

@@ -13,6 +13,7 @@ import urllib.error
 import urllib.request
 from collections import defaultdict
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from streamer.errors import EXIT_OK, YolostreamError
@@ -40,11 +41,17 @@ def fetch(url: str, timeout: float = 5.0) -> tuple[int, str]:
     Raises:
         StatusError: nothing answers (connection refused, timeout, unknown host).
     """
+    code, body = fetch_bytes(url, timeout)
+    return code, body.decode("utf-8", "replace")
+
+
+def fetch_bytes(url: str, timeout: float = 5.0) -> tuple[int, bytes]:
+    """As `fetch`, the body as bytes."""
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response:
-            return response.status, response.read().decode("utf-8", "replace")
+            return response.status, response.read()
     except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode("utf-8", "replace")
+        return exc.code, exc.read()
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
         raise StatusError(
@@ -60,6 +67,8 @@ def fetch(url: str, timeout: float = 5.0) -> tuple[int, str]:
 class StreamRow:
     state: str = "?"
     decoder: str = "-"
+    device: str = "-"
+    """The inference worker that carries it (``engine.devices``: gpu0, cpu1, ...)."""
     decoded: float = 0.0
     published: float = 0.0
     dropped: dict[str, float] = field(default_factory=dict)
@@ -79,6 +88,14 @@ class WorkerRow:
 
 
 @dataclass
+class ZoneRow:
+    entered: float = 0.0
+    exited: float = 0.0
+    inside: dict[str, float] = field(default_factory=dict)
+    """Class name → tracked objects inside now."""
+
+
+@dataclass
 class Scrape:
     """What `yolostream status` shows, from one ``/metrics`` text."""
 
@@ -87,6 +104,10 @@ class Scrape:
     workers: list[WorkerRow]
     values: dict[str, float]
     """Unlabelled samples (uptime, overflows, subscriptions, GPU memory) by name."""
+    zones: dict[tuple[str, str], ZoneRow] = field(default_factory=dict)
+    """(stream, zone) → its events and occupancy."""
+    lines: dict[tuple[str, str], dict[str, float]] = field(default_factory=dict)
+    """(stream, line) → direction (``in``, ``out``) → crossings."""
 
 
 def parse(text: str, at: float | None = None) -> Scrape:
@@ -100,6 +121,8 @@ def parse(text: str, at: float | None = None) -> Scrape:
     streams: dict[str, StreamRow] = defaultdict(StreamRow)
     workers: dict[tuple[str, str], WorkerRow] = {}
     values: dict[str, float] = {}
+    zones: dict[tuple[str, str], ZoneRow] = defaultdict(ZoneRow)
+    lines: dict[tuple[str, str], dict[str, float]] = defaultdict(dict)
     try:
         samples = [s for family in text_string_to_metric_families(text) for s in family.samples]
     except ValueError as exc:
@@ -119,8 +142,20 @@ def parse(text: str, at: float | None = None) -> Scrape:
             streams[stream].state = labels.get("state", "?")
         elif name == "stream_decoder" and value == 1:
             streams[stream].decoder = labels.get("decoder", "?")
+        elif name == "stream_device" and value == 1:
+            streams[stream].device = labels.get("device", "?")
         elif name == "frame_latency_seconds_bucket":
             streams[stream].latency[float(labels["le"])] = value
+        elif name == "zone_events_total":
+            zone = zones[stream, labels.get("zone", "?")]
+            if labels.get("event") == "enter":
+                zone.entered = value
+            elif labels.get("event") == "exit":
+                zone.exited = value
+        elif name == "zone_occupancy":
+            zones[stream, labels.get("zone", "?")].inside[labels.get("class", "?")] = value
+        elif name == "line_crossings_total":
+            lines[stream, labels.get("line", "?")][labels.get("direction", "?")] = value
         elif name in ("process_resident_memory_bytes", "process_gpu_memory_bytes", "worker_restarts_total"):
             key = (labels.get("worker", "?"), stream)
             row = workers.setdefault(key, WorkerRow(*key))
@@ -132,7 +167,8 @@ def parse(text: str, at: float | None = None) -> Scrape:
                 row.rss = value
         elif not labels and s.name.startswith(_P):
             values[name] = value
-    return Scrape(time.monotonic() if at is None else at, dict(streams), list(workers.values()), values)
+    at = time.monotonic() if at is None else at
+    return Scrape(at, dict(streams), list(workers.values()), values, dict(zones), dict(lines))
 
 
 def quantile(q: float, buckets: dict[float, float]) -> float | None:
@@ -206,9 +242,11 @@ def render(url: str, now: Scrape, readiness: dict[str, Any], before: Scrape | No
     head = [f"yolostream at {url}: {state}"]
     if "uptime_seconds" in v:
         head.append(f"up {_uptime(v['uptime_seconds'])}")
-    if "subscriptions" in v:
-        head.append(f"{v['subscriptions']:.0f} subscription(s)")
-    head.append(f"{v.get('publish_overflows_total', 0):.0f} publish overflow(s)")
+    subscriptions = v.get("forwarder_subscriptions", v.get("subscriptions"))  # (several workers: the front)
+    if subscriptions is not None:
+        head.append(f"{subscriptions:.0f} subscription(s)")
+    overflows = v.get("publish_overflows_total", 0) + v.get("forwarder_overflows_total", 0)
+    head.append(f"{overflows:.0f} publish overflow(s)")
     lines = ["; ".join(head)]
     if "gpu_memory_used_bytes" in v:
         used, total = v["gpu_memory_used_bytes"], v.get("gpu_memory_total_bytes", 0.0)
@@ -217,6 +255,7 @@ def render(url: str, now: Scrape, readiness: dict[str, Any], before: Scrape | No
     window = f"over the last {elapsed:.1f} s" if before is not None else "since the start"
     states = readiness.get("streams") or {}
     rows, drops = [], []
+    placed = any(row.device != "-" for row in now.streams.values())  # (several inference workers)
     for sid in dict.fromkeys([*states, *sorted(now.streams)]):
         row = now.streams.get(sid, StreamRow())
         old = before.streams.get(sid) if before is not None else None
@@ -228,20 +267,23 @@ def render(url: str, now: Scrape, readiness: dict[str, Any], before: Scrape | No
         rows.append([
             sid, states.get(sid, row.state), row.decoder, _count(row.decoded), _count(row.published),
             _count(sum(row.dropped.values())), fps, _duration(p50, latency), _duration(p95, latency),
-            _count(row.reconnects),
+            _count(row.reconnects), *([row.device] if placed else []),
         ])  # fmt: skip
         reasons = ", ".join(f"{reason} {n:.0f}" for reason, n in sorted(row.dropped.items()) if n)
         if reasons:
             drops.append(f"  {sid}: {reasons}")
     header = ["STREAM", "STATE", "DECODER", "DECODED", "PUBLISHED", "DROPPED", "FPS", "P50", "P95"]
     header.append("RECONNECTS")
+    if placed:
+        header.append("DEVICE")
     lines.append("")
     lines += _table(header, rows, right={3, 4, 5, 6, 7, 8, 9}) if rows else ["no streams yet"]
     lines.append(f"(FPS: frames published per second, P50/P95: capture-to-publish latency, {window})")
     if drops:
         lines += ["dropped frames by reason:", *drops]
+    lines += _analytics(now)
     order = {"supervisor": 0, "inference": 1, "decoders": 2, "source": 3}
-    workers = sorted(now.workers, key=lambda w: (order.get(w.worker, 4), w.stream))
+    workers = sorted(now.workers, key=lambda w: (order.get(w.worker.split(":")[0], 4), w.worker, w.stream))
     lines.append("")
     lines += _table(
         ["WORKER", "STREAM", "RSS", "GPU", "RESTARTS"],
@@ -249,6 +291,25 @@ def render(url: str, now: Scrape, readiness: dict[str, Any], before: Scrape | No
         right={2, 3, 4},
     )
     return "\n".join(lines)
+
+
+def _analytics(now: Scrape) -> list[str]:
+    """The zones' and the lines' tables (counts since the daemon started), if the streams have any."""
+    out: list[str] = []
+    if now.zones:
+        rows = [
+            [zone, stream, _count(z.entered), _count(z.exited), _count(sum(z.inside.values())),
+             ", ".join(f"{c} {n:.0f}" for c, n in sorted(z.inside.items()) if n) or "-"]
+            for (stream, zone), z in sorted(now.zones.items())
+        ]  # fmt: skip
+        out += ["", *_table(["ZONE", "STREAM", "ENTERED", "EXITED", "INSIDE", "BY CLASS"], rows, {2, 3, 4})]
+    if now.lines:
+        rows = [
+            [line, stream, _count(c.get("in", 0.0)), _count(c.get("out", 0.0))]
+            for (stream, line), c in sorted(now.lines.items())
+        ]
+        out += ["", *_table(["LINE", "STREAM", "IN", "OUT"], rows, {2, 3})]
+    return out
 
 
 def status_main(url: str, interval: float = 1.0, timeout: float = 5.0) -> int:
@@ -268,6 +329,22 @@ def status_main(url: str, interval: float = 1.0, timeout: float = 5.0) -> int:
     return EXIT_OK
 
 
+def snapshot_main(url: str, stream: str, out: Path, timeout: float = 10.0) -> int:
+    """Save the picture of `stream` (``/streams/<stream>/latest.jpg``) of the daemon at `url` to `out`.
+
+    Raises:
+        StatusError: nothing answers at `url`, or it has no picture of the stream (the reason it gives).
+    """
+    url = url.rstrip("/")
+    code, body = fetch_bytes(f"{url}/streams/{stream}/latest.jpg", timeout)
+    if code != 200:
+        reason = body.decode("utf-8", "replace").strip()[:300]
+        raise StatusError(f"{url}: no picture of stream {stream!r} (HTTP {code}): {reason}")
+    out.write_bytes(body)
+    print(f"{out}: stream {stream}, {len(body)} bytes")
+    return EXIT_OK
+
+
 def _get_metrics(url: str, timeout: float) -> str:
     code, body = fetch(f"{url}/metrics", timeout)
     if code != 200:
@@ -275,4 +352,15 @@ def _get_metrics(url: str, timeout: float) -> str:
     return body
 
 
-__all__ = ["DEFAULT_URL", "Scrape", "StatusError", "fetch", "parse", "quantile", "render", "status_main"]
+__all__ = [
+    "DEFAULT_URL",
+    "Scrape",
+    "StatusError",
+    "fetch",
+    "fetch_bytes",
+    "parse",
+    "quantile",
+    "render",
+    "snapshot_main",
+    "status_main",
+]

@@ -36,30 +36,23 @@ from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from streamer.decoder_groups import DecoderGroups
 from streamer.errors import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, ConfigError, ModelError
 from streamer.health import MetricsServer, Snapshot, build_snapshot
 from streamer.heartbeat import is_warm, python_stack, silent_for
+from streamer.inference_workers import DevicesError, InferenceWorker, make_workers, move_ledger
 from streamer.logs import setup_main
-from streamer.messages import EVENT_ERROR, EVENT_STALLED, Shutdown, StreamEvent
+from streamer.messages import EVENT_ERROR, EVENT_MOVED, EVENT_STALLED, Shutdown, StreamEvent
 from streamer.models.registry import ensure_model_apart
-from streamer.processes import (
-    SOURCE_JOIN_S,
-    InferenceProcess,
-    SourceProcess,
-    describe_exit,
-    kill,
-    policy_of,
-    rss_mb,
-)
+from streamer.picture import PICTURES_DIR
+from streamer.placement import LoadMeter, Placement, PlacementError
+from streamer.processes import SOURCE_JOIN_S, SourceProcess, describe_exit, kill, policy_of, rss_mb
 from streamer.sdnotify import SystemdNotifier
-from streamer.status import RunStatus, read_status
-from streamer.transport.notify import NotifySender
-from streamer.workers.common import WorkerContext
+from streamer.status import RunStatus, merge_statuses, read_status
 from streamer.workers.ledger import ledger_dir
 
 if TYPE_CHECKING:
     from streamer.config import Config
+    from streamer.forwarder import Forwarder
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +62,10 @@ LOADING_EXTEND_S = 30.0
 RUN_DIR_PREFIX = "yolostream-"
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 MEMORY_CHECK_S = 5.0
+RECYCLE_MIN_AGE_S = 10.0
+"""A process is recycled for its memory only after it has run this long: a budget below what a worker
+needs at start must not recycle it before it reads a frame (on a loaded machine a decoder group was
+recycled over and over while still opening its files, and published nothing)."""
 STATUS_EVERY_S = 5.0
 
 
@@ -108,26 +105,28 @@ class Supervisor:
         self._notifier = notifier or SystemdNotifier()
         self._sources: dict[str, SourceProcess] = {}
         """Per stream: its own process, or its place in a shared one (`streamer.decoder_groups`)."""
-        self._groups: DecoderGroups | None = None
-        self._inference: InferenceProcess | None = None
+        self._workers: list[InferenceWorker] = []
+        """The inference workers: one, or one per entry of engine.devices (`streamer.inference_workers`)."""
+        self._placement = Placement([""])
+        self._loads = LoadMeter()
+        self._forwarder: Forwarder | None = None
         self._model: Path | None = None
-        self._ctx: WorkerContext | None = None
-        self._notify: NotifySender | None = None
+        self._run_dir: Path | None = None
         self._wake: socket.socket | None = None
-        self._status_path: Path | None = None
         self._last_status: RunStatus | None = None
         self._status_sent_at = 0.0
         self._watchdog_at = 0.0
         self._watchdog_published = -1
         self._loading_told_at = 0.0
         self._memory_at = 0.0
+        self._first_seen: dict[int, float] = {}
+        """When the memory check first saw each worker process (pid): its age, for `RECYCLE_MIN_AGE_S`."""
         self._metrics: MetricsServer | None = None
         self._env_before: str | None = None
         self._health = Snapshot()
         """What /healthz, /readyz and /metrics report: replaced (never changed) by the main loop."""
         self._phase = "starting"
         self._loading = False
-        self._ready_at = 0.0
         self._restarts: Counter[tuple[str, str]] = Counter()
         self._log_queue: Any = (
             None  # the workers' (and a model fetch's) log records, to this process's handler
@@ -137,8 +136,6 @@ class Supervisor:
         self._fleet_ids: dict[str, Any] = {}
         """The fleet cameras running here: id → the source entry they run with."""
         self._wake_w: socket.socket | None = None
-        self._after_restart: list[StreamEvent] = []
-        """Events for the next inference worker to publish (about the one that was killed)."""
 
     # -- set-up and tear-down ----------------------------------------------------------------------
 
@@ -157,22 +154,20 @@ class Supervisor:
         signals = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
         old_handlers = {sig: signal.signal(sig, self._on_signal) for sig in signals}
         try:
-            endpoint = f"ipc://{run_dir}/notify.sock"
-            self._notify = NotifySender(endpoint)
-            self._wake, self._wake_w = wake_r, wake_w
-            self._status_path = run_dir / "status.json"
-            epoch, engine_on_gpu = self._mp.Value("i", 0), self._mp.Value("b", 0)
-            self._ctx = WorkerContext(
-                str(run_dir), endpoint, log_queue, self.cfg.logging.level, None, os.getpid(), epoch,
-                engine_on_gpu,
-            )  # fmt: skip
+            self._wake, self._wake_w, self._run_dir = wake_r, wake_w, run_dir
+            try:
+                self._workers = make_workers(self._mp, self.cfg, run_dir, log_queue, policy_of(self.cfg))
+            except DevicesError as exc:
+                log.error("%s", exc)
+                return EXIT_CONFIG
+            self._placement = Placement([w.name for w in self._workers])
             self._start_metrics(run_dir)  # before any worker is spawned: they inherit its environment
             return self._supervise()
         finally:
             self._stop_metrics()
             self._notifier.stopping()
-            if self._notify is not None:
-                self._notify.close()
+            for worker in self._workers:
+                worker.close()
             signal.set_wakeup_fd(old_wakeup)
             for sig, old in old_handlers.items():
                 signal.signal(sig, old)
@@ -224,15 +219,15 @@ class Supervisor:
             streams,
         )
         self._start_fleet()  # (counted among the members now; claims once the model is loaded)
-        if not self._start_inference():
+        if (len(self._workers) > 1 and not self._start_forwarder()) or not self._start_inference(
+            self._workers
+        ):
             if self._fleet is not None:
                 self._fleet.close()
             return EXIT_FAILURE if not self._stopping_signal() else EXIT_OK
-        log.info(
-            "inference worker ready (pid %s); starting %d source worker(s)",
-            self._inference.pid,  # type: ignore[union-attr]
-            len(cfg.sources),
-        )
+        for w in self._workers:
+            starting = f"; starting {len(cfg.sources)} source worker(s)" if len(self._workers) == 1 else ""
+            log.info("%s ready (pid %s)%s", w.label.removeprefix("the "), w.process.pid, starting)
         for scfg in cfg.sources:
             self._add_source(scfg)
         if self._fleet is not None:
@@ -251,7 +246,7 @@ class Supervisor:
                 self._reload()
             self._sync_fleet()
             self._reap_sources()
-            if not self._reap_inference():
+            if not all(self._reap_inference(w) for w in self._workers if not w.failed):
                 exit_code = EXIT_FAILURE
                 break
             self._start_due()
@@ -269,9 +264,11 @@ class Supervisor:
         self._publish_health()
         self._notifier.stopping()
         self._stop_sources(list(self._sources.values()))
-        if self._groups is not None:
-            self._groups.close(SOURCE_JOIN_S)
+        for w in self._workers:
+            w.groups.close(SOURCE_JOIN_S)
         self._stop_inference()
+        if self._forwarder is not None:
+            self._forwarder.close()
         if self._fleet is not None:
             self._fleet.close()  # releases the leases: the cameras have stopped here
         log.info("yolostream stopped")
@@ -281,7 +278,7 @@ class Supervisor:
         timeout = 1.0
         now = time.monotonic()
         dues = [s.restart_at for s in self._sources.values()]
-        dues.append(self._inference.restart_at if self._inference else None)
+        dues += [w.process.restart_at for w in self._workers if not w.failed]
         for due in dues:
             if due is not None:
                 timeout = min(timeout, max(0.0, due - now))
@@ -289,44 +286,61 @@ class Supervisor:
             timeout = min(timeout, self._notifier.watchdog_interval / 2)
         # (dict: the streams of a decoder group share its process's sentinel and pipe)
         waitables: list[Any] = list(dict.fromkeys(w for s in self._sources.values() for w in s.waitables()))
-        if self._inference is not None and self._inference.proc is not None:
-            waitables.append(self._inference.proc.sentinel)
+        waitables += [w.process.proc.sentinel for w in self._workers if w.process.proc is not None]
         waitables.append(self._wake)
         mp.connection.wait(waitables, timeout=timeout)
 
     def _stopping_signal(self) -> bool:
         return any(s in (signal.SIGINT, signal.SIGTERM) for s in self._signals)
 
-    # -- inference worker --------------------------------------------------------------------------
+    # -- inference workers -------------------------------------------------------------------------
 
-    def _start_inference(self) -> bool:
-        """Start (or restart) the inference worker and wait for its model; False if it failed or we stop."""
-        if self._inference is None:
-            self._inference = InferenceProcess(self._mp, self._ctx, policy_of(self.cfg))  # type: ignore[arg-type]
-        inference = self._inference
-        inference.start(self.cfg, self._model)  # type: ignore[arg-type]
+    def _start_forwarder(self) -> bool:
+        """Bind publish.endpoint here, relaying the workers' publishers (`streamer.forwarder`)."""
+        from streamer.forwarder import Forwarder, worker_endpoint
+        from streamer.publish import PublishError
+
+        try:
+            self._forwarder = Forwarder(
+                self.cfg.publish, [worker_endpoint(w.ctx.run_dir) for w in self._workers]
+            )
+        except PublishError as exc:
+            log.error("%s (publish.endpoint)", exc)
+            return False
+        names = ", ".join(f"{w.name} ({w.device})" for w in self._workers)
+        log.info("%d inference workers: %s; their messages leave through %s", len(self._workers), names,
+                 self._forwarder.endpoint)  # fmt: skip
+        return True
+
+    def _start_inference(self, workers: list[InferenceWorker]) -> bool:
+        """Start (or restart) inference workers and wait for their models; False if one failed or we stop.
+
+        All start before any is waited for: several workers load their models at the same time."""
+        for w in workers:
+            w.process.start(w.config(self.cfg), self._model)  # type: ignore[arg-type]
         self._loading = True
         try:
-            ready = inference.wait_ready(self._waiting_for_model)
+            return all(self._wait_ready(w) for w in workers)
         finally:
             self._loading = False
-        if ready:
-            self._ready_at = time.monotonic()
+
+    def _wait_ready(self, w: InferenceWorker) -> bool:
+        inference = w.process
+        if inference.wait_ready(self._waiting_for_model):
+            w.ready_at = time.monotonic()
             return True
         if inference.alive():  # a stop signal came while the model was loading
             log.info("stopped before the model was loaded")
             inference.stop_event.set()
             inference.proc.join(10)  # type: ignore[union-attr]
             return False
-        log.error("the inference worker failed to start (%s); see the error above",
+        log.error("%s failed to start (%s); see the error above", w.label,
                   describe_exit(inference.proc.exitcode if inference.proc else None))  # fmt: skip
         return False
 
-    def _reap_inference(self) -> bool:
+    def _reap_inference(self, w: InferenceWorker) -> bool:
         """Handle an exited inference worker; False if the daemon must stop (it cannot be restarted)."""
-        inference = self._inference
-        if inference is None:
-            return False
+        inference = w.process
         pid = inference.pid
         code = inference.exited()
         if code is not None:
@@ -336,37 +350,70 @@ class Supervisor:
             else:
                 delay = inference.tracker.crashed()
                 if delay is None:
-                    log.error("the inference worker died (%s) and was restarted too often; stopping",
+                    if len([x for x in self._workers if not x.failed]) > 1:
+                        return self._evacuate(w, code)
+                    log.error("%s died (%s) and was restarted too often; stopping", w.label,
                               describe_exit(code))  # fmt: skip
                     return False
-                log.error("the inference worker died (%s); restarting it in %.1f s; the sources keep going",
+                log.error("%s died (%s); restarting it in %.1f s; the sources keep going", w.label,
                           describe_exit(code), delay)  # fmt: skip
                 inference.restart_at = time.monotonic() + delay
-            self._bump_epoch()
+            w.bump_epoch()
         if inference.restart_at is not None and time.monotonic() >= inference.restart_at:
-            if not self._start_inference():
+            if not self._start_inference([w]):
                 return self._stopping_signal()
-            log.info("inference worker restarted (pid %s)", inference.pid)
-            self._restarts["inference", ""] += 1
-            for event in self._after_restart:
-                self._notify.send(event)  # type: ignore[union-attr]
-            self._after_restart = []
+            log.info("%s restarted (pid %s)", w.label.removeprefix("the "), inference.pid)
+            self._restarts["inference", w.name] += 1
+            for event in w.after_restart:
+                w.notify.send(event)
+            w.after_restart = []
         return True
 
-    def _bump_epoch(self) -> None:
-        """Tell the source workers that frames announced to the old inference worker will never be read."""
-        epoch = self._ctx.inference_epoch  # type: ignore[union-attr]
-        with epoch.get_lock():
-            epoch.value += 1
+    def _evacuate(self, w: InferenceWorker, code: int) -> bool:
+        """Worker `w` failed for good: move its streams to the other workers, each with a ``moved`` event."""
+        w.failed = True
+        try:
+            moved = self._placement.evacuate(w.index, self._loads.rates)
+        except PlacementError as exc:
+            log.error("%s", exc)
+            return False
+        p = w.process.tracker.policy
+        log.error(
+            "%s died (%s), restarted %d times in %.0f s: giving up on it; its %d stream(s) move to the "
+            "other workers", w.label, describe_exit(code), p.max_restarts, p.window_s, len(moved),
+        )  # fmt: skip
+        running = {sid: self._sources[sid] for sid in moved if sid in self._sources}
+        ended = {sid for sid, s in running.items() if s.done}
+        self._stop_sources([s for sid, s in running.items() if sid not in ended])
+        scfgs = {s.id: s for s in self.cfg.sources}
+        for sid, index in moved.items():
+            target = self._workers[index]
+            move_ledger(sid, w, target)
+            message = f"inference worker {w.name} failed; the stream moved to inference worker {target.name}"
+            detail: dict[str, str | int | float] = {"from": w.name, "to": target.name}
+            log.warning("stream %s: %s", sid, message)
+            target.notify.send(StreamEvent(sid, EVENT_MOVED, message, detail=detail))
+            if sid not in ended and sid in scfgs:
+                self._sources.pop(sid, None)
+                self._add_source(scfgs[sid])
+        return True
 
     def _stop_inference(self) -> None:
-        if self._inference is None or self._notify is None:
-            return
         # Sources that exited on their own sent a SourceExit on their own connection: the inference
         # worker waits (bounded) for those so that no frame announced before it is lost.
-        said_exit = sorted(s.cfg.id for s in self._sources.values() if s.exit_was_clean)
-        notify = self._notify
-        self._inference.drain_and_join(lambda: notify.send(Shutdown(expect_exits=said_exit)))
+        for w in self._workers:
+            if w.failed:
+                continue
+            mine = set(self._placement.streams_of(w.index))
+            said_exit = sorted(
+                s.cfg.id for s in self._sources.values() if s.exit_was_clean and s.cfg.id in mine
+            )
+            notify = w.notify
+            w.process.drain_and_join(lambda: notify.send(Shutdown(expect_exits=said_exit)))  # noqa: B023
+
+    def _worker_of(self, sid: str) -> InferenceWorker:
+        """The inference worker that carries stream `sid` (the first one for a stream never placed)."""
+        return self._workers[self._placement.assignment.get(sid, 0)]
 
     # -- fleet mode --------------------------------------------------------------------------------
 
@@ -399,7 +446,9 @@ class Supervisor:
             for cid in gone:
                 self._sources.pop(cid, None)
                 del self._fleet_ids[cid]
-                (ledger_dir(self._ctx.run_dir) / cid).unlink(missing_ok=True)  # type: ignore[union-attr]
+                (ledger_dir(self._worker_of(cid).run_dir) / cid).unlink(missing_ok=True)
+                self._placement.forget(cid)
+                self._loads.forget(cid)
         for cid, scfg in wanted.items():
             if cid not in self._fleet_ids and cid not in self._sources:
                 log.info("fleet: starting camera %s", cid)
@@ -409,10 +458,14 @@ class Supervisor:
     # -- source workers ----------------------------------------------------------------------------
 
     def _add_source(self, scfg: Any) -> None:
-        if self._groups is None:
-            self._groups = DecoderGroups(self._mp, self._ctx)  # type: ignore[arg-type]
-        on_gpu = self._ctx is not None and bool(self._ctx.engine_on_gpu.value)
-        worker = self._groups.worker_for(scfg, self.cfg.supervisor, on_gpu, policy_of(self.cfg))
+        """Place stream `scfg` on an inference worker (kept where it is if placed before) and start it."""
+        pinned = scfg.device if len(self._workers) > 1 else None  # (one worker: it carries every stream)
+        index, why = self._placement.place(scfg.id, self._loads.rates, pinned)
+        lane = self._workers[index]
+        if len(self._workers) > 1 and why != "already placed":
+            log.info("stream %s → inference worker %s: %s", scfg.id, lane.name, why)
+        on_gpu = bool(lane.ctx.engine_on_gpu.value)
+        worker = lane.groups.worker_for(scfg, self.cfg.supervisor, on_gpu, policy_of(self.cfg))
         self._sources[scfg.id] = worker
         worker.start()
 
@@ -428,16 +481,17 @@ class Supervisor:
             reason = worker.on_exit(code)
             if reason is not None:
                 log.error("stream %s: %s; the other streams go on", sid, reason)
-                if self._notify is not None:
-                    self._notify.send(StreamEvent(sid, EVENT_ERROR, reason, detail={"exitcode": code}))
+                self._worker_of(sid).notify.send(
+                    StreamEvent(sid, EVENT_ERROR, reason, detail={"exitcode": code})
+                )
+            if worker.done:
+                self._loads.rates[sid] = 0.0  # (it no longer loads its worker)
             if worker.removed:
                 del self._sources[sid]
 
     def _remove_rings(self, sid: str) -> None:
         """Delete the ring files of a stream's exited worker (the inference worker keeps its mappings)."""
-        if self._ctx is None:
-            return
-        for path in Path(self._ctx.run_dir).glob(f"{sid}.*.ring"):
+        for path in (p for w in self._workers for p in w.run_dir.glob(f"{sid}.*.ring")):
             with contextlib.suppress(OSError):
                 owner = int(path.name.split(".")[1])
                 if not Path(f"/proc/{owner}").exists():
@@ -480,21 +534,29 @@ class Supervisor:
         for limit, sids, shared, proc, label in processes.values():
             what = f"stream {sids[0]}: the source worker" if len(sids) == 1 else label
             if (silent := silent_for(shared)) > limit:
-                for event in self._stalled(proc, what, silent, sids):
-                    self._notify.send(event)  # type: ignore[union-attr]
-        inference = self._inference
-        if inference is None or self._loading or not inference.alive():
+                lane = self._worker_of(sids[0])
+                for event in self._stalled(proc, what, silent, sids, lane.ctx.run_dir):
+                    lane.notify.send(event)
+        if self._loading:
             return
-        limit = limits.heartbeat_timeout_s
-        if not is_warm(inference.heartbeat):  # its first batch may be compiling the engine
-            limit = max(limit, limits.heartbeat_startup_s)
-        if (silent := silent_for(inference.heartbeat, since=self._ready_at)) > limit:
-            streams = [s.id for s in self.cfg.sources] + list(self._fleet_ids)
-            self._after_restart += self._stalled(inference.proc, "the inference worker", silent, streams)
+        for w in self._workers:
+            inference = w.process
+            if w.failed or not inference.alive():
+                continue
+            limit = limits.heartbeat_timeout_s
+            if not is_warm(inference.heartbeat):  # its first batch may be compiling the engine
+                limit = max(limit, limits.heartbeat_startup_s)
+            if (silent := silent_for(inference.heartbeat, since=w.ready_at)) > limit:
+                streams = [
+                    s.id for s in self.cfg.sources if self._placement.assignment.get(s.id, 0) == w.index
+                ]
+                w.after_restart += self._stalled(inference.proc, w.label, silent, streams, w.ctx.run_dir)
 
-    def _stalled(self, proc: Any, what: str, silent: float, streams: list[str]) -> list[StreamEvent]:
+    def _stalled(
+        self, proc: Any, what: str, silent: float, streams: list[str], run_dir: str
+    ) -> list[StreamEvent]:
         """Log a stuck worker with its stack and kill it; the events that say so, one per stream."""
-        stack = python_stack(proc.pid, self._ctx.run_dir)  # type: ignore[union-attr]
+        stack = python_stack(proc.pid, run_dir)
         log.error(
             "%s (pid %d) has not advanced for %.0f s (supervisor.heartbeat_timeout_s): killing it for a "
             "restart. Its Python stack:\n%s",
@@ -510,11 +572,17 @@ class Supervisor:
         if now - self._memory_at < MEMORY_CHECK_S:
             return
         self._memory_at = now
+        pids = [w.pid for w in self._sources.values()] + [w.process.pid for w in self._workers]
+        self._first_seen = {pid: self._first_seen.get(pid, now) for pid in pids if pid is not None}
+
+        def old_enough(pid: int | None) -> bool:
+            return pid is not None and now - self._first_seen[pid] >= RECYCLE_MIN_AGE_S
+
         limits = self.cfg.supervisor
         if limits.source_rss_limit_mb:
             checked = set()
             for worker in self._sources.values():
-                if worker.pid in checked:  # a decoder group: one process, one budget
+                if worker.pid in checked or not old_enough(worker.pid):  # a decoder group: one budget
                     continue
                 checked.add(worker.pid)
                 used = rss_mb(worker.pid)
@@ -526,22 +594,23 @@ class Supervisor:
                         limits.source_rss_limit_mb,
                     )
                     worker.recycle()
-        inference = self._inference
-        used = rss_mb(inference.pid) if inference else None
-        if inference and limits.inference_rss_limit_mb and used and used > limits.inference_rss_limit_mb:
-            log.warning(
-                "inference worker uses %.0f MiB > %d MiB: recycling it", used, limits.inference_rss_limit_mb
-            )
-            inference.planned = True
-            if self._notify is not None:
-                self._notify.send(Shutdown())
+        for w in self._workers:
+            used = rss_mb(w.process.pid) if old_enough(w.process.pid) else None
+            if limits.inference_rss_limit_mb and used and used > limits.inference_rss_limit_mb:
+                log.warning("%s uses %.0f MiB > %d MiB: recycling it", w.label.removeprefix("the "), used,
+                            limits.inference_rss_limit_mb)  # fmt: skip
+                w.process.planned = True
+                w.notify.send(Shutdown())
 
     def _report(self) -> None:
         """STATUS= every few seconds, WATCHDOG=1 while frames are being published (or none are expected)."""
-        status = read_status(self._status_path) if self._status_path else None
+        status = merge_statuses([read_status(w.status_path) for w in self._workers if not w.failed])
         now = time.monotonic()
         if status is not None:
+            if self._forwarder is not None:  # (each worker counts the forwarder: one subscription)
+                status.subscriptions = self._forwarder.subscribers
             self._last_status = status
+            self._loads.update(now, {k: (s.published, s.width, s.height) for k, s in status.streams.items()})
         self._publish_health()
         if self._notifier.enabled and status is not None and now - self._status_sent_at >= STATUS_EVERY_S:
             self._notifier.status(status.summary())
@@ -571,8 +640,9 @@ class Supervisor:
             return
         directory = run_dir / "metrics"
         directory.mkdir()
+        pictures = run_dir / PICTURES_DIR  # (its presence tells the inference worker to make pictures)
         try:
-            self._metrics = MetricsServer(*address, directory, lambda: self._health)
+            self._metrics = MetricsServer(*address, directory, lambda: self._health, pictures)
         except OSError as exc:
             log.error(
                 "metrics: cannot listen on %s (metrics.listen): %s; running without metrics and health "
@@ -582,7 +652,11 @@ class Supervisor:
             )
             return
         os.environ[MULTIPROC_ENV] = str(directory)
-        log.info("metrics and health checks on %s (/metrics, /healthz, /readyz)", self._metrics.url)
+        pictures.mkdir()
+        log.info(
+            "metrics and health checks on %s (/metrics, /healthz, /readyz; the streams' pictures: /)",
+            self._metrics.url,
+        )
 
     def _stop_metrics(self) -> None:
         if self._metrics is not None:
@@ -613,14 +687,18 @@ class Supervisor:
         self._health = build_snapshot(
             self._health,
             phase=self._phase,
-            inference=self._inference,
+            inference=[w.process for w in self._workers if not w.failed],
             loading=self._loading,
-            ready_at=self._ready_at,
+            ready_at=min((w.ready_at for w in self._workers if not w.failed), default=0.0),
             sources=self._sources,
             stream_ids=[s.id for s in self.cfg.sources] + list(self._fleet_ids),
             status=self._last_status,
             restarts=self._restarts,
             supervisor_pid=os.getpid(),
+            placement={sid: self._workers[i].name for sid, i in self._placement.assignment.items()}
+            if len(self._workers) > 1
+            else {},
+            forwarder=(self._forwarder.subscribers, self._forwarder.dropped) if self._forwarder else None,
         )
 
     # -- SIGHUP ------------------------------------------------------------------------------------
@@ -655,6 +733,15 @@ class Supervisor:
         )
         if new.metrics != self.cfg.metrics:
             log.warning("SIGHUP: a change of the metrics section takes effect at the next start")
+        if new.engine.devices != self.cfg.engine.devices:
+            log.warning("SIGHUP: a change of engine.devices takes effect at the next start")
+        if self._forwarder is not None and new.publish != self.cfg.publish:
+            log.warning("SIGHUP: with engine.devices, a change of the publish section takes effect at the "
+                        "next start")  # fmt: skip
+        for sid in changed:
+            if new_sources[sid].device != old_sources[sid].device:
+                log.warning("SIGHUP: stream %s: a change of its device takes effect at the next start "
+                            "(a running stream is never moved)", sid)  # fmt: skip
         self.cfg = new
         restarts = "; the inference worker restarts for the new settings" if pipeline_changed else ""
         log.info(
@@ -669,17 +756,20 @@ class Supervisor:
         for sid in removed + changed:
             self._sources[sid].removed = sid in removed
         self._stop_sources([self._sources[sid] for sid in removed + changed])
+        for sid in removed:  # a stream of that id added later starts from nothing
+            (ledger_dir(self._worker_of(sid).run_dir) / sid).unlink(missing_ok=True)
+            self._placement.forget(sid)
+            self._loads.forget(sid)
         for sid in changed + added:
             self._sources.pop(sid, None)
             self._add_source(new_sources[sid])
-        for sid in removed:  # a stream of that id added later starts from nothing
-            (ledger_dir(self._ctx.run_dir) / sid).unlink(missing_ok=True)  # type: ignore[union-attr]
-        if pipeline_changed and self._inference is not None:
-            self._inference.planned = True
+        if pipeline_changed:
             try:
                 self._model = self._model_file(new)
             except ModelError as exc:
                 log.error("SIGHUP: %s; the inference worker keeps the previous model", exc)
-            if self._notify is not None:
-                self._notify.send(Shutdown())
+            for w in self._workers:
+                if not w.failed:
+                    w.process.planned = True
+                    w.notify.send(Shutdown())
         self._notifier.ready(f"reloaded: {len(new.sources)} stream(s)")

@@ -26,7 +26,15 @@ from streamer.client import (
     subscribe_main,
 )
 from streamer.messages import EVENT_DROPPED, EVENT_EOS, EVENT_ERROR, EVENT_STARTED
-from streamer.protocol import Detection, DetectionsMessage, EventMessage, ProtocolError, encode
+from streamer.protocol import (
+    AnalyticsMessage,
+    Detection,
+    DetectionsMessage,
+    EventMessage,
+    ProtocolError,
+    ZoneEventRecord,
+    encode,
+)
 from streamer.publish import Publisher
 
 TIMEOUT = 30.0  # seconds: a generous cap on every wait (the events come in milliseconds on an idle machine)
@@ -201,7 +209,7 @@ def test_bad_messages_raise_protocol_error_and_are_skipped(raw_pub: tuple[zmq.So
 def test_invalid_arguments() -> None:
     with pytest.raises(ValueError, match="stream id"):
         Subscriber("tcp://127.0.0.1:1", streams=["cam 1"])
-    with pytest.raises(ValueError, match="events, detections or both"):
+    with pytest.raises(ValueError, match="events, detections or analytics"):
         Subscriber("tcp://127.0.0.1:1", events=False, detections=False)
     with pytest.raises(SubscribeError, match="nonsense://x") as info:
         Subscriber("nonsense://x")
@@ -271,6 +279,19 @@ def test_format_message() -> None:
     err = evt("cam1", EVENT_ERROR, "cannot open")
     err.detail = {"code": 2, "reason": "missing"}
     assert format_message(err) == "cam1 #0 EVENT error: cannot open (code=2, reason=missing)"
+    tracked = det("cam1", 3, n=1)
+    tracked.detections[0] = Detection(
+        class_id=0, class_name="person", score=0.5, box=(1, 2, 3, 4), track_id=7
+    )
+    assert format_message(tracked).endswith("1 det: person 0.50 #7 [1,2,3,4]")
+    ana = AnalyticsMessage(
+        stream="gate", seq=2, frame=40, pts=1.6, capture_ts=1.0,
+        events=[
+            ZoneEventRecord("exit", "yard", 2, 2, "car", reason="lost"),
+            ZoneEventRecord("cross", "door", 4, 0, "person", direction="in"),
+        ],
+    )  # fmt: skip
+    assert format_message(ana) == "gate #2 ZONES frame 40: exit yard #2 car (lost); cross door in #4 person"
 
 
 # ------------------------------------------------------------------------------------- subscribe_main

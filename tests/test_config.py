@@ -61,6 +61,7 @@ def test_minimal_config_has_all_defaults(tmp_path: Path) -> None:
     assert cfg.engine.model_dump() == {
         "backend": "auto",
         "device": "auto",
+        "devices": None,
         "precision": "fp32",
         "max_batch": 4,
         "batch_timeout_ms": 10.0,
@@ -776,3 +777,51 @@ def test_build_says_there_is_nothing_to_build_for_onnxruntime(
     path.write_text(MINIMAL + "engine:\n  backend: onnxruntime\n")
     assert main(["build", str(path)]) == EXIT_OK
     assert "nothing to build: onnxruntime runs the ONNX file as it is" in capsys.readouterr().out
+
+
+# ----------------------------------------------------------------------------------- tracking, zones, lines
+
+ANALYTICS = """\
+model:
+  onnx: yolov7.onnx
+  class_names: [person, car]
+sources:
+  - id: a
+    url: /v/a.mp4
+    zones:
+      - name: yard
+        polygon: [[0, 0], [1, 1], [0, 1]]
+        classes: [persn]
+    lines:
+      - {name: yard, points: [[0, 0], [1, 0]], coords: normalized}
+  - id: b
+    url: /v/b.mp4
+    tracking: {enabled: true, low_score: 0.9}
+"""
+
+
+def test_zones_and_lines_need_tracking_unique_names_and_known_classes() -> None:
+    assert problems_of(ANALYTICS) == [
+        ("sources[0].zones", 7, "zones need tracking: set tracking.enabled (globally or for the source)"),
+        ("sources[0].zones[0].classes[0]", 10, "unknown class name 'persn' (did you mean 'person'?)"),
+        ("sources[0].lines", 11, "lines need tracking: set tracking.enabled (globally or for the source)"),
+        ("sources[0].lines[0].name", 12, "duplicate name 'yard' (also a zone)"),
+        ("sources[1].tracking.low_score", 15, "must be <= high_score (0.5), got 0.9"),
+    ]
+
+
+def test_zone_and_line_geometry_is_checked_and_classes_resolved() -> None:
+    bad = ANALYTICS.replace("[[0, 0], [1, 1], [0, 1]]", "[[0, 0], [1, 1], [2, 2]]").replace(
+        "[1, 0]]", "[1.5, 0]]"
+    )
+    assert problems_of(bad) == [
+        ("sources[0].zones[0].polygon", 9, "has no area (its corners lie on one line)"),
+        ("sources[0].lines[0].points[1]", 12, "normalized coordinates must be within 0..1, got [1.5, 0]"),
+    ]
+    good = "tracking: {enabled: true}\n" + ANALYTICS.replace("persn", "car").replace(
+        "name: yard,", "name: door,"
+    )
+    cfg = parse(good.replace("low_score: 0.9", "low_score: 0.3"))
+    assert cfg.sources[0].zones[0].classes == (1,)
+    assert cfg.sources[0].lines[0].coords == "normalized"
+    assert cfg.tracking_for(cfg.sources[1]).low_score == 0.3

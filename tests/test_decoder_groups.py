@@ -59,9 +59,11 @@ def _frames(daemon: Daemon, stream: str) -> list[int]:
     return [d.frame for d in daemon.detections(stream)]
 
 
-def _started(daemon: Daemon, streams: dict[str, int]) -> None:
+def _started(daemon: Daemon, streams: dict[str, int], timeout: float = 60.0) -> None:
     """Wait until each stream has had (at least) its given number of ``started`` events."""
-    daemon.receive_until(lambda ms: all(len(daemon.events(s, "started")) >= n for s, n in streams.items()))
+    daemon.receive_until(
+        lambda ms: all(len(daemon.events(s, "started")) >= n for s, n in streams.items()), timeout
+    )
 
 
 def _more_frames(daemon: Daemon, streams: list[str], n: int, timeout: float = 60.0) -> None:
@@ -182,10 +184,10 @@ def test_sighup_changing_one_stream_of_a_group_restarts_only_that_stream(tmp_pat
 def test_a_decoder_group_over_its_memory_budget_is_recycled_as_one_process(
     tmp_path: Path, model: Path
 ) -> None:
-    extra = "  source_rss_limit_mb: 1\n"  # a budget no process can meet: each check (every 5 s) recycles it
+    extra = "  source_rss_limit_mb: 1\n"  # a budget no process can meet: recycled once it has run 10 s
     daemon = start_daemon(tmp_path, _config(model, ["a", "b"], per_process=2, extra=extra))
     try:
-        _started(daemon, {"a": 3, "b": 3})
+        _started(daemon, {"a": 3, "b": 3}, timeout=120)
         # Recycled as one: the streams move from process to process together. (Which process a stream first
         # started in can differ on a loaded machine: a process may be recycled before its second stream
         # opened, and one stream's newest start can be seen before its mate's: the shared pids are counted.)

@@ -22,13 +22,15 @@ import numpy as np
 import pytest
 import zmq
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.parser import text_string_to_metric_families
 
 from streamer.config import ConfigError, parse_config
 from streamer.health import STATUS_STALE_S, MetricsServer, Snapshot, WorkerView, health, readiness
 from streamer.status import RunStatus, StreamStatus
 from streamer.status_command import StatusError, fetch, parse, quantile, render, url_of_listen
-from tests.support.daemon import Daemon, start_daemon
+from tests.support.daemon import Daemon, Samples, start_daemon
+from tests.support.daemon import metrics_url as _metrics_url
+from tests.support.daemon import scrape as _scrape
+from tests.support.daemon import value as _value
 from tests.support.media import bright_spot_clip
 from tests.support.models import write_oracle_model
 
@@ -102,6 +104,30 @@ def test_parse_and_render_the_status_table() -> None:
     text = render("http://h:1", now, {"ready": False, "reason": "no stream is running"})
     assert "not ready (no stream is running)" in text and "since the start" in text
     assert next(line for line in text.splitlines() if line.startswith("cam1")).split()[6] == "-"
+
+
+def test_the_status_shows_zones_and_lines() -> None:
+    r = CollectorRegistry()
+    Counter("yolostream_frames_published_total", "", ["stream"], registry=r).labels("gate").inc(9)
+    events = Counter("yolostream_zone_events_total", "", ["stream", "zone", "event"], registry=r)
+    events.labels("gate", "yard", "enter").inc(5)
+    events.labels("gate", "yard", "exit").inc(2)
+    inside = Gauge("yolostream_zone_occupancy", "", ["stream", "zone", "class"], registry=r)
+    inside.labels("gate", "yard", "person").set(2)
+    inside.labels("gate", "yard", "car").set(1)
+    inside.labels("gate", "yard", "truck").set(0)
+    crossings = Counter("yolostream_line_crossings_total", "", ["stream", "line", "direction"], registry=r)
+    crossings.labels("gate", "door", "in").inc(4)
+    crossings.labels("gate", "door", "out")
+    now = parse(generate_latest(r).decode(), at=1.0)
+    assert now.zones[("gate", "yard")].entered == 5 and now.lines[("gate", "door")] == {"in": 4, "out": 0}
+    text = render("http://h:1", now, {"ready": True, "streams": {"gate": "running"}})
+    assert re.search(r"^ZONE +STREAM +ENTERED +EXITED +INSIDE +BY CLASS$", text, re.M)
+    assert re.search(r"^yard +gate +5 +2 +3 +car 1, person 2$", text, re.M)
+    assert re.search(r"^LINE +STREAM +IN +OUT$", text, re.M)
+    assert re.search(r"^door +gate +4 +0$", text, re.M)
+    # Without zones or lines, no such tables.
+    assert "ZONE" not in render("http://h:1", parse(_exposition(1, [0.1])), {"ready": True})
 
 
 def test_status_says_when_nothing_listens() -> None:
@@ -221,32 +247,6 @@ def _closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def _metrics_url(daemon: Daemon, timeout: float = 30.0) -> str:
-    deadline = time.monotonic() + timeout
-    while (found := re.search(r"metrics and health checks on (http://\S+) ", daemon.log())) is None:
-        assert daemon.proc.poll() is None and time.monotonic() < deadline, daemon.log()
-        time.sleep(0.05)
-    return found.group(1)
-
-
-Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
-
-
-def _scrape(url: str) -> tuple[str, Samples]:
-    code, text = fetch(f"{url}/metrics")
-    assert code == 200, text
-    samples = {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
-    return text, samples
-
-
-def _value(samples: Samples, name: str, **labels: str) -> float:
-    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
 
 
 def _wait_scrape(url: str, daemon: Daemon, done: Callable[[Samples], bool], timeout: float = 60) -> Samples:

@@ -11,10 +11,12 @@ import pytest
 from streamer.messages import EVENT_EOS, EVENT_KINDS, StreamEvent
 from streamer.protocol import (
     SCHEMA_VERSION,
+    AnalyticsMessage,
     Detection,
     DetectionsMessage,
     EventMessage,
     ProtocolError,
+    ZoneEventRecord,
     decode,
     detections_from_array,
     encode,
@@ -41,11 +43,25 @@ def make_evt(kind: str = EVENT_EOS) -> EventMessage:
     )
 
 
+def make_ana() -> AnalyticsMessage:
+    return AnalyticsMessage(
+        stream="gate", seq=3, frame=40, pts=1.6, capture_ts=1700000002.0, publish_ts=1700000002.1,
+        events=[
+            ZoneEventRecord("enter", "yard", 4, 0, "person"),
+            ZoneEventRecord("exit", "yard", 2, 2, "car", reason="lost"),
+            ZoneEventRecord("cross", "door", 4, 0, "person", direction="in"),
+        ],
+        occupancy={"yard": {"person": 1}}, counts={"door": {"in": 1, "out": 0}},
+    )  # fmt: skip
+
+
 @pytest.mark.parametrize("encoding", ["json", "msgpack"])
-@pytest.mark.parametrize("msg", [make_det(), make_det(n=0), make_evt()], ids=["det", "det-empty", "evt"])
-def test_round_trip(encoding: str, msg: DetectionsMessage | EventMessage) -> None:
+@pytest.mark.parametrize(
+    "msg", [make_det(), make_det(n=0), make_evt(), make_ana()], ids=["det", "det-empty", "evt", "ana"]
+)
+def test_round_trip(encoding: str, msg: DetectionsMessage | EventMessage | AnalyticsMessage) -> None:
     topic, payload = encode(msg, encoding)
-    assert topic == f"{'det' if isinstance(msg, DetectionsMessage) else 'evt'}.{msg.stream}".encode()
+    assert topic == f"{msg.type}.{msg.stream}".encode()
     assert payload[:1] == b"{" if encoding == "json" else payload[:1] != b"{"
     back = decode(topic, payload)
     assert back == msg
@@ -180,3 +196,44 @@ def test_detections_from_array_empty_and_bad_shape() -> None:
     assert detections_from_array(np.zeros((0, 6), np.float32), ["a"]) == []
     with pytest.raises(ValueError, match=r"\[K, 6\]"):
         detections_from_array(np.zeros((3, 4)), ["a"])
+
+
+def test_track_ids_are_added_compatibly() -> None:
+    """Without tracking a detection's payload has no track_id (byte for byte as before); with it, ids > 0
+    go out and -1 (no confirmed track) is left out; an old-style payload decodes with track_id None."""
+    from streamer.protocol import decode, detections_from_array, encode
+
+    rows = [[1, 2, 3, 4, 0.5, 0], [5, 6, 7, 8, 0.4, 0]]
+    untracked = DetectionsMessage(
+        stream="a", frame=0, pts=None, capture_ts=1.0, width=9, height=9,
+        detections=detections_from_array(rows, ["p"]),
+    )  # fmt: skip
+    _, payload = encode(untracked)
+    assert b"track_id" not in payload
+    tracked = DetectionsMessage(
+        stream="a", frame=0, pts=None, capture_ts=1.0, width=9, height=9,
+        detections=detections_from_array(rows, ["p"], [7, -1]),
+    )  # fmt: skip
+    for encoding in ("json", "msgpack"):
+        back = decode(*encode(tracked, encoding))
+        assert isinstance(back, DetectionsMessage)
+        assert [d.track_id for d in back.detections] == [7, None]
+    assert [d.track_id for d in decode(b"det.a", payload).detections] == [None, None]  # type: ignore[union-attr]
+
+
+def test_analytics_json_leaves_out_empty_direction_and_reason() -> None:
+    topic, payload = encode(make_ana())
+    assert topic == b"ana.gate"
+    obj = json.loads(payload)
+    assert obj["type"] == "ana" and obj["v"] == SCHEMA_VERSION and obj["seq"] == 3
+    assert obj["events"][0] == {
+        "event": "enter",
+        "name": "yard",
+        "track_id": 4,
+        "class_id": 0,
+        "class_name": "person",
+    }
+    assert obj["events"][1]["reason"] == "lost" and obj["events"][2]["direction"] == "in"
+    assert obj["occupancy"] == {"yard": {"person": 1}} and obj["counts"] == {"door": {"in": 1, "out": 0}}
+    with pytest.raises(ProtocolError, match="does not match"):
+        decode(b"det.gate", payload)

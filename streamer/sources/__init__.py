@@ -26,12 +26,17 @@ log = logging.getLogger(__name__)
 
 
 def open_source(
-    cfg: SourceConfig, on_fallback: Callable[..., None] | None = None, *, engine_on_gpu: bool = True
+    cfg: SourceConfig,
+    on_fallback: Callable[..., None] | None = None,
+    *,
+    engine_on_gpu: bool = True,
+    device: int = 0,
 ) -> FrameSource:
     """A not-yet-opened source for the stream `cfg` (call `open()` in the worker process).
 
     `on_fallback(exc, frames)` is called when an NVDEC stream moves to the CPU decoder. With
-    `engine_on_gpu` false (the engine runs on the CPU), ``decoder: auto`` is the CPU decoder.
+    `engine_on_gpu` false (the engine runs on the CPU), ``decoder: auto`` is the CPU decoder. NVDEC decodes
+    on GPU `device` (that of the inference worker the stream is placed on).
     """
     from streamer.sources.cpu import PyAvSource
 
@@ -61,4 +66,6 @@ def open_source(
         )
     from streamer.sources.fallback import FallbackSource
 
-    return FallbackSource(NvdecSource(cfg.id, cfg.url, **options), cpu, on_fallback, live=cfg.is_live)
+    return FallbackSource(
+        NvdecSource(cfg.id, cfg.url, device=device, **options), cpu, on_fallback, live=cfg.is_live
+    )

@@ -40,6 +40,9 @@ class WorkerContext:
     would come back to the host and be letterboxed by the slow NumPy model."""
     heartbeat: Any = None
     """multiprocessing.RawArray('d', 2): the worker's `Heartbeat`, read by the supervisor."""
+    cuda_device: int = 0
+    """The GPU of the inference worker this context belongs to (``engine.devices``): NVDEC decodes there,
+    so that its frames' CUDA ring and the engine share a device."""
 
 
 class StopFlag:
@@ -171,12 +174,14 @@ _T = TypeVar("_T")
 
 def profiled(role: str, entry: Callable[..., _T], *args: Any) -> _T:
     """`entry(*args)`, under cProfile when $YOLOSTREAM_PROFILE names a folder (a developer's tool), and
-    tracing its allocations when $YOLOSTREAM_TRACEMALLOC does (`memtrace`).
+    tracing its allocations, once its heartbeat says it is warm, when $YOLOSTREAM_TRACEMALLOC does
+    (`memtrace`).
 
     The statistics go to ``<folder>/<role>-<pid>.prof`` when the worker returns, e.g. for
     ``python -m pstats``; a worker killed by a signal writes nothing.
     """
-    memtrace.start(role)
+    ctx = next((a for a in args if isinstance(a, WorkerContext)), None)
+    memtrace.start(role, ready=lambda: ctx is None or ctx.heartbeat is None or bool(ctx.heartbeat[1]))
     folder = os.environ.get(PROFILE_ENV)
     if not folder:
         return entry(*args)

@@ -17,7 +17,7 @@ completed; `stream_gone` closes a stream's rings once nothing of it is queued or
 from __future__ import annotations
 
 import logging
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
@@ -25,6 +25,9 @@ from streamer.engine.executor import Executor
 from streamer.messages import FrameReady
 from streamer.preprocess import LetterboxGeometry, letterbox, to_input_tensor
 from streamer.transport.ring import FrameRing, StaleSlotError
+
+if TYPE_CHECKING:
+    from streamer.workers.pictures import Pictures
 
 log = logging.getLogger(__name__)
 
@@ -52,9 +55,11 @@ class FrameReader(Protocol):
 class HostFrames:
     """Shared-memory rings of RGB frames, mapped on first use; letterboxed by NumPy/OpenCV."""
 
-    def __init__(self, executor: Executor, swap_rb: bool) -> None:
+    def __init__(self, executor: Executor, swap_rb: bool, pictures: Pictures | None = None) -> None:
         self.executor = executor
         self.swap_rb = swap_rb
+        self.pictures = pictures
+        """Where a frame of a stream someone looks at is copied to now and then (its picture)."""
         spec = executor.spec
         self._canvas = np.empty((spec.height, spec.width, 3), np.uint8)
         self.rings: dict[str, FrameRing] = {}
@@ -80,9 +85,12 @@ class HostFrames:
             ring.check(note.slot, note.seq)
             image = ring.view(note.slot, (note.height, note.width, 3))
             letterbox(image, spec.width, spec.height, out=self._canvas)
+            shot = image.copy() if self.pictures is not None and self.pictures.want(note) else None
             del image  # the ring must hold no view of its memory when it is closed
             to_input_tensor(self._canvas, swap_rb=self.swap_rb, out=self.executor.host_input(slot)[index])
             ring.check(note.slot, note.seq)  # the pixels were not overwritten while we read them
+            if shot is not None and self.pictures is not None:
+                self.pictures.keep(note, shot)
         finally:
             ring.release(note.slot, note.seq)
 

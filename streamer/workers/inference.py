@@ -36,6 +36,7 @@ from streamer.messages import (
     StreamEvent,
 )
 from streamer.metrics import DROP_STALE_SLOT, inference_metrics
+from streamer.picture import PICTURES_DIR
 from streamer.postprocess import serving_nms
 from streamer.preprocess import LetterboxGeometry, letterbox_geometry
 from streamer.protocol import event_message
@@ -43,9 +44,11 @@ from streamer.publish import Publisher
 from streamer.status import STATE_OF_EVENT, decoder_after
 from streamer.transport.notify import NotifyReceiver
 from streamer.transport.ring import StaleSlotError
+from streamer.workers.analysis import Analysis
 from streamer.workers.common import StopFlag, WorkerContext, heartbeat, start_worker
 from streamer.workers.frames import FrameReader, HostFrames
 from streamer.workers.ledger import Ledger, ledger_dir
+from streamer.workers.pictures import Pictures
 from streamer.workers.reporting import Reporter, wait_for_previous_subscribers
 from streamer.workers.results import Item, Results
 from streamer.workers.streams import StreamBook, StreamState
@@ -86,17 +89,26 @@ class InferenceLoop:
         self.max_batch = spec.max_batch
         self.timeout_s = cfg.engine.batch_timeout_ms / 1000
         self.swap_rb = cfg.model.channel_order == "bgr"  # rings hold RGB
-        self.book = StreamBook(ledger)
-        for stream in self.book:  # a replaced worker's streams: their seq goes on, never back
-            if stream.record is not None:
+
+        def resume(stream: StreamState) -> None:  # a replaced worker's stream, or one moved here from a
+            if stream.record is not None:  # failed worker (engine.devices): its seq goes on, never back
                 publisher.resume(stream.id, stream.record.next_seq)
-        self.host_frames = HostFrames(executor, self.swap_rb)
+
+        self.book = StreamBook(ledger, on_new=resume)
+        names = _class_names(cfg, spec.num_classes)
+        analysis = Analysis(cfg, names)
+        self.pictures: Pictures | None = None
+        """The streams' pictures, when the supervisor serves them (its run directory has ``pictures/``)."""
+        if status_path is not None and (status_path.parent / PICTURES_DIR).is_dir():
+            self.pictures = Pictures(status_path.parent / PICTURES_DIR, cfg, names, analysis)
+        self.host_frames = HostFrames(executor, self.swap_rb, self.pictures)
         self.gpu_frames: DeviceFrames | None = None
         """The CUDA-ring side, created for the first NVDEC stream; None on the CPU path."""
         self.timeline = Timeline.from_env(executor)
         self.results = Results(
-            executor, publisher, serving_nms(cfg.detection), _class_names(cfg, spec.num_classes),
+            executor, publisher, serving_nms(cfg.detection), names,
             on_batch=self.timeline.published if self.timeline is not None else None,
+            analysis=analysis, pictures=self.pictures,
         )  # fmt: skip
         self.reporter = Reporter(cfg, self.book, publisher, status_path)
         self.metrics = inference_metrics()
@@ -139,6 +151,8 @@ class InferenceLoop:
             t4 = clock()
             self._publish_events()
             self.reporter.tick()
+            if self.pictures is not None:
+                self.pictures.tick(t4)
             if timeline is not None:
                 t5 = clock()
                 for phase, seconds in zip(
@@ -295,6 +309,8 @@ class InferenceLoop:
         return not (self.executor.inflight or self.book.busy())
 
     def close(self) -> None:
+        if self.pictures is not None:
+            self.pictures.close()
         self.reporter.close()
         self.host_frames.close()
         if self.gpu_frames is not None:

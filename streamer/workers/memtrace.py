@@ -3,7 +3,11 @@
 With ``$YOLOSTREAM_TRACEMALLOC`` naming a folder, a worker traces its allocations and, every
 ``$YOLOSTREAM_TRACEMALLOC_S`` seconds (60), appends to ``<folder>/<role>-<pid>.txt`` its resident memory,
 the traced total and the allocation sites that grew most since the first interval (the baseline: start-up
-allocations are not growth). A site that grows at every interval is a leak; RSS growing while the traced
+allocations are not growth). Tracing begins only once the worker says it is warm (`ready()`, e.g. past its
+first batch): tracemalloc slows every allocation, and an engine traced while it converts and compiles the
+model takes minutes longer to start (a GPU soak saw no frame published in 300 s).
+
+A site that grows at every interval is a leak; RSS growing while the traced
 total does not points below Python (a driver, a decoder library, the allocator).
 """
 
@@ -13,6 +17,7 @@ import os
 import threading
 import time
 import tracemalloc
+from collections.abc import Callable
 from pathlib import Path
 
 TRACEMALLOC_ENV = "YOLOSTREAM_TRACEMALLOC"
@@ -21,16 +26,15 @@ FRAMES = 6  # traceback depth per allocation: enough to see the caller of a libr
 TOP = 12
 
 
-def start(role: str) -> None:
-    """Start tracing in this process when the environment asks for it; otherwise do nothing."""
+def start(role: str, ready: Callable[[], bool] = lambda: True) -> None:
+    """Trace this process once `ready()` is true, when the environment asks for it; else do nothing."""
     folder = os.environ.get(TRACEMALLOC_ENV)
     if not folder:
         return
     interval = float(os.environ.get(INTERVAL_ENV, "60"))
     out = Path(folder) / f"{role}-{os.getpid()}.txt"
     out.parent.mkdir(parents=True, exist_ok=True)
-    tracemalloc.start(FRAMES)
-    threading.Thread(target=_report, args=(out, interval), name="memtrace", daemon=True).start()
+    threading.Thread(target=_report, args=(out, interval, ready), name="memtrace", daemon=True).start()
 
 
 def _rss_mib() -> float:
@@ -40,7 +44,10 @@ def _rss_mib() -> float:
     return float("nan")
 
 
-def _report(out: Path, interval: float) -> None:
+def _report(out: Path, interval: float, ready: Callable[[], bool]) -> None:
+    while not ready():
+        time.sleep(1.0)
+    tracemalloc.start(FRAMES)
     started = time.monotonic()
     time.sleep(interval)
     baseline = tracemalloc.take_snapshot()

@@ -76,7 +76,9 @@ class Reporter:
         if self.status_path is None:
             return
         streams = {
-            s.id: StreamStatus(s.state, s.published, s.dropped, s.last_frame_time, s.decoder)
+            s.id: StreamStatus(
+                s.state, s.published, s.dropped, s.last_frame_time, s.decoder, s.width, s.height
+            )
             for s in self.book
         }
         published = sum(s.published for s in self.book)

@@ -2,8 +2,9 @@
 
 `Results.collect` takes every finished batch from the executor, oldest first, decodes each image's output
 (`streamer.postprocess` for the grid layout — on the candidate rows the GPU kept, when it filtered them —
-or `streamer.postprocess_end2end`), maps the boxes back through the frame's letterbox geometry, and
-publishes one `DetectionsMessage` per frame, in batch order; the stream's counters and metrics follow.
+or `streamer.postprocess_end2end`), maps the boxes back through the frame's letterbox geometry, tracks them
+where the stream's config says so (`streamer.workers.analysis`), and publishes one `DetectionsMessage` per
+frame, in batch order; the stream's counters and metrics follow.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from streamer.postprocess_end2end import decode_end2end
 from streamer.preprocess import LetterboxGeometry
 from streamer.protocol import DetectionsMessage, detections_from_array
 from streamer.publish import Publisher
+from streamer.workers.analysis import Analysis
+from streamer.workers.pictures import Pictures
 from streamer.workers.streams import StreamBook
 
 
@@ -51,6 +54,8 @@ class Results:
         nms: NmsParams,
         class_names: tuple[str, ...],
         on_batch: Callable[[Batch, float, float], None] | None = None,
+        analysis: Analysis | None = None,
+        pictures: Pictures | None = None,
     ) -> None:
         self.executor = executor
         self.publisher = publisher
@@ -59,6 +64,8 @@ class Results:
         self.metrics = inference_metrics()
         self.on_batch = on_batch
         """Called after each batch with (batch, decoded, published) perf_counter times (the timeline)."""
+        self.analysis = analysis
+        self.pictures = pictures
 
     def collect(self, book: StreamBook) -> int:
         """Post-process and publish every finished batch, oldest first; how many frames were published."""
@@ -76,10 +83,12 @@ class Results:
             for item, found in zip(batch.items, found_all, strict=True):
                 dets = to_source_frame(found, item.geometry)
                 note = item.note
+                per_stream = self.analysis.get(note.stream) if self.analysis is not None else None
+                track_ids = per_stream.track(note, dets) if per_stream is not None else None
                 msg = DetectionsMessage(
                     stream=note.stream, frame=note.index, pts=note.pts, capture_ts=note.capture_time,
                     width=note.width, height=note.height,
-                    detections=detections_from_array(dets, self.class_names),
+                    detections=detections_from_array(dets, self.class_names, track_ids),
                 )  # fmt: skip
                 built = clock()
                 stream = book[note.stream]
@@ -87,6 +96,12 @@ class Results:
                 # a seq given twice.
                 stream.published_frame(note.index, self.publisher.next_seq(note.stream))
                 self.publisher.publish(msg)
+                if track_ids is not None and per_stream is not None:
+                    zones = per_stream.zone_message(note, dets, track_ids)
+                    if zones is not None:
+                        self.publisher.publish(zones)
+                if self.pictures is not None:
+                    self.pictures.published(note, dets, track_ids)
                 sent = clock()
                 m.postprocess_seconds.observe(nms_share + built - start)
                 m.publish_seconds.observe(sent - built)

@@ -83,8 +83,11 @@ class RingWriter:
     replaced: the frames announced to the dead one will never be released, so their slots are taken back.
     """
 
-    def __init__(self, run_dir: str, stream_id: str, slots: int, epoch: Any = None) -> None:
+    def __init__(
+        self, run_dir: str, stream_id: str, slots: int, epoch: Any = None, cuda_device: int = 0
+    ) -> None:
         self._dir = Path(run_dir)
+        self._cuda_device = cuda_device
         self._stream = stream_id
         self._slots = slots
         self._generation = 0
@@ -129,7 +132,7 @@ class RingWriter:
         if self.device is None:
             from streamer.workers.device_ring import DeviceRing
 
-            self.device = DeviceRing(str(self._dir), self._stream, self._slots)
+            self.device = DeviceRing(str(self._dir), self._stream, self._slots, self._cuda_device)
         return self.device
 
     def close(self) -> None:
@@ -158,10 +161,13 @@ def serve_stream(
     call that blocked past its timeouts; it does not return (it ends the process).
     """
     sender = NotifySender(ctx.notify_endpoint)
-    writer = RingWriter(ctx.run_dir, cfg.id, cfg.ring_slots, ctx.inference_epoch)
+    writer = RingWriter(ctx.run_dir, cfg.id, cfg.ring_slots, ctx.inference_epoch, ctx.cuda_device)
     engine_on_gpu = ctx.engine_on_gpu is None or bool(ctx.engine_on_gpu.value)
     source = open_source(
-        cfg, on_fallback=lambda exc, frames: _fell_back(cfg, sender, exc, frames), engine_on_gpu=engine_on_gpu
+        cfg,
+        on_fallback=lambda exc, frames: _fell_back(cfg, sender, exc, frames),
+        engine_on_gpu=engine_on_gpu,
+        device=ctx.cuda_device,
     )
     watchdog = Watchdog(on_stall)
     try:

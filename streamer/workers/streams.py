@@ -68,6 +68,9 @@ class StreamState:
     state: str = "starting"
     decoder: str = ""
     last_frame_time: float = 0.0
+    width: int = 0
+    height: int = 0
+    """The size of the stream's last announced frame (0: none yet)."""
     record: LedgerRecord | None = None
     """Where the stream's accounting outlives this worker (None: kept in memory only)."""
     expected: int | None = None
@@ -195,9 +198,14 @@ class StreamState:
 class StreamBook:
     """Every stream the worker has heard of, and the frames and events queued for each."""
 
-    def __init__(self, ledger: Ledger | None = None) -> None:
+    def __init__(
+        self, ledger: Ledger | None = None, on_new: Callable[[StreamState], None] | None = None
+    ) -> None:
         self.streams: dict[str, StreamState] = {}
         self.ledger = ledger
+        self._on_new = on_new
+        """Called with each stream the book makes (e.g. one moved here from a failed worker, with its
+        ledger record: its seq goes on)."""
         if ledger is not None:  # a replaced worker's streams: their state and counts carry over
             for stream in ledger.streams():
                 self.get(stream)
@@ -213,12 +221,15 @@ class StreamBook:
         if state is None:
             record = self.ledger.record(stream) if self.ledger is not None else None
             state = self.streams[stream] = StreamState(stream, record=record)
+            if self._on_new is not None:
+                self._on_new(state)
         return state
 
     def add_frame(self, note: FrameReady, now: float) -> None:
         stream = self.get(note.stream)
         stream.exited = False  # a new worker (a restart): its rings must not be closed for the old one's exit
         stream.announced(note)
+        stream.width, stream.height = note.width, note.height
         stream.queue.append(note)
         stream.arrivals.append(now)
         stream.sync()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -117,12 +118,13 @@ class Daemon:
         self.sub.close()
 
 
-def start_daemon(tmp_path: Path, config_text: str, name: str = "daemon") -> Daemon:
-    """Write `config_text` (its publish endpoint must be ``{endpoint}``) and start the daemon on it."""
+def start_daemon(tmp_path: Path, config_text: str, name: str = "daemon", analytics: bool = False) -> Daemon:
+    """Write `config_text` (its publish endpoint must be ``{endpoint}``) and start the daemon on it; the
+    subscriber also receives ``ana.`` messages with `analytics`."""
     endpoint = f"ipc://{tmp_path}/{name}.pub"
     config = tmp_path / f"{name}.yaml"
     config.write_text(config_text.replace("{endpoint}", endpoint))
-    sub = Subscriber(endpoint)
+    sub = Subscriber(endpoint, analytics=analytics)
     log_path = tmp_path / f"{name}.log"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     with log_path.open("w") as log:
@@ -131,3 +133,39 @@ def start_daemon(tmp_path: Path, config_text: str, name: str = "daemon") -> Daem
             stdout=log, stderr=subprocess.STDOUT, text=True, env=env,
         )  # fmt: skip
     return Daemon(proc, sub, log_path)
+
+
+# --- the metrics endpoint of a daemon started with ``metrics: {listen: 127.0.0.1:0}`` ---------------------
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+"""(name, sorted labels) → value."""
+
+
+def metrics_url(daemon: Daemon, timeout: float = 30.0) -> str:
+    """The URL of the daemon's metrics endpoint, read back from its log (it picks the port)."""
+    deadline = time.monotonic() + timeout
+    while (found := re.search(r"metrics and health checks on (http://\S+) ", daemon.log())) is None:
+        assert daemon.proc.poll() is None and time.monotonic() < deadline, daemon.log()
+        time.sleep(0.05)
+    return found.group(1)
+
+
+def scrape(url: str) -> tuple[str, Samples]:
+    """``/metrics`` as Prometheus reads it: the text and its samples."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from streamer.status_command import fetch
+
+    code, text = fetch(f"{url}/metrics")
+    assert code == 200, text
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+    return text, samples
+
+
+def value(samples: Samples, name: str, **labels: str) -> float:
+    """The sample `name` with exactly these `labels`; 0 where there is none."""
+    return samples.get((name, tuple(sorted(labels.items()))), 0.0)

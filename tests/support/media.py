@@ -273,6 +273,33 @@ def bright_spot_clip(
     return write_clip(path, frames, codec=codec, **write_options)  # type: ignore[arg-type]
 
 
+def moving_spots_clip(
+    path: str | Path,
+    size: tuple[int, int],
+    paths: Sequence[Sequence[tuple[float, float] | None]],
+    radius: float,
+    codec: str = "h264",
+    **write_options: object,
+) -> Path:
+    """A dark clip of `size` (w, h) with several bright discs: frame ``i`` has one at ``paths[k][i]`` for
+    each spot ``k`` (none where that is None); every path has one entry per frame. For the spots oracle
+    (`tests.support.models.write_spots_model`) keep the discs ~2.5 cells of model input in radius and their
+    boxes apart. Returns `path`."""
+    frames = len(paths[0])
+    if any(len(p) != frames for p in paths):
+        raise ValueError("every path needs one position (or None) per frame")
+    w, h = size
+
+    def frame(i: int) -> np.ndarray:
+        picture = np.full((h, w, 3), BACKGROUND, dtype=np.uint8)
+        for p in paths:
+            if p[i] is not None:
+                draw_disc(picture, p[i], radius)  # type: ignore[arg-type]
+        return picture
+
+    return write_clip(path, (frame(i) for i in range(frames)), codec=codec, **write_options)  # type: ignore[arg-type]
+
+
 # --- broken files --------------------------------------------------------------------------------------
 
 

@@ -116,3 +116,76 @@ def write_oracle_model(
     path = Path(path)
     onnx.save(model, str(path))
     return path
+
+
+def write_spots_model(
+    path: str | Path,
+    *,
+    input_size: tuple[int, int] = (320, 320),
+    box_size: float = 48.0,
+    stride: int = 4,
+    threshold: float = 2.0,
+) -> Path:
+    """Write an oracle that finds *every* bright spot: one class (``spot``), one box per spot.
+
+    Same interface as `write_oracle_model` with one class, but one candidate row per ``stride`` x
+    ``stride`` cell of the input (``(H / stride) * (W / stride)`` rows)::
+
+        s = sum over channels                                 [B, 1, H, W]
+        p = average of s over each cell, then over 3x3 cells  [B, 1, H/stride, W/stride]
+        objectness = 1 where p is its 3x3 neighbourhood's maximum and above `threshold`, else 0
+
+    and each row's box is `box_size` square, centred on its cell. A disc of radius ~2 cells or more of
+    value 255 (3.0 summed) on a dark background makes one peak within a cell of its centre (neighbours
+    that tie make boxes that overlap by far more than NMS's IoU, so one is kept): positions are good to
+    about ``stride`` input pixels, enough to track and count spots, not to measure the letterbox.
+    """
+    h, w = input_size
+    if h % stride or w % stride:
+        raise ValueError(f"input_size {input_size} is not a multiple of stride {stride}")
+    gh, gw = h // stride, w // stride
+    n = gh * gw
+    ys, xs = np.mgrid[0:gh, 0:gw]
+    centres = np.stack([(xs.ravel() + 0.5) * stride, (ys.ravel() + 0.5) * stride], axis=1).astype(np.float32)
+    tail = np.array([[box_size, box_size]], dtype=np.float32)
+    inits = [
+        numpy_helper.from_array(centres.reshape(1, n, 2), "centres"),
+        numpy_helper.from_array(tail.reshape(1, 1, 2), "size"),
+        numpy_helper.from_array(np.array([threshold], dtype=np.float32), "threshold"),
+        numpy_helper.from_array(np.array([0.0], dtype=np.float32), "zero"),
+        numpy_helper.from_array(np.array([1], dtype=np.int64), "axis_c"),
+        numpy_helper.from_array(np.array([0, n, 1], dtype=np.int64), "rows_shape"),
+    ]
+    nodes = [
+        helper.make_node("ReduceSum", [INPUT_NAME, "axis_c"], ["s"], keepdims=1),  # [B, 1, H, W]
+        helper.make_node(
+            "AveragePool", ["s"], ["p0"], kernel_shape=[stride, stride], strides=[stride, stride]
+        ),
+        helper.make_node(
+            "AveragePool", ["p0"], ["p"], kernel_shape=[3, 3], pads=[1, 1, 1, 1], count_include_pad=0
+        ),
+        helper.make_node("MaxPool", ["p"], ["pmax"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+        helper.make_node("Equal", ["p", "pmax"], ["is_max"]),
+        helper.make_node("Greater", ["p", "threshold"], ["bright"]),
+        helper.make_node("And", ["is_max", "bright"], ["peak"]),
+        helper.make_node("Cast", ["peak"], ["obj4"], to=TensorProto.FLOAT),  # [B, 1, gh, gw]
+        helper.make_node("Reshape", ["obj4", "rows_shape"], ["obj"]),  # [B, n, 1] (0: keep the batch)
+        helper.make_node("Mul", ["obj", "zero"], ["zeros"]),  # [B, n, 1]
+        helper.make_node("Add", ["zeros", "centres"], ["xy"]),  # [B, n, 2]
+        helper.make_node("Add", ["zeros", "size"], ["wh"]),  # [B, n, 2]
+        helper.make_node("Concat", ["xy", "wh", "obj", "obj"], [OUTPUT_NAME], axis=2),  # class 0 = obj
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "yolo_spots_oracle",
+        [helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, ["batch", 3, h, w])],
+        [helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, ["batch", n, 6])],
+        initializer=inits,
+    )
+    opsets = [helper.make_opsetid("", 17)]
+    model = helper.make_model(graph, opset_imports=opsets, producer_name="yolostream-tests")
+    model.ir_version = helper.find_min_ir_version_for(opsets)
+    onnx.checker.check_model(model, full_check=True)
+    path = Path(path)
+    onnx.save(model, str(path))
+    return path

@@ -113,16 +113,24 @@ def test_only_the_newest_waiting_frame_of_a_live_stream_is_inferred(rig: Rig) ->
     for i in range(6):  # arrive together: nothing closes a batch before they are all here
         rig.announce("a", i, (50.0 + 10 * i, 50.0), live=True)
     # The drop report goes out on its own clock (at most one a second), so it may come before or after
-    # the detections of the frame that was kept.
-    received = rig.receive(2)
+    # the detections of the frame that was kept, and a slow machine may split the drops over two reports.
+    received: list[DetectionsMessage | EventMessage] = []
+    while not any(isinstance(m, DetectionsMessage) for m in received) or _dropped(received) < 5:
+        received += rig.receive(1)
     (msg,) = [m for m in received if isinstance(m, DetectionsMessage)]
-    (dropped,) = [m for m in received if isinstance(m, EventMessage)]
     assert msg.frame == 5
     assert rig.loop.streams["a"].dropped == 5
-    assert dropped.event == "dropped"  # within a second, by reason
-    assert dropped.detail == {"first": 0, "last": 4, "dropped": 5, "dropped_total": 5, "inference_behind": 5}
+    reports = [m.detail for m in received if isinstance(m, EventMessage) and m.event == "dropped"]
+    assert (reports[0]["first"], reports[-1]["last"], reports[-1]["dropped_total"]) == (0, 4, 5)
+    assert sum(int(r["inference_behind"]) for r in reports) == 5  # within a second or two, by reason
     assert rig.ring.busy() == 0  # the dropped frames' slots were released too
     assert rig.loop.batch_sizes == {1: 1}
+
+
+def _dropped(messages: list[DetectionsMessage | EventMessage]) -> int:
+    return sum(
+        int(m.detail["dropped"]) for m in messages if isinstance(m, EventMessage) and m.event == "dropped"
+    )
 
 
 def test_the_rings_of_a_restarted_source_stay_mapped_after_its_predecessor_exited(

@@ -40,3 +40,25 @@ def test_the_report_names_the_allocation_that_grows(tmp_path: Path) -> None:
     assert "rss=" in last[0] and "traced=" in last[0]
     assert "<string>:" in last[1], last  # the biggest growth is the bytearray line of the script
     assert float(last[1].split()[0]) > 0
+
+
+WAITER = """
+import threading, time, tracemalloc
+from streamer.workers import memtrace
+warm = threading.Event()
+memtrace.start("waiter", ready=warm.is_set)
+time.sleep(2.5)
+print("before", tracemalloc.is_tracing(), flush=True)
+warm.set()
+deadline = time.monotonic() + 30
+while not tracemalloc.is_tracing() and time.monotonic() < deadline:
+    time.sleep(0.05)
+print("after", tracemalloc.is_tracing(), flush=True)
+"""
+
+
+def test_tracing_waits_until_the_worker_is_warm(tmp_path: Path) -> None:
+    # An engine traced while it compiles starts minutes late: nothing is traced before `ready()`.
+    env = {**os.environ, "YOLOSTREAM_TRACEMALLOC": str(tmp_path), "YOLOSTREAM_TRACEMALLOC_S": "0.5"}
+    out = subprocess.run([sys.executable, "-c", WAITER], env=env, capture_output=True, text=True, timeout=60)
+    assert out.stdout.split() == ["before", "False", "after", "True"], out.stderr
