@@ -378,8 +378,20 @@ def _start_subscribe_process(endpoint: str, prelude: str = "", **popen: object) 
         f"{prelude}import sys; from streamer.client import subscribe_main; "
         f"sys.exit(subscribe_main({endpoint!r}, None, False, None, None))"
     )
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONFAULTHANDLER": "1"}
     return subprocess.Popen([sys.executable, "-c", code], env=env, text=True, **popen)  # type: ignore[call-overload]
+
+
+def _after_ctrl_c(proc: subprocess.Popen[str]) -> tuple[str, str]:
+    """(stdout, stderr) once `proc` has exited after SIGINT; if it has not within TIMEOUT, fail with the
+    Python stack of every thread (faulthandler, on SIGABRT), so that a hang under load shows where it was."""
+    proc.send_signal(signal.SIGINT)
+    try:
+        return proc.communicate(timeout=TIMEOUT)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGABRT)
+        _, err = proc.communicate(timeout=TIMEOUT)
+        pytest.fail(f"still running {TIMEOUT:.0f} s after SIGINT; its stacks:\n{err}")
 
 
 def test_subscribe_main_ctrl_c_is_quiet(pub: Publisher) -> None:
@@ -389,8 +401,7 @@ def test_subscribe_main_ctrl_c_is_quiet(pub: Publisher) -> None:
         pub.publish(evt("cam1", EVENT_STARTED, "opened"))
         assert proc.stdout is not None
         assert proc.stdout.readline() == "cam1 #0 EVENT started: opened\n"
-        proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=TIMEOUT)
+        out, err = _after_ctrl_c(proc)
     finally:
         proc.kill()
         proc.wait()
@@ -415,8 +426,7 @@ def test_subscribe_main_acts_on_a_ctrl_c_that_did_not_interrupt_its_poll(pub: Pu
         pub.publish(evt("cam1", EVENT_STARTED, "opened"))
         assert proc.stdout is not None
         assert proc.stdout.readline() == "cam1 #0 EVENT started: opened\n"  # now waiting with no timeout
-        proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=TIMEOUT)
+        out, err = _after_ctrl_c(proc)
     finally:
         proc.kill()
         proc.wait()
