@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
 
 import pytest
 import zmq
@@ -383,15 +384,33 @@ def _start_subscribe_process(endpoint: str, prelude: str = "", **popen: object) 
 
 
 def _after_ctrl_c(proc: subprocess.Popen[str]) -> tuple[str, str]:
-    """(stdout, stderr) once `proc` has exited after SIGINT; if it has not within TIMEOUT, fail with the
-    Python stack of every thread (faulthandler, on SIGABRT), so that a hang under load shows where it was."""
+    """(stdout, stderr) once `proc` has exited after SIGINT. Its exit is waited for, not the end of its
+    pipes: another process of the suite that inherited them could hold them open. If it has not exited
+    within TIMEOUT, fail with the Python stack of every thread (faulthandler, on SIGABRT)."""
+    assert proc.stdout is not None and proc.stderr is not None
     proc.send_signal(signal.SIGINT)
     try:
-        return proc.communicate(timeout=TIMEOUT)
+        proc.wait(timeout=TIMEOUT)
     except subprocess.TimeoutExpired:
         proc.send_signal(signal.SIGABRT)
-        _, err = proc.communicate(timeout=TIMEOUT)
-        pytest.fail(f"still running {TIMEOUT:.0f} s after SIGINT; its stacks:\n{err}")
+        proc.wait(timeout=TIMEOUT)
+        pytest.fail(f"still running {TIMEOUT:.0f} s after SIGINT; its stacks:\n{_available(proc.stderr)}")
+    return _available(proc.stdout), _available(proc.stderr)
+
+
+def _available(pipe: IO[str]) -> str:
+    """What the pipe holds now (past what was read from it already), without waiting for its end."""
+    os.set_blocking(pipe.fileno(), False)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(pipe.fileno(), 1 << 16)
+        except BlockingIOError:
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    return b"".join(chunks).decode(errors="replace")
 
 
 def test_subscribe_main_ctrl_c_is_quiet(pub: Publisher) -> None:
