@@ -17,7 +17,6 @@ import argparse
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -33,31 +32,7 @@ from daemon_tools import stop_daemon
 from gpu_live import FPS, receive_until, wait_for_streams, write_config
 
 from streamer.client import Subscriber
-
-
-def rss_mib(pid: int) -> float | None:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        return None
-    return None
-
-
-def gpu_by_pid() -> dict[int, float]:
-    if shutil.which("nvidia-smi") is None:
-        return {}
-    out = subprocess.run(
-        ["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"],
-        capture_output=True, text=True, timeout=10,
-    ).stdout  # fmt: skip
-    used = {}
-    for line in out.splitlines():
-        pid, _, mib = line.partition(",")
-        if mib.strip().isdigit():
-            used[int(pid)] = float(mib)
-    return used
+from streamer.processes import gpu_memory_by_pid, rss_mb
 
 
 def roles(log: str, daemon_pid: int) -> dict[int, str]:
@@ -135,10 +110,10 @@ def main() -> None:
                 while (now := time.perf_counter()) < start + args.minutes * 60:
                     receive_until(sub, proc, now + args.sample, on_det=count)
                     pids = roles(log_path.read_text(), proc.pid)
-                    gpu = gpu_by_pid()
+                    gpu = gpu_memory_by_pid()
                     sample = {"t": round(time.perf_counter() - start, 1), "published": published, "rss": {}}
                     for pid, role in pids.items():
-                        if (rss := rss_mib(pid)) is not None:
+                        if (rss := rss_mb(pid)) is not None:
                             sample["rss"][role] = rss
                             if pid in gpu:
                                 sample.setdefault("gpu", {})[role] = gpu[pid]
