@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import ssl
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from streamer.errors import YolostreamError
@@ -117,6 +118,26 @@ async def connect(cfg: FleetConfig, name: str, **callbacks: Any) -> Client:
     raise FleetError(
         f"fleet.nats: cannot connect to {cfg.display_urls}: no answer in {INITIAL_CONNECT_S:.0f} s"
     )
+
+
+async def connect_until(
+    cfg: FleetConfig, name: str, stopped: Callable[[], bool], what: str = "", retrying: str = "retrying"
+) -> Client | None:
+    """`connect`, again every second until it succeeds or `stopped()`; None if it stopped first. The first
+    failure is logged once, as ``<what><why>; <retrying>`` (a daemon waits for NATS without flooding its
+    log)."""
+    import asyncio
+
+    warned = False
+    while not stopped():
+        try:
+            return await connect(cfg, name)
+        except FleetError as exc:
+            if not warned:
+                log.warning("%s%s; %s", what, exc, retrying)
+                warned = True
+        await asyncio.sleep(1.0)
+    return None
 
 
 async def ensure_stream(js: JetStreamContext, cfg: FleetConfig) -> None:

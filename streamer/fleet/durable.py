@@ -27,7 +27,7 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
-from streamer.fleet.connect import API_TIMEOUT_S, FleetError, connect, ensure_stream
+from streamer.fleet.connect import API_TIMEOUT_S, FleetError, connect_until, ensure_stream
 from streamer.fleet.names import HEADER_DAEMON, HEADER_ENCODING, HEADER_MSG_ID, subject_of
 
 if TYPE_CHECKING:
@@ -127,18 +127,12 @@ class DurableSink:
         return self._closing and time.monotonic() >= self._deadline
 
     async def _main(self) -> None:
-        nc = None
-        warned = False
-        while nc is None:
-            try:
-                nc = await connect(self._cfg, f"yolostream {self._daemon} durable")
-            except FleetError as exc:
-                if not warned:
-                    log.warning("durable detections: %s; retrying (messages are queued meanwhile)", exc)
-                    warned = True
-                if self._give_up():
-                    return
-                await asyncio.sleep(1.0)
+        nc = await connect_until(
+            self._cfg, f"yolostream {self._daemon} durable", self._give_up,
+            "durable detections: ", "retrying (messages are queued meanwhile)",
+        )  # fmt: skip
+        if nc is None:
+            return
         try:
             js = nc.jetstream(timeout=API_TIMEOUT_S)
             while True:

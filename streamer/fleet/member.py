@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from streamer.fleet import buckets
-from streamer.fleet.connect import FleetError, connect
+from streamer.fleet.connect import FleetError, connect_until
 
 if TYPE_CHECKING:
     from streamer.config import FleetConfig, SourceConfig
@@ -122,16 +122,7 @@ class FleetMember:
         self._set_wanted({cid: lease.source for cid, lease in self._leases.items()})
 
     async def _main(self) -> None:
-        nc = None
-        warned = False
-        while nc is None and not self._stop.is_set():
-            try:
-                nc = await connect(self.cfg, f"yolostream {self.name} fleet")
-            except FleetError as exc:
-                if not warned:
-                    log.warning("%s; retrying", exc)
-                    warned = True
-                await asyncio.sleep(1.0)
+        nc = await connect_until(self.cfg, f"yolostream {self.name} fleet", self._stop.is_set)
         if nc is None:
             return
         try:
