@@ -30,6 +30,7 @@
 #   pipeline-fp16, pipeline-mps, pipeline-fp32  unpaced daemon vs engine alone (16/48 fp16, MPS, fp32 16;
 #             fp16: PIPELINE_STREAMS, PIPELINE_PER_PROCESS = supervisor.nvdec_streams_per_process)
 #   contention  benchmarks/gpu_contention.py: how much of the GPU 48 paced NVDEC streams take from the engine
+#   contention-mps  the same under CUDA MPS (CONTENTION_PER_PROCESS, default "8 0")
 #   soak      benchmarks/gpu_soak.py: per-process memory trend of a live daemon (SOAK_STREAMS, SOAK_MINUTES,
 #             SOAK_TRACE=1 for tracemalloc reports under $OUT/soak/memtrace)
 #   memory    benchmarks/source_memory.py: source workers' host and GPU memory per stream, 16 and 64 1080p
@@ -118,11 +119,14 @@ print('PyAV', av.__version__, '| cuda-bindings', cuda.bindings.__version__, '| t
         python benchmarks/gpu_pipeline.py --streams ${PIPELINE_STREAMS:-16 48} --batch 16 --seconds 15 --warmup 8 \
             --precision fp16 ${PIPELINE_PER_PROCESS:+--per-process $PIPELINE_PER_PROCESS} \
             --log "$OUT/daemon-pipeline.log" ;;
+    contention-mps)  # the same under CUDA MPS: what decoding takes from the engine when no context time-slices
+        with_mps python benchmarks/gpu_contention.py --streams ${CONTENTION_STREAMS:-48} \
+            --per-process ${CONTENTION_PER_PROCESS:-8 0} --seconds 6 ;;
     mps-live)  # live streams under CUDA MPS (one GPU context for every process instead of one each)
         with_mps python benchmarks/gpu_live.py --streams ${LIVE_STREAMS:-32 48} --seconds ${LIVE_SECONDS:-30} \
             --warmup 8 --batch ${LIVE_BATCH:-16} --out "$OUT/${LIVE_OUT:-mps}" ;;
     pipeline-mps)  # unpaced under CUDA MPS, fp16 compiled, 16 and 48 streams
-        with_mps python benchmarks/gpu_pipeline.py --streams 16 48 --batch 16 --seconds 15 --warmup 8 \
+        with_mps python benchmarks/gpu_pipeline.py --streams ${PIPELINE_STREAMS:-16 48} --batch 16 --seconds 15 --warmup 8 \
             --precision fp16 --log "$OUT/daemon-pipeline-mps.log" ;;
     pipeline-fp32)  # unpaced, fp32 compiled, 16 streams
         python benchmarks/gpu_pipeline.py --streams 16 --batch 16 --seconds 15 --warmup 8 --precision fp32 \
@@ -167,7 +171,7 @@ declare -A LIMIT=([env]=60 [probe]=90 [kernel]=90 [nvdec]=200 [engine]=200 [accu
                   [fp16-mps]=200 [fp16-contexts]=200 [variants]=560
                   [executor]=200 [real-accuracy]=400 [live]=580
                   [pipeline-fp16]=330 [mps-live]=330 [pipeline-mps]=300
-                  [pipeline-fp32]=300 [contention]=400 [soak]=590 [save-cache]=60 [eval-gpu]=560)
+                  [pipeline-fp32]=560 [contention]=400 [contention-mps]=400 [soak]=590 [save-cache]=60 [eval-gpu]=560)
 SUMMARY=()
 for name in "$@"; do
     start=$(date +%s)
