@@ -7,6 +7,7 @@ import json
 import shutil
 import signal
 import subprocess
+import time
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,22 @@ def gpu_used_mib() -> float | None:
         capture_output=True, text=True, timeout=10,
     ).stdout.split()  # fmt: skip
     return float(out[0]) if out else None
+
+
+def next_message(sub, proc: subprocess.Popen, timeout: float = 1.0):
+    """The next message within `timeout` s, or None; raises SystemExit as soon as the daemon has exited
+    (a daemon whose workers fail to start exits, and the benchmark must not wait out its timeout)."""
+    from streamer.client import ReceiveTimeout
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return sub.recv(timeout=min(1.0, max(0.0, deadline - time.monotonic())))
+        except ReceiveTimeout:
+            if proc.poll() is not None:
+                raise SystemExit(f"the daemon exited with code {proc.returncode} (see its log)") from None
+            if time.monotonic() >= deadline:
+                return None
 
 
 def stop_daemon(proc: subprocess.Popen) -> None:
@@ -65,6 +82,15 @@ def timeline_summary(path: Path, window: tuple[float, float]) -> dict:
         out["duty"] = (
             sum(b["infer_end"] - b["infer_start"] for b in timed) / span if span > 0 else float("nan")
         )
+        # The share of the span with at least one batch on the engine: below 1, the GPU waited for the
+        # daemon (no batch ready); at 1 with a low throughput, the engine ran slower than alone.
+        covered, end = 0.0, float("-inf")
+        for b in sorted(timed, key=lambda b: b["infer_start"]):
+            start = max(b["infer_start"], end)
+            if b["infer_end"] > start:
+                covered += b["infer_end"] - start
+            end = max(end, b["infer_end"])
+        out["engine_busy"] = covered / span if span > 0 else float("nan")
     loops = loops[-max(1, int((window[1] - window[0]) / 2)) :]
     total = sum(r["seconds"] for r in loops) or 1.0
     out["loop"] = {

@@ -44,9 +44,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from daemon_tools import gpu_used_mib, stop_daemon, timeline_summary
+from daemon_tools import gpu_used_mib, next_message, stop_daemon, timeline_summary
 
-from streamer.client import ReceiveTimeout, Subscriber
+from streamer.client import Subscriber
 
 FPS = 30
 
@@ -74,23 +74,9 @@ def write_config(
     )
 
 
-def _alive(proc: subprocess.Popen) -> None:
-    if proc.poll() is not None:
-        raise SystemExit(f"the daemon exited with code {proc.returncode} (see its log)")
-
-
-def _next(sub: Subscriber, proc: subprocess.Popen):
-    """The next message within a second, or None (after checking that the daemon still runs)."""
-    try:
-        return sub.recv(timeout=1.0)
-    except ReceiveTimeout:
-        _alive(proc)
-        return None
-
-
 def receive_until(sub: Subscriber, proc: subprocess.Popen, deadline: float, on_det=None, on_evt=None) -> None:
     while time.perf_counter() < deadline:
-        if (msg := _next(sub, proc)) is None:
+        if (msg := next_message(sub, proc)) is None:
             continue
         if msg.type == "det":  # type: ignore[union-attr]
             if on_det is not None:
@@ -109,7 +95,7 @@ def wait_for_streams(sub: Subscriber, proc: subprocess.Popen, streams: int, time
     while len(seen) < streams:
         if time.perf_counter() - started > timeout:
             raise SystemExit(f"only {len(seen)} of {streams} streams published within {timeout:.0f} s")
-        msg = _next(sub, proc)
+        msg = next_message(sub, proc)
         if msg is not None and msg.type == "det":
             seen.add(msg.stream)
     return time.perf_counter() - started

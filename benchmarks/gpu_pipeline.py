@@ -28,7 +28,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from daemon_tools import gpu_used_mib, stop_daemon, timeline_summary
+from daemon_tools import gpu_used_mib, next_message, stop_daemon, timeline_summary
 
 from streamer.client import Subscriber
 
@@ -78,19 +78,23 @@ def daemon_throughput(
         )
         try:
             first = None
+            deadline = time.monotonic() + 300
             while first is None:
-                msg = sub.recv(timeout=300)
+                if (msg := next_message(sub, proc)) is None:
+                    if time.monotonic() > deadline:
+                        raise SystemExit("no detection within 300 s (see the daemon's log)")
+                    continue
                 if msg.type == "det":  # type: ignore[union-attr]
                     first = time.perf_counter()
                 elif msg.event == "error":  # type: ignore[union-attr]
                     print(f"error event: {msg}", file=sys.stderr)
             while time.perf_counter() - first < warmup:
-                sub.recv(timeout=60)
+                next_message(sub, proc, 60)
             memory = gpu_used_mib()
             count, start, start_wall = 0, time.perf_counter(), time.time()
             while (now := time.perf_counter()) - start < seconds:
-                msg = sub.recv(timeout=60)
-                if msg.type == "det":  # type: ignore[union-attr]
+                msg = next_message(sub, proc, 60)
+                if msg is not None and msg.type == "det":
                     count += 1
                     seen.add(msg.stream)  # type: ignore[union-attr]
             rate = count / (now - start)
@@ -144,15 +148,16 @@ def main() -> None:
           f"{args.precision}, batch {args.batch}, NVDEC streams per process "
           f"{args.per_process or 'default'}, pid {os.getpid()}")  # fmt: skip
     header = ("streams", "publishing", "engine img/s", "daemon img/s", "ratio", "daemon GPU MiB",
-              "batch", "engine ms", "duty", "loop busy")  # fmt: skip
+              "batch", "form ms", "engine ms", "duty", "engine busy", "loop busy")  # fmt: skip
     print(" | ".join(header))
     for n, rate, memory, published, t in results:
         busy = 1 - t["loop"]["poll"] if t.get("loop") else float("nan")
         row = (
             str(n), str(published), f"{ceil:.1f}", f"{rate:.1f}", f"{rate / ceil:.2f}",
             "?" if memory is None else f"{memory:.0f}", f"{t.get('batch', 0):.1f}",
+            f"{t['form'][0]:.1f}/{t['form'][1]:.1f}" if "form" in t else "-",
             f"{t['engine'][0]:.1f}/{t['engine'][1]:.1f}" if "engine" in t else "-",
-            f"{t.get('duty', float('nan')):.2f}", f"{busy:.0%}",
+            f"{t.get('duty', float('nan')):.2f}", f"{t.get('engine_busy', float('nan')):.0%}", f"{busy:.0%}",
         )  # fmt: skip
         print(" | ".join(f"{v:>{len(h)}}" for v, h in zip(row, header, strict=True)))
 
