@@ -50,7 +50,7 @@ def engine_ceiling(model: Path, batch: int, precision: str, batches: int) -> flo
 def daemon_throughput(
     model: Path, clip: Path, streams: int, batch: int, precision: str, decoder: str,
     warmup: float, seconds: float, workdir: Path, log: Path | None, ring_slots: int = 4,
-    per_process: int | None = None,
+    per_process: int | None = None, engine_extra: str = "",
 ) -> tuple[float, float | None, int, dict]:  # fmt: skip
     """(detection messages/s, GPU MiB held by the daemon, streams that published, timeline summary)."""
     endpoint = f"ipc://{workdir}/pub.sock"
@@ -64,7 +64,7 @@ def daemon_throughput(
     config.write_text(
         groups
         + f"model:\n  onnx: {model}\nengine:\n  backend: torch\n  device: cuda\n  precision: {precision}\n"
-        f"  max_batch: {batch}\nsources:\n{sources}publish:\n  endpoint: {endpoint}\n"
+        f"  max_batch: {batch}\n{engine_extra}sources:\n{sources}publish:\n  endpoint: {endpoint}\n"
         "logging:\n  stats_interval_s: 5\n  level: INFO\nmetrics:\n  enabled: false\n"
     )
     before = gpu_used_mib()
@@ -122,7 +122,15 @@ def main() -> None:
     parser.add_argument("--clip", type=Path, help="a 1080p H.264 file (default: made here)")
     parser.add_argument("--model", type=Path, help="an ONNX model (default: random-weight YOLOv7)")
     parser.add_argument("--log", type=Path, help="the daemon's log file")
+    parser.add_argument("--inflight", type=int, default=2, help="engine.inflight (batches in flight)")
+    parser.add_argument("--concurrent", action="store_true", help="engine.concurrent_batches: true")
+    parser.add_argument(
+        "--batch-sizes", type=int, nargs="+", help="engine.batch_sizes (default: the daemon's)"
+    )
     args = parser.parse_args()
+    engine_extra = f"  inflight: {args.inflight}\n  concurrent_batches: {str(args.concurrent).lower()}\n"
+    if args.batch_sizes:
+        engine_extra += f"  batch_sizes: [{', '.join(map(str, args.batch_sizes))}]\n"
     from gpu_decode import make_clip
     from gpu_executor import random_yolov7
 
@@ -137,6 +145,7 @@ def main() -> None:
             (n, *daemon_throughput(
                 model, clip, n, args.batch, args.precision, args.decoder,
                 args.warmup, args.seconds, workdir, args.log, args.ring_slots, args.per_process,
+                engine_extra,
             ))
             for n in args.streams
         ]  # fmt: skip
@@ -146,7 +155,9 @@ def main() -> None:
     name = name.decode(errors="replace").rstrip("\0") if isinstance(name, bytes) else name
     print(f"GPU: {name}; 1080p H.264 ({args.decoder}), YOLOv7 640 random weights, "
           f"{args.precision}, batch {args.batch}, NVDEC streams per process "
-          f"{args.per_process or 'default'}, pid {os.getpid()}")  # fmt: skip
+          f"{args.per_process or 'default'}, {args.inflight} in flight "
+          f"{'concurrently' if args.concurrent else 'one engine run at a time'}, "
+          f"pid {os.getpid()}")  # fmt: skip
     header = ("streams", "publishing", "engine img/s", "daemon img/s", "ratio", "daemon GPU MiB",
               "batch", "form ms", "engine ms", "duty", "engine busy", "loop busy")  # fmt: skip
     print(" | ".join(header))

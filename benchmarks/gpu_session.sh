@@ -28,7 +28,8 @@
 #   live      benchmarks/gpu_live.py: LIVE_STREAMS (4 16 32 48 64), LIVE_SECONDS (60) per count
 #   mps-live  the same under CUDA MPS (LIVE_STREAMS 32 48, LIVE_SECONDS 30, LIVE_BATCH 16)
 #   pipeline-fp16, pipeline-mps, pipeline-fp32  unpaced daemon vs engine alone (16/48 fp16, MPS, fp32 16;
-#             fp16: PIPELINE_STREAMS, PIPELINE_PER_PROCESS = supervisor.nvdec_streams_per_process)
+#             fp16: PIPELINE_STREAMS, PIPELINE_PER_PROCESS = supervisor.nvdec_streams_per_process;
+#             PIPELINE_ARGS: more gpu_pipeline.py options, e.g. "--concurrent --inflight 3 --batch-sizes 16")
 #   contention  benchmarks/gpu_contention.py: how much of the GPU 48 paced NVDEC streams take from the engine
 #   contention-mps  the same under CUDA MPS (CONTENTION_PER_PROCESS, default "8 0")
 #   soak      benchmarks/gpu_soak.py: per-process memory trend of a live daemon (SOAK_STREAMS, SOAK_MINUTES,
@@ -117,7 +118,7 @@ print('PyAV', av.__version__, '| cuda-bindings', cuda.bindings.__version__, '| t
             --warmup 10 --out "$OUT" ;;
     pipeline-fp16)  # unpaced: the daemon vs the engine alone, fp16 compiled, 16 and 48 streams
         python benchmarks/gpu_pipeline.py --streams ${PIPELINE_STREAMS:-16 48} --batch 16 --seconds 15 --warmup 8 \
-            --precision fp16 ${PIPELINE_PER_PROCESS:+--per-process $PIPELINE_PER_PROCESS} \
+            --precision fp16 ${PIPELINE_PER_PROCESS:+--per-process $PIPELINE_PER_PROCESS} ${PIPELINE_ARGS:-} \
             --log "$OUT/daemon-pipeline.log" ;;
     contention-mps)  # the same under CUDA MPS: what decoding takes from the engine when no context time-slices
         with_mps python benchmarks/gpu_contention.py --streams ${CONTENTION_STREAMS:-48} \
@@ -127,10 +128,11 @@ print('PyAV', av.__version__, '| cuda-bindings', cuda.bindings.__version__, '| t
             --warmup 8 --batch ${LIVE_BATCH:-16} --out "$OUT/${LIVE_OUT:-mps}" ;;
     pipeline-mps)  # unpaced under CUDA MPS, fp16 compiled, 16 and 48 streams
         with_mps python benchmarks/gpu_pipeline.py --streams ${PIPELINE_STREAMS:-16 48} --batch 16 --seconds 15 --warmup 8 \
-            --precision fp16 --log "$OUT/daemon-pipeline-mps.log" ;;
+            --precision fp16 ${PIPELINE_PER_PROCESS:+--per-process $PIPELINE_PER_PROCESS} ${PIPELINE_ARGS:-} \
+            --log "$OUT/daemon-pipeline-mps.log" ;;
     pipeline-fp32)  # unpaced, fp32 compiled, 16 streams
         python benchmarks/gpu_pipeline.py --streams 16 --batch 16 --seconds 15 --warmup 8 --precision fp32 \
-            --log "$OUT/daemon-pipeline-fp32.log" ;;
+            ${PIPELINE_ARGS:-} --log "$OUT/daemon-pipeline-fp32.log" ;;
     eval-gpu)  # #13: `yolostream eval` through the daemon's GPU engine (torch, CUDA executor, CUDA letterbox
         # kernel) fp32 and fp16, the CPU letterbox, ONNX Runtime fp32 on the CPU; then `parity` fp16 vs fp32.
         # Needs benchmarks/.cache/{yolov5s-coco.onnx,tinycoco} and pycocotools in the (lite) site.

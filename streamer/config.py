@@ -226,6 +226,11 @@ class EngineConfig(_Section):
     inflight: StrictInt = Field(
         default=2, ge=1, le=8, description="Batches submitted to the device and not yet collected."
     )
+    concurrent_batches: StrictBool = Field(
+        default=False,
+        description="On the GPU: let the in-flight batches run on the engine at the same time instead of one "
+        "after another (their copies, filters and letterbox kernels overlap the engine either way).",
+    )
     compile: Annotated[
         Literal["auto", "on", "off"],
         BeforeValidator(_on_off, json_schema_input_type=Literal["auto", "on", "off"] | bool),

@@ -130,7 +130,10 @@ def open_executor(cfg: Config, model: Path) -> Executor:
 
         build = TensorRTBuildOptions(**tensorrt_settings(cfg))
         engine: DeviceEngine = TensorRTEngine(model, options, build, info=info)
-        return CudaExecutor(engine, slots=slots, device=_index(options.device), conf=conf, owns_engine=True)
+        return CudaExecutor(
+            engine, slots=slots, device=_index(options.device), conf=conf, owns_engine=True,
+            concurrent=cfg.engine.concurrent_batches,
+        )  # fmt: skip
     if backend == "torch" and on_gpu and (options.device != "auto" or _torch_cuda_usable() is None):
         from streamer.engine.cuda_executor import CudaExecutor
         from streamer.engine.torch_device import TorchDeviceEngine
@@ -139,7 +142,10 @@ def open_executor(cfg: Config, model: Path) -> Executor:
         engine = TorchDeviceEngine(
             model, options, cuda_graph=e.cuda_graphs, compile=e.compile, sizes=e.batch_sizes, info=info
         )
-        return CudaExecutor(engine, slots=slots, device=_index(options.device), conf=conf, owns_engine=True)
+        return CudaExecutor(
+            engine, slots=slots, device=_index(options.device), conf=conf, owns_engine=True,
+            concurrent=cfg.engine.concurrent_batches,
+        )  # fmt: skip
     if backend in ("onnxruntime", "torch"):
         if backend == "onnxruntime" and options.precision != "fp32":
             log.warning(
