@@ -85,7 +85,8 @@ def test_real_graphs_folded_at_batch_1_run_at_other_batch_sizes(name: str) -> No
         n for n in folded.graph.node if n.op_type == "ScatterND" and n.attribute[-1].name == "yolostream_box"
     ]
     assert len(marked) == (3 if name.startswith("yolov7") else 0)
-    _compare(model, (2, 3), atol=2e-3)
+    # one batch other than 1 shows the conversion batch-generic; yolov7 costs ~10 s an image here on CI
+    _compare(model, (2, 3) if name.startswith("yolov5") else (2,), atol=2e-3)
 
 
 def test_a_constant_the_batch_size_does_not_explain_is_refused(tmp_path: Path) -> None:
