@@ -383,6 +383,17 @@ def _start_subscribe_process(endpoint: str, prelude: str = "", **popen: object) 
     return subprocess.Popen([sys.executable, "-c", code], env=env, text=True, **popen)  # type: ignore[call-overload]
 
 
+def _signal_state(pid: int) -> str:
+    """The blocked, ignored and caught signal masks of a process (what a child inherits: blocked and
+    ignored signals survive exec)."""
+    try:
+        lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    except OSError as exc:
+        return f"unreadable ({exc})"
+    wanted = ("SigBlk", "SigIgn", "SigCgt")
+    return ", ".join(line.replace("\t", " ") for line in lines if line.startswith(wanted))
+
+
 def _after_ctrl_c(proc: subprocess.Popen[str]) -> tuple[str, str]:
     """(stdout, stderr) once `proc` has exited after SIGINT. Its exit is waited for, not the end of its
     pipes: another process of the suite that inherited them could hold them open. If it has not exited
@@ -392,9 +403,13 @@ def _after_ctrl_c(proc: subprocess.Popen[str]) -> tuple[str, str]:
     try:
         proc.wait(timeout=TIMEOUT)
     except subprocess.TimeoutExpired:
+        signals = _signal_state(proc.pid)
         proc.send_signal(signal.SIGABRT)
         proc.wait(timeout=TIMEOUT)
-        pytest.fail(f"still running {TIMEOUT:.0f} s after SIGINT; its stacks:\n{_available(proc.stderr)}")
+        pytest.fail(
+            f"still running {TIMEOUT:.0f} s after SIGINT; its signal state: {signals}; this process's: "
+            f"{_signal_state(os.getpid())}; its stacks:\n{_available(proc.stderr)}"
+        )
     return _available(proc.stdout), _available(proc.stderr)
 
 
