@@ -699,6 +699,7 @@ class Supervisor:
             if len(self._workers) > 1
             else {},
             forwarder=(self._forwarder.subscribers, self._forwarder.dropped) if self._forwarder else None,
+            fleet=self._fleet.stats() if self._fleet is not None else None,
         )
 
     # -- SIGHUP ------------------------------------------------------------------------------------

@@ -15,7 +15,8 @@
    fair share (cameras / live daemons), and up to ``capacity`` for cameras that stay unclaimed a tick.
 
 The supervisor reads `wanted()` on each turn of its loop and starts or stops source workers to match;
-`close()` releases every lease (a clean stop), so the others take the cameras at once.
+`close()` releases every lease (a clean stop), so the others take the cameras at once. `stats()` gives
+the lease counts that the supervisor's ``/metrics`` reports (``fleet_*``, docs/metrics.md).
 """
 
 from __future__ import annotations
@@ -30,12 +31,13 @@ import secrets
 import socket
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from streamer.fleet import buckets
 from streamer.fleet.connect import FleetError, connect_until
+from streamer.metrics import FLEET_LEASE_LOST, FLEET_NO_RENEWAL, FLEET_REMOVED, FLEET_STOP_REASONS
 
 if TYPE_CHECKING:
     from streamer.config import FleetConfig, SourceConfig
@@ -50,6 +52,19 @@ STOP_FRACTION = 2 / 3
 def daemon_name(cfg: FleetConfig) -> str:
     """``fleet.daemon``, or this host's name."""
     return cfg.daemon or socket.gethostname().split(".")[0] or "yolostream"
+
+
+@dataclass(frozen=True)
+class FleetStats:
+    """What a member has counted since it started (the ``fleet_*`` metrics of `streamer.health`)."""
+
+    leases: int = 0
+    """Leases held now."""
+    renewals_ok: int = 0
+    renewals_failed: int = 0
+    """Refused (the lease is gone) or unanswered (NATS unreachable, a timeout)."""
+    stopped: Mapping[str, int] = field(default_factory=lambda: dict.fromkeys(FLEET_STOP_REASONS, 0))
+    """Cameras stopped, by reason (`streamer.metrics.FLEET_STOP_REASONS`)."""
 
 
 @dataclass
@@ -77,6 +92,8 @@ class FleetMember:
         self._wanted: dict[str, SourceConfig] = {}
         self._unclaimed_before: set[str] = set()
         self._bad_cameras: dict[str, int] = {}
+        self._renewals = [0, 0]  # ok, failed
+        self._stopped = dict.fromkeys(FLEET_STOP_REASONS, 0)
         self._stop = threading.Event()
         self.ready = threading.Event()
         """Set by the supervisor once it can run cameras (the model is loaded): claims wait for it, while
@@ -93,6 +110,12 @@ class FleetMember:
         """The cameras this daemon holds a valid lease on: id → its source entry."""
         with self._lock:
             return dict(self._wanted)
+
+    def stats(self) -> FleetStats:
+        """The counts so far (for /metrics)."""
+        with self._lock:
+            ok, failed = self._renewals
+            return FleetStats(len(self._leases), ok, failed, dict(self._stopped))
 
     def close(self, timeout: float = 10.0) -> None:
         """Release every lease (delete it) and disconnect; waits at most `timeout` seconds."""
@@ -117,6 +140,12 @@ class FleetMember:
             self._wanted = wanted
         if changed:
             self._on_change()
+
+    def _drop(self, cid: str, reason: str) -> None:
+        """Stop running camera `cid` (its lease is gone or going), counted under `reason`."""
+        with self._lock:
+            if self._leases.pop(cid, None) is not None:
+                self._stopped[reason] += 1
 
     def _publish_leases(self) -> None:
         self._set_wanted({cid: lease.source for cid, lease in self._leases.items()})
@@ -171,9 +200,14 @@ class FleetMember:
                     cid, self._lease_value(lease.since), last=lease.revision
                 )
                 lease.renewed_sent = sent
+                self._renewals[0] += 1
             except nats.js.errors.KeyWrongLastSequenceError:
+                self._renewals[1] += 1
                 log.warning("fleet: the lease of camera %s was lost (expired or taken): stopping it", cid)
-                self._leases.pop(cid, None)
+                self._drop(cid, FLEET_LEASE_LOST)
+            except Exception:
+                self._renewals[1] += 1
+                raise
 
         results = await asyncio.gather(
             *(renew(cid, lease) for cid, lease in list(self._leases.items())), return_exceptions=True
@@ -200,7 +234,7 @@ class FleetMember:
         for cid, lease in list(self._leases.items()):
             if cid not in cameras:
                 log.info("fleet: camera %s was removed from the fleet: stopping it", cid)
-                del self._leases[cid]
+                self._drop(cid, FLEET_REMOVED)
                 self._publish_leases()
                 with contextlib.suppress(Exception):
                     await kv_leases.delete(cid, last=lease.revision)
@@ -251,7 +285,7 @@ class FleetMember:
                     "stopping it before its lease can expire and another daemon takes it",
                     cid, now - lease.renewed_sent,
                 )  # fmt: skip
-                del self._leases[cid]
+                self._drop(cid, FLEET_NO_RENEWAL)
         self._publish_leases()
 
     async def _release_all(self, kv_leases: Any, kv_daemons: Any) -> None:
