@@ -1,12 +1,13 @@
 """`yolostream fleet rebalance` against a real nats-server, with two fleet members (`FleetMember`, each with
 a stand-in for its supervisor that runs what the member wants, takes a while to stop a camera and says what
 runs): one holds every camera, one joins later and gets none; a dry run changes nothing, the rebalance
-evens them out, each camera claimed once and never running on both."""
+evens them out, each camera claimed once and never running on both; NATS unreachable is a clear error."""
 
 from __future__ import annotations
 
 import asyncio
 import io
+import socket
 import subprocess
 import sys
 import threading
@@ -19,6 +20,7 @@ import pytest
 from streamer.config import FleetConfig
 from streamer.errors import YolostreamError
 from streamer.fleet.commands import fleet_state, put_main
+from streamer.fleet.connect import FleetError
 from streamer.fleet.member import FleetMember
 from streamer.fleet.names import rebalance_bucket
 from streamer.fleet.rebalance import rebalance_main
@@ -163,3 +165,12 @@ def test_a_daemon_that_joins_late_gets_its_share_from_a_rebalance_and_a_dry_run_
         for daemon in (first, second):
             if daemon is not None:
                 daemon.close()
+
+
+def test_nats_unreachable_is_a_clear_error(tmp_path: Path) -> None:
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cfg = FleetConfig(nats=(f"nats://127.0.0.1:{port}",), name="rb")
+    with pytest.raises(FleetError, match=f"fleet.nats: cannot connect to nats://127.0.0.1:{port}"):
+        rebalance_main(cfg, dry_run=True, out=io.StringIO())
