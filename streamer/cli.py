@@ -119,6 +119,10 @@ def _cmd_fleet(args: argparse.Namespace) -> int:
         return commands.rm_main(fleet, args.ids)
     if args.fleet_command == "list":
         return commands.list_main(fleet, args.json)
+    if args.fleet_command == "rebalance":
+        from streamer.fleet.rebalance import rebalance_main
+
+        return rebalance_main(fleet, args.dry_run)
     return commands.status_main(fleet, args.json)
 
 
@@ -130,14 +134,20 @@ def _add_fleet_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]
         actions.add_parser("rm", help="remove cameras from the fleet"),
         actions.add_parser("list", help="the fleet's cameras and who runs each"),
         actions.add_parser("status", help="cameras, their daemon and lease age; daemons and their load"),
+        actions.add_parser(
+            "rebalance", help="move cameras so that each live daemon holds its fair share (docs/fleet.md)"
+        ),
     ]
     parsers[0].add_argument("file", help="YAML file with a sources: list (validated as in a config)")
     parsers[1].add_argument("ids", nargs="+", metavar="ID", help="camera ids")
+    parsers[4].add_argument(
+        "--dry-run", action="store_true", help="print the plan (which camera moves where) and change nothing"
+    )
     for p in parsers:
         p.add_argument("--config", help="take the fleet (servers, name, credentials) from this config file")
         p.add_argument("--nats", action="append", metavar="URL", help="a NATS server (repeatable)")
         p.add_argument("--fleet", metavar="NAME", help="with --nats: the fleet's name")
-        if p in parsers[2:]:
+        if p in parsers[2:4]:
             p.add_argument("--json", action="store_true", help="print JSON")
         p.set_defaults(func=_cmd_fleet)
 

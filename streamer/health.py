@@ -29,6 +29,7 @@ from streamer.processes import gpu_memory_by_pid, rss_mb
 if TYPE_CHECKING:
     from prometheus_client.registry import Collector
 
+    from streamer.fleet.member import FleetStats
     from streamer.processes import InferenceProcess, SourceProcess
     from streamer.status import RunStatus
 
@@ -75,6 +76,8 @@ class Snapshot:
     """Stream id → the name of the inference worker that carries it (only with ``engine.devices``)."""
     forwarder: tuple[int, int] | None = None
     """The publish forwarder's (subscriptions, overflows), with ``engine.devices`` (`streamer.forwarder`)."""
+    fleet: FleetStats | None = None
+    """The fleet member's lease counts, in fleet mode (`streamer.fleet.member`)."""
 
 
 def build_snapshot(
@@ -91,6 +94,7 @@ def build_snapshot(
     supervisor_pid: int,
     placement: Mapping[str, str] | None = None,
     forwarder: tuple[int, int] | None = None,
+    fleet: FleetStats | None = None,
 ) -> Snapshot:
     """A new `Snapshot` from the supervisor's state (`base` gives the start time)."""
     streams: dict[str, str] = {}
@@ -137,6 +141,7 @@ def build_snapshot(
         workers=tuple(workers),
         placement=dict(placement or {}),
         forwarder=forwarder,
+        fleet=fleet,
     )
 
 
@@ -262,6 +267,8 @@ class SupervisorCollector:
                 "publish_overflows_total).",
                 overflows,
             )
+        if snap.fleet is not None:
+            yield from _fleet_families(snap.fleet)
         ready = float(snap.inference == "ready")
         yield GaugeMetricFamily(PREFIX + "inference_ready", "1 while the inference worker is ready.", ready)
         uptime = time.time() - snap.started
@@ -272,6 +279,27 @@ class SupervisorCollector:
                 "Age of the inference worker's status (written every second; large: it is stuck).",
                 max(0.0, time.time() - snap.status.time),
             )
+
+
+def _fleet_families(stats: FleetStats) -> Iterable[Any]:
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+    yield GaugeMetricFamily(PREFIX + "fleet_leases", "Camera leases this daemon holds now.", stats.leases)
+    renewals = CounterMetricFamily(
+        PREFIX + "fleet_lease_renewals", "Lease renewals, by result (ok, failed).", labels=["result"]
+    )
+    renewals.add_metric(["ok"], stats.renewals_ok)
+    renewals.add_metric(["failed"], stats.renewals_failed)
+    yield renewals
+    stopped = CounterMetricFamily(
+        PREFIX + "fleet_cameras_stopped",
+        "Fleet cameras this daemon stopped while running, by reason (lease_lost, no_renewal, removed, "
+        "rebalance).",
+        labels=["reason"],
+    )
+    for reason, count in stats.stopped.items():
+        stopped.add_metric([reason], count)
+    yield stopped
 
 
 # ----------------------------------------------------------------------------------------------- server

@@ -9,8 +9,9 @@ count in memory and nobody reads them.
 
 The metric objects are made on first use, per process and never registered in the default registry: a
 source worker makes only the source metrics, the inference worker only its own, the supervisor (which
-imports the worker modules) none. Callers bind the labels once (``.labels(stream)``) and keep the child, so
-that counting a frame costs an increment, not a label lookup.
+imports the worker modules) none: its own figures (stream states, restarts, the fleet member's lease
+counts) are computed at scrape time by `streamer.health`. Callers bind the labels once
+(``.labels(stream)``) and keep the child, so that counting a frame costs an increment, not a label lookup.
 
 Labels name a stream by its id, never by its URL (which may carry credentials).
 """
@@ -36,6 +37,17 @@ DROP_STALE_SLOT = "stale_slot"
 """Inference side: the frame's ring slot was reused or its ring was gone before it could be read."""
 DROP_INFERENCE_RESTART = "inference_restart"
 """Inference side: announced to an inference worker that died (or was stopped) before publishing it."""
+
+# Why a fleet daemon stopped a camera (the `reason` label of fleet_cameras_stopped_total).
+FLEET_LEASE_LOST = "lease_lost"
+"""A renewal was refused: the lease had expired, or another daemon holds it now."""
+FLEET_NO_RENEWAL = "no_renewal"
+"""No renewal got through for 2/3 lease_s (NATS unreachable): stopped before the lease could expire."""
+FLEET_REMOVED = "removed"
+"""The camera was removed from the fleet (``yolostream fleet rm``)."""
+FLEET_REBALANCE = "rebalance"
+"""Given up to another daemon by ``yolostream fleet rebalance``."""
+FLEET_STOP_REASONS = (FLEET_LEASE_LOST, FLEET_NO_RENEWAL, FLEET_REMOVED, FLEET_REBALANCE)
 
 # Bucket upper bounds, in seconds (or frames, for batch sizes).
 _FAST_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
@@ -204,6 +216,38 @@ def zone_metrics() -> ZoneMetrics:
     )
 
 
+@dataclass
+class DurableMetrics:
+    """The inference worker's durable sink (fleet mode, `streamer.fleet.durable`)."""
+
+    published: Counter
+    acked: Counter
+    resent: Counter
+    dropped: Counter
+    queue_depth: Gauge
+
+
+@functools.cache
+def durable_metrics() -> DurableMetrics:
+    return DurableMetrics(
+        published=_counter(
+            "durable_published_total", "Messages handed to the durable sink for JetStream (each once)."
+        ),
+        acked=_counter("durable_acked_total", "Messages JetStream acknowledged (stored once)."),
+        resent=_counter(
+            "durable_resent_total", "Messages sent again after a missing or negative acknowledgement."
+        ),
+        dropped=_counter(
+            "durable_dropped_total", "Messages dropped from a full queue (NATS unreachable for long)."
+        ),
+        queue_depth=_gauge(
+            "durable_queue_depth",
+            "Messages queued or in flight, not yet acknowledged by JetStream.",
+            "livesum",
+        ),
+    )
+
+
 @functools.cache
 def gpu_memory_gauges() -> tuple[Gauge, Gauge]:
     """``(used, total)``: made only by an inference worker that runs on a GPU, so a CPU daemon has neither."""
@@ -243,9 +287,16 @@ __all__ = [
     "DROP_NOTIFY_FULL",
     "DROP_RING_FULL",
     "DROP_STALE_SLOT",
+    "FLEET_LEASE_LOST",
+    "FLEET_NO_RENEWAL",
+    "FLEET_REBALANCE",
+    "FLEET_REMOVED",
+    "FLEET_STOP_REASONS",
+    "DurableMetrics",
     "InferenceMetrics",
     "SourceMetrics",
     "StreamMetrics",
+    "durable_metrics",
     "gpu_memory",
     "gpu_memory_gauges",
     "inference_metrics",

@@ -423,6 +423,7 @@ class Supervisor:
         from streamer.fleet.member import FleetMember
 
         self._fleet = FleetMember(self.cfg.fleet, {s.id for s in self.cfg.sources}, self._poke)
+        self._fleet.running(set())
         self._fleet.start()
 
     def _poke(self) -> None:
@@ -454,6 +455,7 @@ class Supervisor:
                 log.info("fleet: starting camera %s", cid)
                 self._fleet_ids[cid] = scfg
                 self._add_source(scfg)
+        self._fleet.running(set(self._fleet_ids))  # (a camera handed over is released once stopped)
 
     # -- source workers ----------------------------------------------------------------------------
 
@@ -699,6 +701,7 @@ class Supervisor:
             if len(self._workers) > 1
             else {},
             forwarder=(self._forwarder.subscribers, self._forwarder.dropped) if self._forwarder else None,
+            fleet=self._fleet.stats() if self._fleet is not None else None,
         )
 
     # -- SIGHUP ------------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""The fleet's KV buckets: cameras (no expiry), leases and daemons (entries expire after ``lease_s``)."""
+"""The fleet's KV buckets: cameras (no expiry), leases and daemons (entries expire after ``lease_s``), the
+rebalance plan (expires after `PLAN_LEASES` ``lease_s``)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from streamer.fleet.connect import FleetError
-from streamer.fleet.names import cameras_bucket, daemons_bucket, leases_bucket
+from streamer.fleet.names import cameras_bucket, daemons_bucket, leases_bucket, rebalance_bucket
+from streamer.fleet.plan import PLAN_LEASES
 
 if TYPE_CHECKING:
     from nats.js import JetStreamContext
@@ -45,6 +47,10 @@ async def leases(js: JetStreamContext, cfg: FleetConfig) -> KeyValue:
 
 async def daemons(js: JetStreamContext, cfg: FleetConfig) -> KeyValue:
     return await open_bucket(js, daemons_bucket(cfg.name), cfg.replicas, ttl=cfg.lease_s)
+
+
+async def rebalance(js: JetStreamContext, cfg: FleetConfig) -> KeyValue:
+    return await open_bucket(js, rebalance_bucket(cfg.name), cfg.replicas, ttl=PLAN_LEASES * cfg.lease_s)
 
 
 async def snapshot(kv: KeyValue, timeout: float = 5.0) -> dict[str, Any]:

@@ -11,14 +11,14 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from streamer.errors import EXIT_OK
 from streamer.fleet import buckets
-from streamer.fleet.connect import API_TIMEOUT_S, connect
+from streamer.fleet.connect import API_TIMEOUT_S, COMMAND_ATTEMPTS, connect
 
 if TYPE_CHECKING:
     from streamer.config import FleetConfig
 
 
 async def _with_buckets(cfg: FleetConfig, work: Any) -> Any:
-    nc = await connect(cfg, "yolostream fleet")
+    nc = await connect(cfg, "yolostream fleet", attempts=COMMAND_ATTEMPTS)
     try:
         js = nc.jetstream(timeout=API_TIMEOUT_S)
         return await work(js)

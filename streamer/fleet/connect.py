@@ -72,9 +72,14 @@ def connect_options(cfg: FleetConfig, name: str) -> dict[str, Any]:
 INITIAL_CONNECT_S = 15.0
 
 
-async def connect(cfg: FleetConfig, name: str, **callbacks: Any) -> Client:
-    """Connect to the fleet's servers (trying them for at most `INITIAL_CONNECT_S`); once connected the
-    client reconnects by itself, for ever.
+COMMAND_ATTEMPTS = 3
+"""Connection attempts per server of a command (``yolostream fleet ...``): a server that refuses the
+connection is an error in about a second, not after `INITIAL_CONNECT_S`."""
+
+
+async def connect(cfg: FleetConfig, name: str, attempts: int = -1, **callbacks: Any) -> Client:
+    """Connect to the fleet's servers (trying them for at most `INITIAL_CONNECT_S`, and at most `attempts`
+    times each; -1: no limit); once connected the client reconnects by itself (as often).
 
     Raises:
         FleetError: no server could be reached, or one refused the credentials (which are not shown).
@@ -92,6 +97,7 @@ async def connect(cfg: FleetConfig, name: str, **callbacks: Any) -> Client:
             refused.set()
 
     options = connect_options(cfg, name)
+    options["max_reconnect_attempts"] = attempts
     options.setdefault("error_cb", on_error)
     options.update(callbacks)
     attempt = asyncio.ensure_future(nats.connect(**options))

@@ -14,6 +14,9 @@ unique over the fleet and over restarts), ``Yolostream-Daemon`` (which daemon pu
 
 What it cannot do: while NATS is unreachable the queue grows to ``max_pending`` messages, then the oldest
 are dropped (counted in `dropped`, logged); a daemon killed with messages queued loses them.
+
+Its counts go to the ``durable_*`` Prometheus metrics (docs/metrics.md) from the sender thread, every
+`REPORT_S` and at `close`, so that `put` costs no more than an append.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from streamer.fleet.connect import API_TIMEOUT_S, FleetError, connect_until, ensure_stream
 from streamer.fleet.names import HEADER_DAEMON, HEADER_ENCODING, HEADER_MSG_ID, subject_of
+from streamer.metrics import durable_metrics
 
 if TYPE_CHECKING:
     from streamer.config import FleetConfig
@@ -41,6 +45,8 @@ ACK_TIMEOUT_S = 3.0
 RETRY_PAUSE_S = 0.2
 MAX_PENDING = 200_000
 _DROP_LOG_S = 10.0
+REPORT_S = 0.5
+"""How often the counts are copied into the Prometheus metrics."""
 
 _Item = tuple[str, bytes, str]  # subject, payload, message id
 
@@ -65,6 +71,8 @@ class DurableSink:
         self._wake = asyncio.Event()
         self._closing = False
         self._drop_logged = -_DROP_LOG_S
+        self.published = 0
+        """Messages handed to `put` (so far: acked + dropped + pending, less what a kill loses)."""
         self.acked = 0
         """Messages JetStream acknowledged (stored, or recognised as duplicates of stored ones)."""
         self.dropped = 0
@@ -73,6 +81,9 @@ class DurableSink:
         """Messages sent again after a missing or negative acknowledgement."""
         self._inflight = 0
         self._deadline = float("inf")
+        self._metrics = durable_metrics()
+        self._reported = (0, 0, 0, 0)
+        self._report_lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="durable-sink", daemon=True)
         self._thread.start()
 
@@ -86,6 +97,7 @@ class DurableSink:
         """Queue one encoded message (`topic` ``det.<stream>`` / ``evt.<stream>``) for JetStream."""
         item = (subject_of(self._cfg.name, topic), payload, f"{self._daemon}.{self._boot}.{stream}.{seq}")
         with self._lock:
+            self.published += 1
             if len(self._pending) >= self._max_pending:
                 self._pending.popleft()
                 self.dropped += 1
@@ -109,6 +121,7 @@ class DurableSink:
         with contextlib.suppress(RuntimeError):
             self._loop.call_soon_threadsafe(self._wake.set)
         self._thread.join(timeout + 5.0)
+        self._report()
         left = self.pending
         if left:
             log.warning("durable detections: %d message(s) not stored in JetStream before the stop", left)
@@ -123,10 +136,36 @@ class DurableSink:
         finally:
             self._loop.close()
 
+    def _report(self) -> None:
+        """Add what was counted since the last report to the metrics; set the queue depth."""
+        with self._report_lock:
+            now = (self.published, self.acked, self.resent, self.dropped)
+            m = self._metrics
+            counters = (m.published, m.acked, m.resent, m.dropped)
+            for counter, new, old in zip(counters, now, self._reported, strict=True):
+                if new > old:
+                    counter.inc(new - old)
+            self._reported = now
+            m.queue_depth.set(self.pending)
+
+    async def _report_every(self) -> None:
+        while True:
+            self._report()
+            await asyncio.sleep(REPORT_S)
+
     def _give_up(self) -> bool:
         return self._closing and time.monotonic() >= self._deadline
 
     async def _main(self) -> None:
+        reporter = asyncio.ensure_future(self._report_every())  # (also while NATS cannot be reached)
+        try:
+            await self._connect_and_send()
+        finally:
+            reporter.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reporter
+
+    async def _connect_and_send(self) -> None:
         nc = await connect_until(
             self._cfg, f"yolostream {self._daemon} durable", self._give_up,
             "durable detections: ", "retrying (messages are queued meanwhile)",

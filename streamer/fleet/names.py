@@ -43,6 +43,12 @@ def daemons_bucket(fleet: str) -> str:
     return f"yolostream_{fleet}_daemons"
 
 
+def rebalance_bucket(fleet: str) -> str:
+    """KV bucket: the rebalance plan (`streamer.fleet.plan`), written by ``yolostream fleet rebalance``;
+    it expires after 3 ``lease_s``."""
+    return f"yolostream_{fleet}_rebalance"
+
+
 HEADER_MSG_ID = "Nats-Msg-Id"
 HEADER_DAEMON = "Yolostream-Daemon"
 HEADER_ENCODING = "Yolostream-Encoding"

@@ -1,5 +1,6 @@
 """A fleet daemon cut off from NATS stops its cameras before their leases could expire (and be taken
-elsewhere), and runs them again once NATS is back (real nats-server, oracle model, looping file cameras)."""
+elsewhere), and runs them again once NATS is back (real nats-server, oracle model, looping file cameras);
+its /metrics count the renewals, the cameras stopped and the durable sink's queue through it all."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import pytest
 
 from streamer.client import ReceiveTimeout
 from streamer.protocol import DetectionsMessage
-from tests.support.daemon import start_daemon
+from tests.support.daemon import Samples, metrics_url, scrape, start_daemon, value
 from tests.support.media import bright_spot_clip
 from tests.support.models import write_oracle_model
 from tests.support.nats import NatsCluster
@@ -29,6 +30,31 @@ def _drain(daemon) -> None:  # type: ignore[no-untyped-def]
             daemon.messages.append(daemon.sub.recv(timeout=1.0))
         except ReceiveTimeout:
             return
+
+
+def _metrics_until(url: str, what: str, check, timeout: float = 60.0) -> Samples:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not check(samples := scrape(url)[1]):
+        assert time.monotonic() < deadline, f"gave up waiting for {what}: {sorted(samples.items())}"
+        time.sleep(0.3)
+    return samples
+
+
+def _fleet(samples: Samples) -> dict[str, float]:
+    """The fleet and durable-sink metrics of a scrape, by short name."""
+    names = {
+        "leases": ("yolostream_fleet_leases", {}),
+        "renewed": ("yolostream_fleet_lease_renewals_total", {"result": "ok"}),
+        "renewals_failed": ("yolostream_fleet_lease_renewals_total", {"result": "failed"}),
+        "stopped_no_renewal": ("yolostream_fleet_cameras_stopped_total", {"reason": "no_renewal"}),
+        "stopped_lease_lost": ("yolostream_fleet_cameras_stopped_total", {"reason": "lease_lost"}),
+        "published": ("yolostream_durable_published_total", {}),
+        "acked": ("yolostream_durable_acked_total", {}),
+        "resent": ("yolostream_durable_resent_total", {}),
+        "dropped": ("yolostream_durable_dropped_total", {}),
+        "queued": ("yolostream_durable_queue_depth", {}),
+    }
+    return {short: value(samples, name, **labels) for short, (name, labels) in names.items()}
 
 
 def test_a_daemon_cut_off_from_nats_stops_its_cameras_within_lease_s_and_resumes(
@@ -53,7 +79,7 @@ def test_a_daemon_cut_off_from_nats_stops_its_cameras_within_lease_s_and_resumes
     )  # fmt: skip
     assert put.returncode == 0, put.stderr
     config = (
-        f"model:\n  onnx: {model}\npublish:\n  endpoint: {{endpoint}}\nmetrics:\n  listen: null\n"
+        f"model:\n  onnx: {model}\npublish:\n  endpoint: {{endpoint}}\nmetrics:\n  listen: 127.0.0.1:0\n"
         f"supervisor:\n  cpu_streams_per_process: 2\n{fleet}"
     )
     daemon = start_daemon(tmp_path, config)
@@ -63,6 +89,14 @@ def test_a_daemon_cut_off_from_nats_stops_its_cameras_within_lease_s_and_resumes
             return {m.stream for m in ms[-20:] if isinstance(m, DetectionsMessage)} == {"c0", "c1"}
 
         daemon.receive_until(both_running, timeout=90)
+        url = metrics_url(daemon)
+        before = _fleet(
+            _metrics_until(url, "renewals and acknowledged messages", lambda s: _fleet(s)["renewed"] >= 2
+                           and _fleet(s)["acked"] > 0)
+        )  # fmt: skip
+        assert before["leases"] == 2 and before["renewals_failed"] == 0, before
+        assert before["stopped_no_renewal"] == before["stopped_lease_lost"] == 0, before
+        assert before["published"] >= before["acked"] > 0 and before["dropped"] == 0, before
         nats_server.kill(0)
         cut_at = time.time()
         # Nothing more after the cameras stop: the last detection comes within lease_s of the cut.
@@ -75,6 +109,10 @@ def test_a_daemon_cut_off_from_nats_stops_its_cameras_within_lease_s_and_resumes
         print(f"cut off: last detection {last - cut_at:.1f} s after NATS went away (lease_s {LEASE_S})")
         assert last - cut_at <= LEASE_S, daemon.log()[-3000:]
         assert "stopping it before its lease can expire" in daemon.log()
+        cut = _fleet(scrape(url)[1])
+        print("metrics while cut off:", cut)
+        assert cut["leases"] == 0 and cut["stopped_no_renewal"] == 2 and cut["renewals_failed"] >= 1, cut
+        assert cut["queued"] > 0 and cut["published"] > cut["acked"], cut  # (queued for NATS meanwhile)
 
         _drain(daemon)
         daemon.messages.clear()
@@ -89,6 +127,13 @@ def test_a_daemon_cut_off_from_nats_stops_its_cameras_within_lease_s_and_resumes
 
         daemon.receive_until(both_back, timeout=90)
         print(f"NATS back: both cameras running again after {time.time() - back_at:.1f} s")
+        back = _fleet(
+            _metrics_until(url, "the durable queue stored", lambda s: _fleet(s)["queued"] == 0
+                           and _fleet(s)["leases"] == 2)
+        )  # fmt: skip
+        print("metrics after NATS came back:", back)
+        assert back["renewed"] > cut["renewed"] and back["stopped_lease_lost"] == 0, back
+        assert back["resent"] > 0 and back["dropped"] == 0, back
         assert daemon.stop() == 0, daemon.log()[-3000:]
     finally:
         daemon.close()

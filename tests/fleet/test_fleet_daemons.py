@@ -1,6 +1,8 @@
 """Three daemons share nine cameras through a 3-node NATS cluster: each camera runs exactly once; a daemon
-SIGKILLed (its whole process group: a host dying) has its cameras taken over by the others; a clean stop
-releases the leases (oracle model, looping file cameras paced like live ones)."""
+SIGKILLed (its whole process group: a host dying) has its cameras taken over by the others; a daemon that
+joins after that gets its share from `yolostream fleet rebalance`, each moved camera stopped before it
+starts elsewhere; a clean stop releases the leases (oracle model, looping file cameras paced like live
+ones)."""
 
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from streamer.fleet.names import leases_bucket, stream_name
+from streamer.fleet.names import daemons_bucket, leases_bucket, stream_name
 from tests.fleet.conftest import read_stream
 from tests.support.media import bright_spot_clip
 from tests.support.models import write_oracle_model
@@ -29,14 +31,14 @@ LEASE_S = 3.0
 CAMERAS = [f"cam{i}" for i in range(9)]
 
 
-def _leases(urls: list[str], fleet: str) -> dict[str, dict]:
+def _leases(urls: list[str], fleet: str, bucket=leases_bucket) -> dict[str, dict]:  # type: ignore[no-untyped-def]
     import nats
 
     async def main() -> dict[str, dict]:
         nc = await nats.connect(servers=urls)
         try:
             try:
-                kv = await nc.jetstream(timeout=5).key_value(leases_bucket(fleet))
+                kv = await nc.jetstream(timeout=5).key_value(bucket(fleet))
             except Exception:  # (not created yet)
                 return {}
             try:
@@ -134,6 +136,7 @@ def test_nine_cameras_run_once_over_three_daemons_and_move_when_one_dies(
             f"cameras {moved} of {victim}: leased again {claimed_in:.1f} s after the kill (lease_s {LEASE_S})"
         )
         assert claimed_in <= LEASE_S + 5
+        daemons["d3"] = _start(tmp_path, "d3", model, urls)  # (it loads while the moved cameras start)
 
         # every camera's detections: from its new holder, soon (a generous cap: source start-up under load)
         def new_dets() -> dict | None:
@@ -148,6 +151,23 @@ def test_nine_cameras_run_once_over_three_daemons_and_move_when_one_dies(
 
         first = _wait("detections of the moved cameras from their new daemons", new_dets, timeout=60)
         print(f"first detections from the new holders {max(first.values()) - killed_at:.1f} s after the kill")
+
+        # d3, started once the cameras had moved, found none free: it gets its share from a rebalance
+        _wait("d3 ready", lambda: any(d["daemon"] == "d3" and d.get("ready")
+                                      for d in _leases(urls, "f", daemons_bucket).values()))  # fmt: skip
+        assert all(v["daemon"] != "d3" for v in _leases(urls, "f").values())
+        out = subprocess.run([*cli, "rebalance", "--nats", urls[0], "--fleet", "f"], capture_output=True,
+                             text=True, timeout=60)  # fmt: skip
+        print(out.stdout)
+        assert out.returncode == 0 and "done in" in out.stdout, out.stdout + out.stderr
+        balanced = _leases(urls, "f")
+        assert sorted(Counter(v["daemon"] for v in balanced.values()).values()) == [3, 3, 3], balanced
+        claimed = {c: v["since"] for c, v in balanced.items() if v["daemon"] == "d3"}
+        d3_log = tmp_path / "d3.log"  # (not waiting for its detections: a cold source process, 5-15 s)
+        _wait(
+            "d3 starting its cameras",
+            lambda: all(f"starting camera {c}" in d3_log.read_text() for c in claimed),
+        )
         for name, proc in daemons.items():
             if name != victim:
                 os.killpg(proc.pid, signal.SIGTERM)
@@ -175,7 +195,16 @@ def test_nine_cameras_run_once_over_three_daemons_and_move_when_one_dies(
             frames[msg["stream"], headers["Yolostream-Daemon"]] += range(d["first"], d["last"] + 1)
     assert sorted(spans) == CAMERAS
     for cid, per_daemon in spans.items():
-        assert len(per_daemon) == (2 if cid in moved else 1), (cid, list(per_daemon))
+        before_d3 = [d for d in per_daemon if d != "d3"]
+        assert len(before_d3) == 1 + (cid in moved) and ("d3" not in per_daemon or cid in claimed), (
+            cid, list(per_daemon)
+        )  # fmt: skip
+        if cid in claimed:  # rebalanced: its old daemon had stopped it before d3 claimed it
+            last = max(max(per_daemon[d]) for d in before_d3)
+            print(f"{cid}: last detection on its old daemon {claimed[cid] - last:.2f} s before d3 claimed it")
+            assert last <= claimed[cid] + LEASE_S / 3, (
+                f"{cid} still ran on its old daemon after d3 claimed it"
+            )
         windows = sorted((min(ts), max(ts)) for ts in per_daemon.values())
         for (_, end), (start, _) in itertools.pairwise(windows):
             assert end <= start + LEASE_S / 3, f"{cid} was processed by two daemons at once"
