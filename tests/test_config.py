@@ -67,6 +67,7 @@ def test_minimal_config_has_all_defaults(tmp_path: Path) -> None:
         "batch_timeout_ms": 10.0,
         "threads": None,
         "inflight": 2,
+        "concurrent_batches": False,
         "compile": "auto",
         "batch_sizes": None,
         "cuda_graphs": True,
