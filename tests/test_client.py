@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
@@ -374,9 +375,29 @@ def test_subscribe_main_invalid_arguments(capsys: pytest.CaptureFixture[str]) ->
 WAITING = "yolostream subscribe: waiting for messages of every stream from {}"  # (on stderr: no traceback)
 
 
+# A shell starts a command with SIGINT at its default and unblocked; a child inherits an ignored or blocked
+# SIGINT from its parent instead, and the pytest process may have one from something earlier in the suite
+# (both Ctrl-C tests hung in full runs only, with the child in its poll loop). So the child starts as from a
+# terminal, and the test says when its parent's state differed.
+_AS_FROM_A_TERMINAL = (
+    "import signal; signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT}); "
+    "signal.signal(signal.SIGINT, signal.default_int_handler); "
+)
+
+
+def _sigint_bit(mask: str) -> bool:
+    return bool(int(mask, 16) & (1 << (signal.SIGINT - 1)))
+
+
 def _start_subscribe_process(endpoint: str, prelude: str = "", **popen: object) -> subprocess.Popen[str]:
+    status = dict(
+        line.split(":\t", 1) for line in Path("/proc/self/status").read_text().splitlines() if ":\t" in line
+    )
+    for key, what in (("SigIgn", "ignores"), ("SigBlk", "blocks")):
+        if key in status and _sigint_bit(status[key].strip()):
+            warnings.warn(f"the test process {what} SIGINT ({key} {status[key].strip()})", stacklevel=2)
     code = (
-        f"{prelude}import sys; from streamer.client import subscribe_main; "
+        f"{_AS_FROM_A_TERMINAL}{prelude}import sys; from streamer.client import subscribe_main; "
         f"sys.exit(subscribe_main({endpoint!r}, None, False, None, None))"
     )
     env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONFAULTHANDLER": "1"}
