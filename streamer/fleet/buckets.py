@@ -71,6 +71,24 @@ async def snapshot(kv: KeyValue, timeout: float = 5.0) -> dict[str, Any]:
     return found
 
 
+async def is_gone(kv: KeyValue, key: str) -> bool:
+    """Whether `key` is deleted from (or was never in) the bucket, asked of the key itself.
+
+    A `snapshot` can come back short: a daemon under heavy load once saw all five of its cameras missing
+    from one and stopped them as removed, while every entry was still there. So a camera missing from a
+    snapshot is stopped only when this confirms it; a failed read (NATS not answering) is not a removal.
+    """
+    from nats.js.errors import KeyDeletedError, KeyNotFoundError
+
+    try:
+        await kv.get(key)
+    except (KeyNotFoundError, KeyDeletedError):
+        return True
+    except Exception:
+        return False
+    return False
+
+
 def encode_source(source: SourceConfig) -> bytes:
     """A camera's KV value: its entry as written (validated; paths made absolute), as JSON."""
     return json.dumps(source.model_dump(mode="json", exclude_unset=True), sort_keys=True).encode()

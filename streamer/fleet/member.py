@@ -282,6 +282,9 @@ class FleetMember:
                     self._bad_cameras[cid] = entry.revision
         for cid, lease in list(self._leases.items()):
             if cid not in cameras:
+                if not await buckets.is_gone(kv_cams, cid):
+                    log.debug("fleet: camera %s missing from a snapshot but still in the bucket", cid)
+                    continue
                 log.info("fleet: camera %s was removed from the fleet: stopping it", cid)
                 self._drop(cid, FLEET_REMOVED)
                 self._publish_leases()

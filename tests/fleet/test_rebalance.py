@@ -19,7 +19,7 @@ import pytest
 
 from streamer.config import FleetConfig
 from streamer.errors import YolostreamError
-from streamer.fleet.commands import fleet_state, put_main
+from streamer.fleet.commands import fleet_state, put_main, rm_main
 from streamer.fleet.connect import FleetError
 from streamer.fleet.member import FleetMember
 from streamer.fleet.names import rebalance_bucket
@@ -161,6 +161,11 @@ def test_a_daemon_that_joins_late_gets_its_share_from_a_rebalance_and_a_dry_run_
         (tmp_path / "more.yaml").write_text("sources:\n  - id: cam6\n    url: rtsp://10.0.0.6/live\n")
         put_main(cfg, tmp_path / "more.yaml", out=io.StringIO())
         _wait("cam6 running", lambda: "cam6" in {*first.runs, *second.runs})
+        # `fleet rm`: the camera stops where it runs (a removal is confirmed with the key itself, so a short
+        # snapshot of the cameras bucket never stops one); the others run on
+        assert rm_main(cfg, ["cam6"], out=io.StringIO()) == 0
+        _wait("cam6 stopped", lambda: "cam6" not in {*first.runs, *second.runs})
+        assert {*first.runs, *second.runs} == set(CAMERAS)
     finally:
         for daemon in (first, second):
             if daemon is not None:
