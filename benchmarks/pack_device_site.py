@@ -1,6 +1,7 @@
 """Pack the wheels the GPU host lacks into one xz tarball small enough to travel with a device call.
 
-    ../shared/device/wheels av pydantic prometheus-client pytest     # wheels for Python 3.12 → .whl/
+    ../shared/device/wheels av pydantic pydantic-core annotated-types typing-inspection \
+        typing-extensions prometheus-client pytest    # (--no-deps: name the dependencies)
     python benchmarks/pack_device_site.py .whl .whl-gpu/site.tar.xz
 
 PyAV (35 MB) + PyNvVideoCodec (27 MB) + cuda-python (8 MB) as wheels exceed the 64 MiB a call may carry.
