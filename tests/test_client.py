@@ -385,34 +385,28 @@ _AS_FROM_A_TERMINAL = (
 )
 
 
-def _sigint_bit(mask: str) -> bool:
-    return bool(int(mask, 16) & (1 << (signal.SIGINT - 1)))
+def _signal_masks(pid: int) -> dict[str, str]:
+    """A process's blocked, ignored and caught signal masks (hex, from /proc): what a child inherits
+    (blocked and ignored signals survive exec). Empty when unreadable."""
+    try:
+        lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    except OSError:
+        return {}
+    fields = (line.split(":\t", 1) for line in lines if ":\t" in line)
+    return {key: value.strip() for key, value in fields if key in ("SigBlk", "SigIgn", "SigCgt")}
 
 
 def _start_subscribe_process(endpoint: str, prelude: str = "", **popen: object) -> subprocess.Popen[str]:
-    status = dict(
-        line.split(":\t", 1) for line in Path("/proc/self/status").read_text().splitlines() if ":\t" in line
-    )
+    masks = _signal_masks(os.getpid())
     for key, what in (("SigIgn", "ignores"), ("SigBlk", "blocks")):
-        if key in status and _sigint_bit(status[key].strip()):
-            warnings.warn(f"the test process {what} SIGINT ({key} {status[key].strip()})", stacklevel=2)
+        if int(masks.get(key, "0"), 16) & (1 << (signal.SIGINT - 1)):
+            warnings.warn(f"the test process {what} SIGINT ({key} {masks[key]})", stacklevel=2)
     code = (
         f"{_AS_FROM_A_TERMINAL}{prelude}import sys; from streamer.client import subscribe_main; "
         f"sys.exit(subscribe_main({endpoint!r}, None, False, None, None))"
     )
     env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONFAULTHANDLER": "1"}
     return subprocess.Popen([sys.executable, "-c", code], env=env, text=True, **popen)  # type: ignore[call-overload]
-
-
-def _signal_state(pid: int) -> str:
-    """The blocked, ignored and caught signal masks of a process (what a child inherits: blocked and
-    ignored signals survive exec)."""
-    try:
-        lines = Path(f"/proc/{pid}/status").read_text().splitlines()
-    except OSError as exc:
-        return f"unreadable ({exc})"
-    wanted = ("SigBlk", "SigIgn", "SigCgt")
-    return ", ".join(line.replace("\t", " ") for line in lines if line.startswith(wanted))
 
 
 def _after_ctrl_c(proc: subprocess.Popen[str]) -> tuple[str, str]:
@@ -424,12 +418,12 @@ def _after_ctrl_c(proc: subprocess.Popen[str]) -> tuple[str, str]:
     try:
         proc.wait(timeout=TIMEOUT)
     except subprocess.TimeoutExpired:
-        signals = _signal_state(proc.pid)
+        signals = _signal_masks(proc.pid)
         proc.send_signal(signal.SIGABRT)
         proc.wait(timeout=TIMEOUT)
         pytest.fail(
             f"still running {TIMEOUT:.0f} s after SIGINT; its signal state: {signals}; this process's: "
-            f"{_signal_state(os.getpid())}; its stacks:\n{_available(proc.stderr)}"
+            f"{_signal_masks(os.getpid())}; its stacks:\n{_available(proc.stderr)}"
         )
     return _available(proc.stdout), _available(proc.stderr)
 
