@@ -75,8 +75,10 @@ async def is_gone(kv: KeyValue, key: str) -> bool:
     """Whether `key` is deleted from (or was never in) the bucket, asked of the key itself.
 
     A `snapshot` can come back short: a daemon under heavy load once saw all five of its cameras missing
-    from one and stopped them as removed, while every entry was still there. So a camera missing from a
-    snapshot is stopped only when this confirms it; a failed read (NATS not answering) is not a removal.
+    from one and stopped them as removed, while every entry was still there, and `fleet rebalance` in CI
+    once saw a live member missing from one and withdrew its plan. So a camera (or a member) missing from
+    a snapshot is taken as gone only when this confirms it; a failed read (NATS not answering) is not a
+    removal.
     """
     from nats.js.errors import KeyDeletedError, KeyNotFoundError
 

@@ -108,6 +108,13 @@ def _unfinished(state: _State, targets: dict[str, int]) -> str | None:
     return None
 
 
+async def _gone(kv_daemons: Any, missing: list[str]) -> list[str]:
+    """The members of `missing` (absent from a read of the daemons bucket) whose entry is really gone."""
+    if kv_daemons is None:
+        return missing
+    return [run for run in missing if await buckets.is_gone(kv_daemons, run)]
+
+
 async def _rebalance(js: Any, cfg: FleetConfig, dry_run: bool, out: TextIO) -> int:
     state = await _read(js, cfg)
     if not state.members:
@@ -149,11 +156,16 @@ async def _rebalance(js: Any, cfg: FleetConfig, dry_run: bool, out: TextIO) -> i
     started = time.monotonic()
     out.write(f"plan written (it stands for {ttl:.0f} s); waiting for the members\n")
     out.flush()
+    kv_daemons = await _bind(js, daemons_bucket(cfg.name))
     while True:
         await asyncio.sleep(POLL_S)
-        with contextlib.suppress(Exception):  # (a timeout: the state of the last read stands)
-            state = await _read(js, cfg)
-        gone = [run for run in targets if run not in state.members]
+        try:
+            polled = await _read(js, cfg)
+        except Exception:  # (a timeout: the state of the last read stands)
+            polled = state
+        gone = await _gone(kv_daemons, [run for run in targets if run not in polled.members])
+        if gone or all(run in polled.members for run in targets):
+            state = polled  # (else a short read: it stands for nothing, see buckets.is_gone)
         left = _unfinished(state, targets)
         if gone or left is None or time.monotonic() - started > ttl:
             break
