@@ -1,4 +1,5 @@
-"""``yolostream fleet put|rm|list|status``: edit and show a fleet's camera set and who runs what."""
+"""``yolostream fleet put|rm|list|status``: edit and show a fleet's camera set, who runs what, and the
+rebalance plan that stands (``fleet rebalance``)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ from typing import TYPE_CHECKING, Any, TextIO
 from streamer.errors import EXIT_OK
 from streamer.fleet import buckets
 from streamer.fleet.connect import API_TIMEOUT_S, COMMAND_ATTEMPTS, connect
+from streamer.fleet.names import rebalance_bucket
+from streamer.fleet.plan import PLAN_KEY, Plan
 
 if TYPE_CHECKING:
     from streamer.config import FleetConfig
@@ -85,6 +88,21 @@ def fleet_state(cfg: FleetConfig) -> tuple[dict[str, Any], dict[str, Any], dict[
     return asyncio.run(_with_buckets(cfg, lambda js: _state(js, cfg)))
 
 
+async def _plan(js: Any, cfg: FleetConfig) -> Plan | str | None:
+    """The rebalance plan that stands (without creating its bucket), why it cannot be read, or None."""
+    import nats.js.errors
+
+    try:
+        kv = await js.key_value(rebalance_bucket(cfg.name))
+        entry = await kv.get(PLAN_KEY)
+    except nats.js.errors.NotFoundError:  # (no bucket, no plan, or the plan deleted)
+        return None
+    try:
+        return Plan.decode(entry.value or b"")
+    except ValueError as exc:
+        return str(exc)
+
+
 def list_main(cfg: FleetConfig, as_json: bool = False, out: TextIO = sys.stdout) -> int:
     """The fleet's cameras, one a line: id, URL (passwords redacted), the daemon that runs it."""
     from streamer.config import redact_url
@@ -100,11 +118,18 @@ def list_main(cfg: FleetConfig, as_json: bool = False, out: TextIO = sys.stdout)
 
 
 def status_main(cfg: FleetConfig, as_json: bool = False, out: TextIO = sys.stdout) -> int:
-    """Cameras with their holder and lease age, then each live daemon with its load."""
-    cams, leases, daemons = fleet_state(cfg)
+    """Cameras with their holder and lease age, then each live daemon with its load, then the rebalance
+    plan that stands, if one does."""
+
+    async def work(js: Any) -> tuple[Any, Plan | str | None]:
+        return await _state(js, cfg), await _plan(js, cfg)
+
+    (cams, leases, daemons), plan = asyncio.run(_with_buckets(cfg, work))
     now = time.time()
     if as_json:
-        out.write(json.dumps({"cameras": sorted(cams), "leases": leases, "daemons": daemons}) + "\n")
+        standing = plan if not isinstance(plan, Plan) else json.loads(plan.encode())
+        out.write(json.dumps({"cameras": sorted(cams), "leases": leases, "daemons": daemons,
+                              "plan": standing}) + "\n")  # fmt: skip
         return EXIT_OK
     out.write(f"fleet {cfg.name}: {len(cams)} camera(s), {len(leases)} leased, {len(daemons)} daemon(s)\n")
     out.write(f"{'CAMERA':20} {'DAEMON':16} {'LEASED FOR':>10} {'RENEWED':>8}\n")
@@ -121,4 +146,11 @@ def status_main(cfg: FleetConfig, as_json: bool = False, out: TextIO = sys.stdou
         out.write(
             f"{entry['daemon']:16} {entry['host']:16} {len(entry['cameras']):7} {entry['capacity']:8}\n"
         )
+    if isinstance(plan, Plan):
+        names = {run: str(d.get("daemon", run)) for run, d in daemons.items()}
+        targets = ", ".join(f"{names.get(run, run)} {n}" for run, n in sorted(plan.targets.items()))
+        out.write(f"\nrebalance plan written {now - plan.created:.0f} s ago by {plan.by} (it caps each "
+                  f"daemon's claims until it is carried out or expires): {targets}\n")  # fmt: skip
+    elif plan is not None:
+        out.write(f"\nrebalance bucket holds an unreadable plan ({plan}): the daemons ignore it\n")
     return EXIT_OK

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import socket
 import subprocess
 import sys
@@ -19,10 +20,12 @@ import pytest
 
 from streamer.config import FleetConfig
 from streamer.errors import YolostreamError
-from streamer.fleet.commands import fleet_state, put_main, rm_main
+from streamer.fleet import buckets
+from streamer.fleet.commands import fleet_state, put_main, rm_main, status_main
 from streamer.fleet.connect import FleetError
 from streamer.fleet.member import FleetMember
 from streamer.fleet.names import rebalance_bucket
+from streamer.fleet.plan import PLAN_KEY, Plan
 from streamer.fleet.rebalance import rebalance_main
 from tests.support.nats import NatsCluster
 
@@ -170,6 +173,37 @@ def test_a_daemon_that_joins_late_gets_its_share_from_a_rebalance_and_a_dry_run_
         for daemon in (first, second):
             if daemon is not None:
                 daemon.close()
+
+
+def test_fleet_status_shows_the_plan_that_stands(nats_server: NatsCluster) -> None:
+    import nats
+
+    url = nats_server.urls[0]
+    cfg = FleetConfig(nats=(url,), name="st", lease_s=LEASE_S, replicas=1)
+
+    def status(as_json: bool = False) -> str:
+        out = io.StringIO()
+        assert status_main(cfg, as_json=as_json, out=out) == 0
+        return out.getvalue()
+
+    def put_plan(value: bytes) -> None:
+        async def main() -> None:
+            nc = await nats.connect(servers=[url])
+            try:
+                await (await buckets.rebalance(nc.jetstream(timeout=5), cfg)).put(PLAN_KEY, value)
+            finally:
+                await nc.close()
+
+        asyncio.run(main())
+
+    assert "rebalance" not in status(), "no plan bucket: nothing said"
+    put_plan(Plan({"d0-aaaaaa": 4, "d1-bbbbbb": 3}, time.time() - 7, "ops1 pid 42").encode())
+    text = status()
+    print(text)
+    assert "rebalance plan written 7 s ago by ops1 pid 42" in text and "d0-aaaaaa 4, d1-bbbbbb 3" in text
+    assert json.loads(status(as_json=True))["plan"]["targets"] == {"d0-aaaaaa": 4, "d1-bbbbbb": 3}
+    put_plan(b"{not json")
+    assert "unreadable plan" in status() and "the daemons ignore it" in status()
 
 
 def test_nats_unreachable_is_a_clear_error(tmp_path: Path) -> None:
