@@ -61,9 +61,9 @@ def _counter(name: str, doc: str, labels: tuple[str, ...] = ()) -> Counter:
     return Counter(PREFIX + name, doc, labels, registry=None)
 
 
-def _gauge(name: str, doc: str, mode: str) -> Gauge:
+def _gauge(name: str, doc: str, mode: str, labels: tuple[str, ...] = ()) -> Gauge:
     # `mode`: how the supervisor combines the processes' values; "live": only those of running processes.
-    return Gauge(PREFIX + name, doc, registry=None, multiprocess_mode=mode)  # type: ignore[arg-type]
+    return Gauge(PREFIX + name, doc, labels, registry=None, multiprocess_mode=mode)  # type: ignore[arg-type]
 
 
 def _histogram(name: str, doc: str, buckets: tuple[float, ...], labels: tuple[str, ...] = ()) -> Histogram:
@@ -201,12 +201,11 @@ def zone_metrics() -> ZoneMetrics:
         zone_events=_counter(
             "zone_events_total", "Tracked objects entering or leaving a zone.", ("stream", "zone", "event")
         ),
-        occupancy=Gauge(
-            PREFIX + "zone_occupancy",
+        occupancy=_gauge(
+            "zone_occupancy",
             "Tracked objects inside a zone now, by class.",
+            "livesum",
             ("stream", "zone", "class"),
-            registry=None,
-            multiprocess_mode="livesum",
         ),
         crossings=_counter(
             "line_crossings_total",
