@@ -43,7 +43,7 @@ from streamer.postprocess import NmsParams
 if TYPE_CHECKING:
     from streamer.config import Config
 
-__all__ = ["EvalError", "EvalParams", "EvalResult", "evaluate", "format_table", "model_path", "read_rgb"]
+__all__ = ["EvalError", "EvalParams", "EvalResult", "evaluate", "format_table", "read_rgb"]
 
 log = logging.getLogger(__name__)
 
@@ -127,15 +127,6 @@ def read_rgb(path: Path) -> np.ndarray:
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
-def model_path(cfg: Config) -> Path:
-    """The config's model file: ``model.onnx``, or the named model (fetched and cached on first use)."""
-    if cfg.model.onnx is not None:
-        return cfg.model.onnx
-    from streamer.models.registry import ensure_model
-
-    return ensure_model(cfg.model.name or "")
-
-
 def _coco_api() -> tuple[Any, Any]:
     try:
         from pycocotools.coco import COCO
@@ -194,7 +185,9 @@ def evaluate(
     by_frame = frame_indices(entries, annotations.name) if video is not None else {}
     if images_dir is not None:
         _check_images(entries, images_dir, annotations)
-    pipeline = open_pipeline(cfg, model_path(cfg), params.nms(), overrides)
+    from streamer.models.registry import resolve
+
+    pipeline = open_pipeline(cfg, resolve(cfg.model), params.nms(), overrides)
     with pipeline:
         if pipeline.executor.spec.num_classes != len(mapping.class_names):
             raise EvalError(

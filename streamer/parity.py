@@ -376,11 +376,11 @@ def parity_main(
 ) -> int:
     """The ``yolostream parity`` command: run, print the summary, write the report; 0 PASS, 1 FAIL."""
     from streamer.config import load_config
-    from streamer.evaluate import model_path
+    from streamer.models.registry import resolve
     from streamer.parity_report import format_summary, summary_json
 
     cfg = load_config(config)
-    specs = parse_backends(backends, model_path(cfg), Path.cwd())
+    specs = parse_backends(backends, resolve(cfg.model), Path.cwd())
     frames = read_frames(Path(images) if images else None, Path(video) if video else None, max_frames)
     out_dir = Path(out)
     result = run_parity(

@@ -42,7 +42,7 @@ from streamer.heartbeat import is_warm, python_stack, silent_for
 from streamer.inference_workers import DevicesError, InferenceWorker, make_workers, move_ledger
 from streamer.logs import setup_main
 from streamer.messages import EVENT_ERROR, EVENT_MOVED, EVENT_STALLED, Shutdown, StreamEvent
-from streamer.models.registry import ensure_model_apart
+from streamer.models.registry import ensure_model_apart, resolve
 from streamer.picture import PICTURES_DIR
 from streamer.placement import LoadMeter, Placement, PlacementError
 from streamer.processes import SOURCE_JOIN_S, SourceProcess, describe_exit, kill, policy_of, rss_mb
@@ -193,11 +193,8 @@ class Supervisor:
 
     def _model_file(self, cfg: Config) -> Path:
         """The config's ONNX file; a named model not cached yet is fetched by a child process."""
-        if cfg.model.onnx is not None:
-            return cfg.model.onnx
-        return ensure_model_apart(
-            cfg.model.name or "", log_queue=self._log_queue, log_level=cfg.logging.level
-        )
+        log_queue, level = self._log_queue, cfg.logging.level
+        return resolve(cfg.model, lambda name: ensure_model_apart(name, log_queue=log_queue, log_level=level))
 
     def _supervise(self) -> int:
         cfg = self.cfg

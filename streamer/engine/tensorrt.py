@@ -652,15 +652,10 @@ class TensorRTEngine(DeviceEngine):
 
 def build_main(cfg: Config, build: TensorRTBuildOptions | None = None) -> int:
     """``yolostream build config.yaml``: build and cache the config's engine ahead of time."""
-    from streamer.models.registry import ensure_model
+    from streamer.engine.select import engine_options
+    from streamer.models.registry import resolve
 
-    model = cfg.model.onnx if cfg.model.onnx is not None else ensure_model(cfg.model.name or "")
-    options = EngineOptions(
-        device=cfg.engine.device,
-        precision=cfg.engine.precision,
-        max_batch=cfg.engine.max_batch,
-        input_size=cfg.model.input_size,
-    )
+    model, options = resolve(cfg.model), engine_options(cfg)
     if build is None:
         build = TensorRTBuildOptions(swap_rb=cfg.model.channel_order == "rgb")
     path = build_plan(model, options, build)

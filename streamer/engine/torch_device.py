@@ -269,13 +269,13 @@ def build_main(cfg: Config) -> int:
     """``yolostream build`` for torch on CUDA: compile every batch size once, so the daemon starts warm."""
     from streamer.engine.select import engine_options
     from streamer.errors import EXIT_OK
-    from streamer.models.registry import ensure_model
+    from streamer.models.registry import resolve
 
     e = cfg.engine
     if e.compile == "off":
         print("nothing to build: engine.compile is off (the torch engine runs eager)")
         return EXIT_OK
-    model = cfg.model.onnx if cfg.model.onnx is not None else ensure_model(cfg.model.name or "")
+    model = resolve(cfg.model)
     started = time.perf_counter()
     engine = TorchDeviceEngine(
         model, engine_options(cfg), cuda_graph=False, compile=e.compile, sizes=e.batch_sizes

@@ -12,13 +12,17 @@ import json
 import logging
 import multiprocessing
 import time
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from streamer.errors import ModelError
 from streamer.paths import cache_dir
+
+if TYPE_CHECKING:
+    from streamer.config import ModelConfig
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +107,14 @@ def ensure_model(name: str, *, index_url: str | None = None, source: Path | None
     onnx_path.with_suffix(".json").write_text(json.dumps(meta, indent=2) + "\n")
     log.info("model %s ready in %.0f s: %s", name, time.monotonic() - started, onnx_path)
     return onnx_path
+
+
+def resolve(model: ModelConfig, fetch: Callable[[str], Path] | None = None) -> Path:
+    """The config's model file: ``model.onnx``, or the named model (`fetch`, by default `ensure_model`:
+    fetched and converted on first use, then cached)."""
+    if model.onnx is not None:
+        return model.onnx
+    return (fetch or ensure_model)(model.name or "")
 
 
 def ensure_model_apart(
