@@ -62,7 +62,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
         return warm_torch(cfg)
     if backend != "tensorrt":
         print(f"nothing to build: {backend} runs the ONNX file as it is")
-        return 0
+        return EXIT_OK
     try:
         from streamer.engine.tensorrt import TensorRTBuildOptions, build_main
     except ImportError as exc:

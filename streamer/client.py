@@ -36,7 +36,7 @@ from typing import TextIO
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from streamer.errors import EXIT_FAILURE, EXIT_OK, YolostreamError
+from streamer.errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, YolostreamError
 from streamer.protocol import (
     ANA_PREFIX,
     DET_PREFIX,
@@ -69,7 +69,6 @@ log = logging.getLogger(__name__)
 
 POLL_SLICE_MS = 1000  # a wait "for ever" polls in slices of this: see Subscriber.recv
 
-EXIT_USAGE = 2  # (as argparse: invalid arguments)
 
 _HANDSHAKE_EVENTS = (
     zmq.EVENT_HANDSHAKE_SUCCEEDED

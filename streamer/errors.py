@@ -13,6 +13,8 @@ from dataclasses import dataclass
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_CONFIG = 2
+EXIT_USAGE = 2
+"""Invalid arguments, as argparse exits (the same code as EXIT_CONFIG: what the user gave is wrong)."""
 
 
 class YolostreamError(Exception):

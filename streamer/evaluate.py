@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 import cv2
 import numpy as np
 
-from streamer.errors import YolostreamError
+from streamer.errors import EXIT_OK, YolostreamError
 from streamer.eval_classes import ClassMapping, class_mapping, parse_class_map
 from streamer.eval_pipeline import Overrides, open_pipeline
 from streamer.eval_video import ClipFrames, frame_indices
@@ -356,4 +356,4 @@ def eval_main(
     if json_out:
         Path(json_out).write_text(json.dumps(result.to_json(), indent=2) + "\n")
         print(f"\nwritten: {json_out}")
-    return 0
+    return EXIT_OK

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, TextIO
 import zmq
 import zmq.auth
 
-from streamer.errors import EXIT_FAILURE, EXIT_OK, YolostreamError
+from streamer.errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, YolostreamError
 
 if TYPE_CHECKING:
     from zmq.auth.thread import ThreadAuthenticator
@@ -60,7 +60,6 @@ ZAP_DOMAIN = "yolostream"
 _KEY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 _Z85_KEY = re.compile(rb"[0-9a-zA-Z.\-:+=^!/*?&<>()\[\]{}@%$#]{40}")
 _REFUSAL_LOG_INTERVAL = 60.0  # seconds between two log lines about the same refused key
-EXIT_USAGE = 2
 
 
 class KeyFileError(YolostreamError, OSError):

@@ -15,7 +15,7 @@ from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, TextIO
 
 from streamer.client import format_message
-from streamer.errors import EXIT_FAILURE, EXIT_OK, YolostreamError
+from streamer.errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, YolostreamError
 from streamer.fleet.connect import API_TIMEOUT_S, FleetError, connect
 from streamer.fleet.names import SUBJECT_ROOT, stream_name, topic_of
 from streamer.protocol import ProtocolError, decode, to_json
@@ -23,7 +23,6 @@ from streamer.protocol import ProtocolError, decode, to_json
 if TYPE_CHECKING:
     from streamer.config import FleetConfig
 
-EXIT_USAGE = 2
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(s|m|h|d)")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
