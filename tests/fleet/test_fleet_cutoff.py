@@ -127,9 +127,11 @@ def test_a_daemon_cut_off_from_nats_stops_its_cameras_within_lease_s_and_resumes
 
         daemon.receive_until(both_back, timeout=90)
         print(f"NATS back: both cameras running again after {time.time() - back_at:.1f} s")
+        # (a renewal comes a tick after the claim: wait for it, do not race it)
         back = _fleet(
-            _metrics_until(url, "the durable queue stored", lambda s: _fleet(s)["queued"] == 0
-                           and _fleet(s)["leases"] == 2)
+            _metrics_until(url, "the durable queue stored and the new leases renewed",
+                           lambda s: _fleet(s)["queued"] == 0 and _fleet(s)["leases"] == 2
+                           and _fleet(s)["renewed"] > cut["renewed"])
         )  # fmt: skip
         print("metrics after NATS came back:", back)
         assert back["renewed"] > cut["renewed"] and back["stopped_lease_lost"] == 0, back
