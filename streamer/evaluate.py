@@ -38,6 +38,7 @@ from streamer.errors import EXIT_OK, YolostreamError
 from streamer.eval_classes import ClassMapping, class_mapping, parse_class_map
 from streamer.eval_pipeline import Overrides, open_pipeline
 from streamer.eval_video import ClipFrames, frame_indices
+from streamer.models.registry import resolve
 from streamer.postprocess import NmsParams
 
 if TYPE_CHECKING:
@@ -185,8 +186,6 @@ def evaluate(
     by_frame = frame_indices(entries, annotations.name) if video is not None else {}
     if images_dir is not None:
         _check_images(entries, images_dir, annotations)
-    from streamer.models.registry import resolve
-
     pipeline = open_pipeline(cfg, resolve(cfg.model), params.nms(), overrides)
     with pipeline:
         if pipeline.executor.spec.num_classes != len(mapping.class_names):

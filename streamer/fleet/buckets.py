@@ -37,6 +37,16 @@ async def open_bucket(js: JetStreamContext, bucket: str, replicas: int, ttl: flo
         ) from None
 
 
+async def bind(js: JetStreamContext, bucket: str) -> KeyValue | None:
+    """The bucket if it exists, else None: for commands that must not create one (a dry run, `status`)."""
+    import nats.js.errors
+
+    try:
+        return await js.key_value(bucket)
+    except nats.js.errors.BucketNotFoundError:
+        return None
+
+
 async def cameras(js: JetStreamContext, cfg: FleetConfig) -> KeyValue:
     return await open_bucket(js, cameras_bucket(cfg.name), cfg.replicas)
 

@@ -92,10 +92,12 @@ async def _plan(js: Any, cfg: FleetConfig) -> Plan | str | None:
     """The rebalance plan that stands (without creating its bucket), why it cannot be read, or None."""
     import nats.js.errors
 
+    kv = await buckets.bind(js, rebalance_bucket(cfg.name))
+    if kv is None:
+        return None
     try:
-        kv = await js.key_value(rebalance_bucket(cfg.name))
         entry = await kv.get(PLAN_KEY)
-    except nats.js.errors.NotFoundError:  # (no bucket, no plan, or the plan deleted)
+    except nats.js.errors.NotFoundError:  # (no plan, or the plan deleted)
         return None
     try:
         return Plan.decode(entry.value or b"")

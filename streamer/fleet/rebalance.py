@@ -59,30 +59,21 @@ class _State:
         return name if same == 1 else run
 
 
-async def _bind(js: Any, bucket: str) -> Any:
-    import nats.js.errors
-
-    try:
-        return await js.key_value(bucket)
-    except nats.js.errors.BucketNotFoundError:
-        return None
-
-
 async def _entries(kv: Any) -> dict[str, Any]:
     return {} if kv is None else await buckets.snapshot(kv)
 
 
 async def _read(js: Any, cfg: FleetConfig) -> _State:
     cameras = set()
-    for cid, entry in (await _entries(await _bind(js, cameras_bucket(cfg.name)))).items():
+    for cid, entry in (await _entries(await buckets.bind(js, cameras_bucket(cfg.name)))).items():
         try:
             buckets.decode_source(cid, entry.value)
             cameras.add(cid)
         except ValueError:
             continue  # (no daemon runs an invalid entry: it is not shared out)
-    leases = await _entries(await _bind(js, leases_bucket(cfg.name)))
+    leases = await _entries(await buckets.bind(js, leases_bucket(cfg.name)))
     holder = {cid: str(json.loads(e.value).get("run", "")) for cid, e in leases.items()}
-    daemons = await _entries(await _bind(js, daemons_bucket(cfg.name)))
+    daemons = await _entries(await buckets.bind(js, daemons_bucket(cfg.name)))
     return _State(frozenset(cameras), holder, {run: json.loads(e.value) for run, e in daemons.items()})
 
 
@@ -145,7 +136,7 @@ async def _rebalance(js: Any, cfg: FleetConfig, dry_run: bool, out: TextIO) -> i
     if dry_run:
         out.write("dry run: nothing changed\n")
         return EXIT_OK
-    kv_plan = await _bind(js, rebalance_bucket(cfg.name))
+    kv_plan = await buckets.bind(js, rebalance_bucket(cfg.name))
     if kv_plan is None:
         raise YolostreamError(
             f"fleet {cfg.name}: its daemons do not read rebalance plans (they are older than this command)"
@@ -156,15 +147,16 @@ async def _rebalance(js: Any, cfg: FleetConfig, dry_run: bool, out: TextIO) -> i
     started = time.monotonic()
     out.write(f"plan written (it stands for {ttl:.0f} s); waiting for the members\n")
     out.flush()
-    kv_daemons = await _bind(js, daemons_bucket(cfg.name))
+    kv_daemons = await buckets.bind(js, daemons_bucket(cfg.name))
     while True:
         await asyncio.sleep(POLL_S)
         try:
             polled = await _read(js, cfg)
         except Exception:  # (a timeout: the state of the last read stands)
             polled = state
-        gone = await _gone(kv_daemons, [run for run in targets if run not in polled.members])
-        if gone or all(run in polled.members for run in targets):
+        missing = [run for run in targets if run not in polled.members]
+        gone = await _gone(kv_daemons, missing)
+        if gone or not missing:
             state = polled  # (else a short read: it stands for nothing, see buckets.is_gone)
         left = _unfinished(state, targets)
         if gone or left is None or time.monotonic() - started > ttl:
