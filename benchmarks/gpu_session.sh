@@ -173,7 +173,7 @@ declare -A LIMIT=([env]=60 [probe]=90 [kernel]=90 [nvdec]=200 [engine]=200 [accu
                   [fp16-mps]=200 [fp16-contexts]=200 [variants]=560
                   [executor]=200 [real-accuracy]=400 [live]=580
                   [pipeline-fp16]=330 [mps-live]=330 [pipeline-mps]=300
-                  [pipeline-fp32]=560 [contention]=400 [contention-mps]=400 [soak]=590 [save-cache]=60 [eval-gpu]=560)
+                  [pipeline-fp32]=560 [contention]=400 [contention-mps]=400 [soak]=590 [memory]=240 [save-cache]=60 [eval-gpu]=560)
 SUMMARY=()
 for name in "$@"; do
     start=$(date +%s)
