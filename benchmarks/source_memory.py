@@ -127,28 +127,21 @@ def main() -> None:
             clip = make_clip(workdir, seconds=10)
         else:
             clip = small_clip(workdir)
-        results = [
-            (n, k, *measure(model, clip, n, k, args, workdir)) for n in args.streams for k in args.per_process
-        ]
-    print(f"{'1080p' if args.hd else '640x360'} H.264, decoder {args.decoder}, engine {args.backend}")
-    header = (
-        "streams",
-        "per process",
-        "processes",
-        "RSS MiB",
-        "RSS/stream",
-        "GPU MiB",
-        "GPU/stream",
-        "daemon GPU",
-    )
-    print(" | ".join(header))
-    for n, k, procs, rss, gpu, held in results:
-        row = (
-            str(n), str(k), str(procs), f"{rss:.0f}", f"{rss / n:.0f}",
-            "-" if gpu is None else f"{gpu:.0f}", "-" if gpu is None else f"{gpu / n:.0f}",
-            "-" if held is None else f"{held:.0f}",
+        header = (
+            "streams", "per process", "processes", "RSS MiB", "RSS/stream", "GPU MiB", "GPU/stream",
+            "daemon GPU",
         )  # fmt: skip
-        print(" | ".join(f"{v:>{len(h)}}" for v, h in zip(row, header, strict=True)))
+        print(f"{'1080p' if args.hd else '640x360'} H.264, decoder {args.decoder}, engine {args.backend}")
+        print(" | ".join(header), flush=True)
+        for n in args.streams:  # a row as soon as it is measured: a call cut short keeps what it had
+            for k in args.per_process:
+                procs, rss, gpu, held = measure(model, clip, n, k, args, workdir)
+                row = (
+                    str(n), str(k), str(procs), f"{rss:.0f}", f"{rss / n:.0f}",
+                    "-" if gpu is None else f"{gpu:.0f}", "-" if gpu is None else f"{gpu / n:.0f}",
+                    "-" if held is None else f"{held:.0f}",
+                )  # fmt: skip
+                print(" | ".join(f"{v:>{len(h)}}" for v, h in zip(row, header, strict=True)), flush=True)
 
 
 if __name__ == "__main__":
