@@ -31,9 +31,9 @@ import av
 import cv2
 import numpy as np
 
-from streamer.client import Subscriber
 from streamer.engine import EngineOptions, load_engine
-from streamer.postprocess import NmsParams, detect_image, to_source_frame
+from streamer.output.client import Subscriber
+from streamer.postprocess.nms import NmsParams, detect_image, to_source_frame
 from streamer.preprocess import letterbox, to_input_tensor
 
 REPO = Path(__file__).resolve().parents[1]

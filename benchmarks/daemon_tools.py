@@ -26,7 +26,7 @@ def gpu_used_mib() -> float | None:
 def next_message(sub, proc: subprocess.Popen, timeout: float = 1.0):
     """The next message within `timeout` s, or None; raises SystemExit as soon as the daemon has exited
     (a daemon whose workers fail to start exits, and the benchmark must not wait out its timeout)."""
-    from streamer.client import ReceiveTimeout
+    from streamer.output.client import ReceiveTimeout
 
     deadline = time.monotonic() + timeout
     while True:

@@ -1,4 +1,4 @@
-"""The latency the publish forwarder (several inference workers, `streamer.forwarder`) adds.
+"""The latency the publish forwarder (several inference workers, `streamer.output.forwarder`) adds.
 
 Publishes N detections messages, paced, through a worker-side `Publisher` straight to a subscriber, and
 through the forwarder's hop, and prints the publish → receive latency (``publish_ts`` to the time the
@@ -15,11 +15,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from streamer.client import Subscriber
 from streamer.config import PublishConfig
-from streamer.forwarder import Forwarder, worker_endpoint
-from streamer.protocol import Detection, DetectionsMessage
-from streamer.publish import Publisher
+from streamer.output.client import Subscriber
+from streamer.output.forwarder import Forwarder, worker_endpoint
+from streamer.output.protocol import Detection, DetectionsMessage
+from streamer.output.publish import Publisher
 
 
 def _message(i: int) -> DetectionsMessage:

@@ -7,7 +7,7 @@ Every image is letterboxed on the CPU (the reference path), then run (a) by ONNX
 the reference, and (b) by each GPU variant through the daemon's own path: `TorchDeviceEngine` in the
 `CudaExecutor`, NMS's first step on the GPU (`streamer.engine.candidates`), the rest of NMS on the CPU,
 batches of 16, 16, 4 and 2 (the last two run at batch size 4, padded). Detections (conf 0.25, IoU 0.45)
-are matched one-to-one per class by IoU (`streamer.parity_compare.match_detections`); printed per
+are matched one-to-one per class by IoU (`streamer.accuracy.parity_compare.match_detections`); printed per
 variant: reference detections, matched at IoU >= 0.9 and >= 0.99, detections only one side has, and over
 the matched pairs the largest box-coordinate and score differences.
 """
@@ -24,9 +24,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from streamer.accuracy.parity_compare import match_detections
 from streamer.engine.base import EngineOptions
-from streamer.parity_compare import match_detections
-from streamer.postprocess import NmsParams, detect_image
+from streamer.postprocess.nms import NmsParams, detect_image
 from streamer.preprocess import letterbox, to_input_tensor
 
 BATCHES = (16, 16, 4, 2)

@@ -39,7 +39,7 @@ from gpu_decode import FPS, make_clip
 
 def decode_streams(clip: str, streams: int, copy: bool, stop: Any, counter: Any, ready: Any) -> None:
     """`streams` threads, each an `NvdecSource` paced at FPS; frames decoded are added to `counter`."""
-    from streamer.engine.cuda import check, load_cudart
+    from streamer.cuda.runtime import check, load_cudart
     from streamer.sources.nvdec import NvdecSource
     from streamer.transport.cuda_ring import nv12_layout
 

@@ -142,7 +142,7 @@ def consumer_process(*args: Any) -> None:
 
 
 def _consumer_loop(endpoint: str, ready: Any, go: Any, seconds: float, out: Any) -> None:
-    from streamer.engine.cuda import check, load_cudart
+    from streamer.cuda.runtime import check, load_cudart
     from streamer.messages import FrameReady, RingExport
     from streamer.preprocess.cuda_kernel import LetterboxKernel
     from streamer.preprocess.letterbox import letterbox_geometry
@@ -216,7 +216,7 @@ def gpu_memory_mib(pids: list[int]) -> float | None:
 
 
 def free_mib() -> float:
-    from streamer.engine.cuda import check, load_cudart
+    from streamer.cuda.runtime import check, load_cudart
 
     free, _ = check(load_cudart().cudaMemGetInfo(), "cudaMemGetInfo")
     return free / 2**20
@@ -269,7 +269,7 @@ def main() -> None:
     shm = "/dev/shm" if Path("/dev/shm").is_dir() else None
     with tempfile.TemporaryDirectory(prefix="gpu_decode.", dir=shm) as tmp:
         clip = args.clip or make_clip(Path(tmp))
-        from streamer.engine.cuda import load_cudart
+        from streamer.cuda.runtime import load_cudart
 
         name = load_cudart().cudaGetDeviceProperties(0)[1].name
         name = name.decode(errors="replace").rstrip("\0") if isinstance(name, bytes) else name

@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from streamer.engine.base import EngineOptions
 from streamer.engine.cuda_executor import CudaExecutor, DeviceArray, check, cudart
 from streamer.engine.torch_device import TorchDeviceEngine
-from streamer.postprocess import NmsParams, box_iou, detect_image
+from streamer.postprocess.nms import NmsParams, box_iou, detect_image
 
 
 def random_yolov7(out: Path) -> Path:

@@ -44,7 +44,7 @@ class _Kernel:
     """The kernel on the GPU: upload NV12 with a pitch, launch, download."""
 
     def __init__(self, dst: int) -> None:
-        from streamer.engine.cuda import check, load_cudart
+        from streamer.cuda.runtime import check, load_cudart
         from streamer.preprocess.cuda_kernel import LetterboxKernel
 
         self.check, self.cudart = check, load_cudart()

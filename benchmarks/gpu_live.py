@@ -46,7 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from daemon_tools import gpu_used_mib, next_message, stop_daemon, timeline_summary
 
-from streamer.client import Subscriber
+from streamer.output.client import Subscriber
 
 FPS = 30
 

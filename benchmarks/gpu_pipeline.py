@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from daemon_tools import gpu_used_mib, next_message, stop_daemon, timeline_summary
 
-from streamer.client import Subscriber
+from streamer.output.client import Subscriber
 
 
 def engine_ceiling(model: Path, batch: int, precision: str, batches: int) -> float:
@@ -149,7 +149,7 @@ def main() -> None:
             ))
             for n in args.streams
         ]  # fmt: skip
-    from streamer.engine.cuda import load_cudart
+    from streamer.cuda.runtime import load_cudart
 
     name = load_cudart().cudaGetDeviceProperties(0)[1].name
     name = name.decode(errors="replace").rstrip("\0") if isinstance(name, bytes) else name

@@ -21,7 +21,7 @@
 #   variants  the torch engine eager vs compiled: build time cold and warm, images/s and host cost per size
 #   executor  CUDA executor + GPU candidate filter + torch device engine tests (SITE=.whl-gpu/site-lite.tar.xz ok)
 #   real-accuracy  fp16 compiled / fp16 eager / fp32 vs ONNX Runtime fp32 on yolov5s + tinycoco (lite site)
-#   eval-gpu  tests/test_eval_gpu.py (the oracle through the GPU path, CPU and CUDA letterbox), then
+#   eval-gpu  tests/accuracy/test_eval_gpu.py (the oracle through the GPU path, CPU and CUDA letterbox), then
 #             `yolostream eval` on the daemon's GPU engine fp32 / fp16 vs ONNX Runtime fp32 CPU (mAP on tinycoco),
 #             `yolostream parity` fp16 vs fp32 (lite site + pycocotools; benchmarks/.cache/{yolov5s-coco.onnx,tinycoco})
 #   save-cache  the compile caches into $OUT/cache.tar.xz (copy it to .whl-gpu/ and carry it: a warm start)
@@ -74,7 +74,7 @@ print('PyAV', av.__version__, '| cuda-bindings', cuda.bindings.__version__, '| t
     probe) python benchmarks/nvdec_probe.py ;;
     kernel) python -m pytest -p no:cacheprovider -q -rs tests/preprocess/test_cuda_kernel.py tests/transport/test_cuda_ring.py ;;
     nvdec) python -m pytest -p no:cacheprovider -q -rs tests/sources/test_nvdec_source.py tests/sources/test_nvdec_fallback.py \
-        tests/test_decoder_groups.py::test_nvdec_streams_share_one_process_and_resume_when_it_is_killed ;;
+        tests/daemon/test_decoder_groups.py::test_nvdec_streams_share_one_process_and_resume_when_it_is_killed ;;
     engine) python -m pytest -p no:cacheprovider -q -rs tests/engine/test_torch_engine.py ;;
     accuracy) python benchmarks/gpu_kernel_accuracy.py ;;
     decode) python benchmarks/gpu_decode.py --streams 1 4 8 16 --seconds 8 ;;
@@ -139,7 +139,7 @@ print('PyAV', av.__version__, '| cuda-bindings', cuda.bindings.__version__, '| t
         python -c "import pycocotools" 2>/dev/null ||
             { echo "pycocotools is not importable: add its wheel to the site (../shared/device/wheels pycocotools)"; return 1; }
         # EVAL_QUICK=1: the served path only (no GPU tests, no CPU-letterbox eval, no host-letterbox parity)
-        [ -n "${EVAL_QUICK:-}" ] || python -m pytest -p no:cacheprovider -q -rs tests/test_eval_gpu.py
+        [ -n "${EVAL_QUICK:-}" ] || python -m pytest -p no:cacheprovider -q -rs tests/accuracy/test_eval_gpu.py
         local tc=benchmarks/.cache/tinycoco cfg=/tmp/eval-gpu.yaml
         printf 'model:\n  onnx: %s\nengine:\n  backend: torch\n  device: cuda\n  max_batch: 8\n  batch_sizes: [8]\nsources:\n  - id: x\n    url: x.mp4\n' \
             "$PWD/benchmarks/.cache/yolov5s-coco.onnx" > "$cfg"

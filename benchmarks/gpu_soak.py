@@ -31,8 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from daemon_tools import stop_daemon
 from gpu_live import FPS, receive_until, wait_for_streams, write_config
 
-from streamer.client import Subscriber
-from streamer.processes import gpu_memory_by_pid, rss_mb
+from streamer.observability.process_memory import gpu_memory_by_pid, rss_mb
+from streamer.output.client import Subscriber
 
 
 def roles(log: str, daemon_pid: int) -> dict[int, str]:

@@ -3,7 +3,7 @@
 For the GPU test host (PyTorch and torchvision are there; a CPU-only torch with a CUDA torchvision, as on
 the build machines, cannot import torchvision). Every case is run through
 
-- ``streamer.postprocess.non_max_suppression`` (NumPy, float32), and
+- ``streamer.postprocess.nms.non_max_suppression`` (NumPy, float32), and
 - `yolov7_nms` below: yolov7's ``utils.general.non_max_suppression`` semantics written with torch ops and
   ``torchvision.ops.nms``, on the CPU and, when there is one, on the GPU,
 
@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from streamer.postprocess import NmsParams, non_max_suppression
+from streamer.postprocess.nms import NmsParams, non_max_suppression
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 MAX_WH = 4096.0

@@ -26,8 +26,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from streamer.client import Subscriber
-from streamer.status_command import fetch, parse
+from streamer.cli.status import fetch, parse
+from streamer.output.client import Subscriber
 
 SOURCE_WORKERS = ("source", "decoders")
 

@@ -3,7 +3,8 @@
 Each object moves on a straight path with jittered boxes; a few are missed each frame and a few false
 positives appear, so every stage of the association has work. Timed over `--frames` frames after a
 warm-up (the tracks exist), median and p99 per update; then the median cost of following the tracked
-boxes through two zones and two lines (`streamer.zones.ZoneLineCounter.update`, what a stream with zones
+boxes through two zones and two lines (`streamer.tracking.zones.ZoneLineCounter.update`, what a stream with
+zones
 and lines adds per frame).
 
 Usage: python benchmarks/tracker_cost.py [--frames 600] [--objects 10,50,150]
@@ -18,7 +19,7 @@ import numpy as np
 
 from streamer.config_analytics import LineConfig, ZoneConfig
 from streamer.tracking import ByteTracker
-from streamer.zones import ZoneLineCounter
+from streamer.tracking.zones import ZoneLineCounter
 
 ZONES = (
     ZoneConfig(name="left", polygon=((100, 100), (900, 100), (900, 1000), (100, 1000))),

@@ -1,5 +1,5 @@
 """`python -m streamer` is the same as the `yolostream` command."""
 
-from streamer.cli import main
+from streamer.cli.main import main
 
 raise SystemExit(main())

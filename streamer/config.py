@@ -12,7 +12,7 @@ import difflib
 import os
 import re
 import stat
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar, get_args
 from urllib.parse import unquote, urlsplit
@@ -191,6 +191,19 @@ def _source_device(value: Any) -> Any:
         f"must name an inference worker: a GPU index (0), cuda:N, gpuN or cpuK (the K-th cpu entry of "
         f"engine.devices), got {_describe(value)}"
     )
+
+
+def worker_names(devices: Sequence[str]) -> list[str]:
+    """The inference workers' names for normalised devices: ``cuda:1`` → ``gpu1``, the K-th ``cpu`` →
+    ``cpuK``."""
+    names, cpus = [], 0
+    for device in devices:
+        if device == "cpu":
+            names.append(f"cpu{cpus}")
+            cpus += 1
+        else:
+            names.append(f"gpu{device.partition(':')[2] or '0'}")
+    return names
 
 
 class EngineConfig(_Section):
@@ -939,8 +952,6 @@ class Config(_Section):
 
     @model_validator(mode="after")
     def _source_devices_listed(self) -> Config:
-        from streamer.placement import worker_names
-
         devices = self.engine.devices
         if devices == "all":  # (which GPUs exist is known only at run time: the supervisor checks)
             return self

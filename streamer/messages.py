@@ -3,7 +3,7 @@
 Pixels never travel in these: a frame crosses as a reference to a slot of its stream's shared-memory ring
 (`FrameReady`), checked against the slot's sequence number so that a recycled slot is never mistaken for
 the frame that was announced. They are msgspec structs, encoded as MessagePack arrays on the internal
-notification socket (see `transport.notify`). The public wire format is in `streamer.protocol`.
+notification socket (see `transport.notify`). The public wire format is in `streamer.output.protocol`.
 """
 
 from __future__ import annotations

@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from streamer.protocol import DetectionsMessage
-from streamer.status import read_status
-from streamer.status_command import fetch
+from streamer.cli.status import fetch
+from streamer.observability.status import read_status
+from streamer.output.protocol import DetectionsMessage
 from tests.support.daemon import Daemon, run_dirs, start_daemon
 from tests.support.media import bright_spot_clip
 from tests.support.models import write_oracle_model

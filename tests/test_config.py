@@ -758,7 +758,7 @@ def test_check_command_accepts_a_valid_file(tmp_path: Path) -> None:
 def test_check_command_exits_2_naming_file_line_and_key(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str, key: str, line: int | None, message: str
 ) -> None:
-    from streamer.cli import main
+    from streamer.cli.main import main
 
     path = tmp_path / "bad.yaml"
     path.write_text(text)
@@ -772,7 +772,7 @@ def test_check_command_exits_2_naming_file_line_and_key(
 def test_build_says_there_is_nothing_to_build_for_onnxruntime(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from streamer.cli import main
+    from streamer.cli.main import main
 
     path = tmp_path / "cpu.yaml"
     path.write_text(MINIMAL + "engine:\n  backend: onnxruntime\n")

@@ -182,7 +182,7 @@ LINE = re.compile(r"^.+?:\d+: ")
 def test_300_mutated_configs_exit_0_or_2_with_a_line_for_every_problem(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from streamer.cli import main
+    from streamer.cli.main import main
 
     monkeypatch.setenv("CAM_PASSWORD", PASSWORD)  # config/example.yaml's camera password
     seeds = [

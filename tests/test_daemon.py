@@ -15,9 +15,9 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from streamer.postprocess import NmsParams, box_iou, detect_image, to_source_frame
+from streamer.output.protocol import DetectionsMessage, EventMessage
+from streamer.postprocess.nms import NmsParams, box_iou, detect_image, to_source_frame
 from streamer.preprocess import letterbox, to_input_tensor
-from streamer.protocol import DetectionsMessage, EventMessage
 from tests.support.daemon import alive, child_pids, run_dirs, start_daemon
 from tests.support.media import bright_spot_clip, corrupt_file, decode_frames, tinycoco_clip
 from tests.support.models import write_oracle_model

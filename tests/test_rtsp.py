@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from streamer.config import ReconnectConfig
-from streamer.protocol import DetectionsMessage, EventMessage
+from streamer.output.protocol import DetectionsMessage, EventMessage
 from streamer.sources.reconnect import BackoffPolicy
 from tests.support.daemon import Daemon, start_daemon
 from tests.support.media import bright_spot_frames, write_clip

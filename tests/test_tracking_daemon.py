@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from streamer.protocol import AnalyticsMessage, DetectionsMessage
+from streamer.output.protocol import AnalyticsMessage, DetectionsMessage
 from tests.support.daemon import metrics_url, scrape, start_daemon, value
 from tests.support.media import moving_spots_clip
 from tests.support.models import write_spots_model

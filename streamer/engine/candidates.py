@@ -2,7 +2,7 @@
 
 A YOLOv7 grid output is ``[B, 25200, 85]`` float32 at 640: 8.6 MB per image. Copying all of it to the
 host and scanning it there (at 2,000 images/s, 17 GB/s of host memory traffic) is what NMS's first step
-— keep the rows whose objectness is above ``conf_thres`` (`streamer.postprocess`, step 1) — throws
+— keep the rows whose objectness is above ``conf_thres`` (`streamer.postprocess.nms`, step 1) — throws
 almost all of away: on real video a few hundred rows pass. The kernel here does that step where the grid
 is, on the executor slot's stream right behind the engine: every row with ``objectness > conf`` (float32,
 as NumPy and torch compare) is copied into a per-image buffer of `capacity` rows, with its row index and
@@ -21,8 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from streamer.engine import nvrtc
-from streamer.engine.cuda import DeviceArray, PinnedArray, check, load_cudart
+from streamer.cuda import nvrtc
+from streamer.cuda.runtime import DeviceArray, PinnedArray, check, load_cudart
 
 KERNEL_NAME = "grid_candidates"
 BLOCK = 256

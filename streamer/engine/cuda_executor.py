@@ -49,8 +49,8 @@ from typing import Any
 
 import numpy as np
 
+from streamer.cuda.runtime import DeviceArray, PinnedArray, check, load_cudart
 from streamer.engine.candidates import GridCandidates
-from streamer.engine.cuda import DeviceArray, PinnedArray, check, load_cudart
 from streamer.engine.device import DeviceEngine, OutputLayout
 from streamer.engine.executor import Batch, InflightSlots, Outputs
 

@@ -22,7 +22,8 @@ class OutputLayout(str, Enum):
     """The three output layouts of yolov7's ``export.py``; see `streamer.engine.layout`."""
 
     GRID = "grid"
-    """``--grid``: ``output [B, N, 5 + classes]`` raw boxes; yolostream runs NMS (`streamer.postprocess`)."""
+    """``--grid``: ``output [B, N, 5 + classes]`` raw boxes; yolostream runs NMS
+    (`streamer.postprocess.nms`)."""
     EFFICIENT_NMS = "efficient_nms"
     """``--end2end`` for TensorRT: ``num_dets [B,1], det_boxes [B,K,4], det_scores [B,K], det_classes [B,K]``
     from the EfficientNMS_TRT plugin (NMS inside the engine, thresholds baked in at export)."""

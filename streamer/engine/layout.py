@@ -3,7 +3,7 @@
 yolov7's ``export.py`` writes one of:
 
 - ``--grid``: one output ``[B, N, 5 + nc]`` (cx, cy, w, h, objectness, class scores); NMS is
-  yolostream's (`streamer.postprocess`) → `OutputLayout.GRID`;
+  yolostream's (`streamer.postprocess.nms`) → `OutputLayout.GRID`;
 - ``--end2end`` (TensorRT): an ``EfficientNMS_TRT`` plugin node and four outputs ``num_dets [B, 1]``
   int32, ``det_boxes [B, K, 4]``, ``det_scores [B, K]``, ``det_classes [B, K]`` int32 →
   `OutputLayout.EFFICIENT_NMS`;

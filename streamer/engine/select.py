@@ -50,7 +50,7 @@ def _tensorrt_usable() -> str | None:
 def _cuda_usable() -> str | None:
     if importlib.util.find_spec("cuda") is None:
         return "cuda-python is not installed (pip install 'yolostream[gpu]')"
-    from streamer.engine.cuda import load_cudart
+    from streamer.cuda.runtime import load_cudart
 
     cudart = load_cudart()
     err, count = cudart.cudaGetDeviceCount()

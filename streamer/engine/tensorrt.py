@@ -39,19 +39,18 @@ import cv2
 import numpy as np
 import tensorrt as trt
 
+from streamer.cuda.runtime import check, load_cudart
 from streamer.engine.base import EngineOptions, ModelSpec
-from streamer.engine.cuda import check, load_cudart
 from streamer.engine.device import DeviceEngine, OutputLayout, TensorSpec
 from streamer.engine.model_info import ModelInfo, describe_outputs_short, inspect_model
 from streamer.engine.plan_cache import PRECISIONS, PlanCache, PlanKey, atomic_write, file_sha256
-from streamer.errors import EXIT_OK, EngineError, ModelError
+from streamer.errors import EngineError, ModelError
 from streamer.paths import cache_dir
 from streamer.preprocess import letterbox, to_input_tensor
 
 if TYPE_CHECKING:
     from typing_extensions import Buffer
 
-    from streamer.config import Config
 
 if not hasattr(trt, "Builder"):
     # `pip install tensorrt-stubs` alone leaves a code-less `tensorrt` namespace package behind.
@@ -59,7 +58,7 @@ if not hasattr(trt, "Builder"):
         "TensorRT is not installed (the `tensorrt` package found has no code: type stubs only?)"
     )
 
-__all__ = ["TensorRTBuildOptions", "TensorRTEngine", "build_main", "build_plan"]
+__all__ = ["TensorRTBuildOptions", "TensorRTEngine", "build_plan"]
 
 log = logging.getLogger(__name__)
 
@@ -602,7 +601,7 @@ class TensorRTEngine(DeviceEngine):
 
         ONNX-NMS outputs are first filled with NaN on the stream (``cudaMemsetAsync`` 0xFF), so after the
         copy to the host the rows past the valid ones have a NaN batch index and
-        `streamer.postprocess_end2end.onnx_nms_detections` skips them. (TensorRT itself may wait for the
+        `streamer.postprocess.end2end.onnx_nms_detections` skips them. (TensorRT itself may wait for the
         row count before ``execute_async_v3`` returns: data-dependent shapes are known on the host.)
         """
         if not isinstance(context, _Context) or context.context is None:
@@ -645,19 +644,3 @@ class TensorRTEngine(DeviceEngine):
         self._contexts.clear()
         self._engine = None
         self._runtime = None
-
-
-# --------------------------------------------------------------------------------------------- build
-
-
-def build_main(cfg: Config, build: TensorRTBuildOptions | None = None) -> int:
-    """``yolostream build config.yaml``: build and cache the config's engine ahead of time."""
-    from streamer.engine.select import engine_options
-    from streamer.models.registry import resolve
-
-    model, options = resolve(cfg.model), engine_options(cfg)
-    if build is None:
-        build = TensorRTBuildOptions(swap_rb=cfg.model.channel_order == "rgb")
-    path = build_plan(model, options, build)
-    print(path)
-    return EXIT_OK

@@ -37,7 +37,7 @@ from streamer.errors import EngineError, ModelError
 from streamer.paths import cache_dir
 
 if TYPE_CHECKING:
-    from streamer.config import Config
+    pass
 
 log = logging.getLogger(__name__)
 
@@ -263,23 +263,3 @@ class TorchDeviceEngine(DeviceEngine):
         self._module = None
         self._forward = None
         self._torch.cuda.empty_cache()
-
-
-def build_main(cfg: Config) -> int:
-    """``yolostream build`` for torch on CUDA: compile every batch size once, so the daemon starts warm."""
-    from streamer.engine.select import engine_options
-    from streamer.errors import EXIT_OK
-    from streamer.models.registry import resolve
-
-    e = cfg.engine
-    if e.compile == "off":
-        print("nothing to build: engine.compile is off (the torch engine runs eager)")
-        return EXIT_OK
-    model = resolve(cfg.model)
-    started = time.perf_counter()
-    engine = TorchDeviceEngine(
-        model, engine_options(cfg), cuda_graph=False, compile=e.compile, sizes=e.batch_sizes
-    )
-    engine.close()
-    print(f"compiled {engine.variant} in {time.perf_counter() - started:.0f} s; cache: {inductor_cache()}")
-    return EXIT_OK

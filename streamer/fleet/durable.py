@@ -1,6 +1,6 @@
 """Durable detections: every message the daemon publishes on ZeroMQ also goes into the fleet's JetStream.
 
-`DurableSink` belongs to the inference worker's `streamer.publish.Publisher`: `put` appends the encoded
+`DurableSink` belongs to the inference worker's `streamer.output.publish.Publisher`: `put` appends the encoded
 message to a bounded queue and returns at once (the inference loop never waits on the network); a thread
 of its own, with its own asyncio loop and NATS connection, sends the queue in batches of asynchronous
 JetStream publishes and waits for their acknowledgements. A message whose acknowledgement does not come
@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from streamer.fleet.connect import API_TIMEOUT_S, FleetError, connect_until, ensure_stream
 from streamer.fleet.names import HEADER_DAEMON, HEADER_ENCODING, HEADER_MSG_ID, subject_of
-from streamer.metrics import durable_metrics
+from streamer.observability.metrics import durable_metrics
 
 if TYPE_CHECKING:
     from streamer.config import FleetConfig

@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING, Any
 from streamer.fleet import buckets
 from streamer.fleet.connect import FleetError, connect_until
 from streamer.fleet.plan import PLAN_KEY, Plan, shed
-from streamer.metrics import (
+from streamer.observability.metrics import (
     FLEET_LEASE_LOST,
     FLEET_NO_RENEWAL,
     FLEET_REBALANCE,
@@ -68,7 +68,8 @@ def daemon_name(cfg: FleetConfig) -> str:
 
 @dataclass(frozen=True)
 class FleetStats:
-    """What a member has counted since it started (the ``fleet_*`` metrics of `streamer.health`)."""
+    """What a member has counted since it started (the ``fleet_*`` metrics of
+    `streamer.observability.health`)."""
 
     leases: int = 0
     """Leases held now."""
@@ -76,7 +77,7 @@ class FleetStats:
     renewals_failed: int = 0
     """Refused (the lease is gone) or unanswered (NATS unreachable, a timeout)."""
     stopped: Mapping[str, int] = field(default_factory=lambda: dict.fromkeys(FLEET_STOP_REASONS, 0))
-    """Cameras stopped, by reason (`streamer.metrics.FLEET_STOP_REASONS`)."""
+    """Cameras stopped, by reason (`streamer.observability.metrics.FLEET_STOP_REASONS`)."""
 
 
 @dataclass

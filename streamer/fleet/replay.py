@@ -2,7 +2,8 @@
 
 An ordered consumer (ephemeral, created by the server for this reader, in stream order, re-created from the
 last message seen when the connection moves to another server) on ``yolostream.<fleet>.*.<stream>``. Each
-message is decoded with `streamer.protocol.decode` from its subject's topic and its payload, and printed as
+message is decoded with `streamer.output.protocol.decode` from its subject's topic and its payload, and
+printed as
 ``yolostream subscribe`` prints ZeroMQ messages.
 """
 
@@ -14,11 +15,11 @@ import sys
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, TextIO
 
-from streamer.client import format_message
 from streamer.errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, YolostreamError
 from streamer.fleet.connect import API_TIMEOUT_S, FleetError, connect
 from streamer.fleet.names import SUBJECT_ROOT, stream_name, topic_of
-from streamer.protocol import ProtocolError, decode, to_json
+from streamer.output.client import format_message
+from streamer.output.protocol import ProtocolError, decode, to_json
 
 if TYPE_CHECKING:
     from streamer.config import FleetConfig

@@ -19,11 +19,13 @@ import urllib.error
 import urllib.request
 import zipfile
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING
 from urllib.parse import urljoin, urlsplit
 
 from streamer.errors import ModelError
-from streamer.models.registry import NamedModel
+
+if TYPE_CHECKING:
+    from streamer.models.registry import NamedModel
 
 log = logging.getLogger(__name__)
 

@@ -24,8 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from streamer.engine import nvrtc
-from streamer.engine.cuda import check, load_cudart
+from streamer.cuda import nvrtc
+from streamer.cuda.runtime import check, load_cudart
 from streamer.errors import EngineError
 from streamer.preprocess.letterbox import PAD_VALUE, LetterboxGeometry
 from streamer.preprocess.nv12 import YuvCoefficients, resize_taps

@@ -104,7 +104,7 @@ class NvdecSource(PyAvSource):
     def _create_decoder(self, codec: str) -> None:
         try:
             self._nvc = importlib.import_module("PyNvVideoCodec")
-            from streamer.engine.cuda import check, load_cudart
+            from streamer.cuda.runtime import check, load_cudart
 
             cudart = self._cudart = load_cudart()
             check(cudart.cudaSetDevice(self.device), "cudaSetDevice")
@@ -178,7 +178,7 @@ class NvdecSource(PyAvSource):
         cudart, stream = self._cudart, self._stream
 
         def sample() -> np.ndarray:
-            from streamer.engine.cuda import check
+            from streamer.cuda.runtime import check
 
             step = max(1, height // LUMA_SAMPLE_ROWS)
             out = np.empty((height // step, width), np.uint8)

@@ -42,7 +42,7 @@ from typing import Any
 
 import numpy as np
 
-from streamer.engine.cuda import check, load_cudart
+from streamer.cuda.runtime import check, load_cudart
 from streamer.messages import RingExport
 from streamer.transport.ring import FrameRing, StaleSlotError
 

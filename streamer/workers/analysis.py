@@ -14,10 +14,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from streamer.messages import FrameReady
-from streamer.metrics import zone_metrics
-from streamer.protocol import AnalyticsMessage, ZoneEventRecord
+from streamer.observability.metrics import zone_metrics
+from streamer.output.protocol import AnalyticsMessage, ZoneEventRecord
 from streamer.tracking import ByteTracker, TrackParams
-from streamer.zones import CROSS, ENTER, ZoneEvent, ZoneLineCounter
+from streamer.tracking.zones import CROSS, ENTER, ZoneEvent, ZoneLineCounter
 
 if TYPE_CHECKING:
     from streamer.config import Config, SourceConfig, TrackingConfig

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 
 from streamer.logs import setup_child
-from streamer.metrics import DROP_RING_FULL
+from streamer.observability.metrics import DROP_RING_FULL
 from streamer.workers import memtrace
 
 
@@ -60,7 +60,7 @@ class StopFlag:
 
 
 class Heartbeat:
-    """A worker's proof of progress, in memory shared with the supervisor (`streamer.heartbeat`).
+    """A worker's proof of progress, in memory shared with the supervisor (`streamer.daemon.heartbeat`).
 
     ``[0]``: the monotonic time (system-wide on Linux) of the loop's last turn; ``[1]``: 1 once the
     worker is past its start-up (the inference worker's first batch, during which an engine may compile).

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from streamer.messages import FrameReady
-from streamer.metrics import DROP_NOTIFY_FULL, DROP_RING_FULL
+from streamer.observability.metrics import DROP_NOTIFY_FULL, DROP_RING_FULL
 from streamer.sources.base import DeviceFrame
 from streamer.transport.cuda_ring import CudaRingWriter
 from streamer.transport.notify import NotifySender

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from streamer.engine.cuda import check, load_cudart
+from streamer.cuda.runtime import check, load_cudart
 from streamer.engine.executor import Executor
 from streamer.messages import FrameReady, RingExport
 from streamer.preprocess.cuda_kernel import Picture

@@ -35,13 +35,13 @@ from streamer.messages import (
     SourceExit,
     StreamEvent,
 )
-from streamer.metrics import DROP_STALE_SLOT, inference_metrics
-from streamer.picture import PICTURES_DIR
-from streamer.postprocess import serving_nms
+from streamer.observability.metrics import DROP_STALE_SLOT, inference_metrics
+from streamer.observability.picture import PICTURES_DIR
+from streamer.observability.status import STATE_OF_EVENT, decoder_after
+from streamer.output.protocol import event_message
+from streamer.output.publish import Publisher
+from streamer.postprocess.nms import serving_nms
 from streamer.preprocess import LetterboxGeometry, letterbox_geometry
-from streamer.protocol import event_message
-from streamer.publish import Publisher
-from streamer.status import STATE_OF_EVENT, decoder_after
 from streamer.transport.notify import NotifyReceiver
 from streamer.transport.ring import StaleSlotError
 from streamer.workers.analysis import Analysis

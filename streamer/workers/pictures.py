@@ -1,4 +1,5 @@
-"""The inference worker's side of the streams' pictures (`streamer.picture`): which streams someone is
+"""The inference worker's side of the streams' pictures (`streamer.observability.picture`): which streams
+someone is
 looking at, one frame copied out of its ring slot now and then, written with its detections by a thread.
 
 While nobody looks, a frame costs one set lookup in `HostFrames.fill` and one dict lookup after its
@@ -19,7 +20,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from streamer.messages import FrameReady
-from streamer.picture import FPS, Box, PictureHeader, Shape, wanted, write_picture
+from streamer.observability.picture import FPS, Box, PictureHeader, Shape, wanted, write_picture
 
 if TYPE_CHECKING:
     from collections.abc import Sequence

@@ -1,6 +1,7 @@
 """What the inference worker tells others about itself: the status file, the gauges, the stats line.
 
-Every second, the state of every stream goes into the run directory's status file (`streamer.status`,
+Every second, the state of every stream goes into the run directory's status file
+(`streamer.observability.status`,
 read by the supervisor for systemd, health and `yolostream status`) and the sampled gauges are set; every
 ``logging.stats_interval_s``, one log line with the frames published per second and the mean batch.
 """
@@ -13,9 +14,9 @@ from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from streamer.metrics import gpu_memory, gpu_memory_gauges, inference_metrics
-from streamer.publish import Publisher
-from streamer.status import RunStatus, StreamStatus, read_status, write_status
+from streamer.observability.metrics import gpu_memory, gpu_memory_gauges, inference_metrics
+from streamer.observability.status import RunStatus, StreamStatus, read_status, write_status
+from streamer.output.publish import Publisher
 from streamer.workers.streams import StreamBook
 
 if TYPE_CHECKING:

@@ -1,8 +1,8 @@
 """The inference worker's last stage: finished batches → detections in source pixels → one message per frame.
 
 `Results.collect` takes every finished batch from the executor, oldest first, decodes each image's output
-(`streamer.postprocess` for the grid layout — on the candidate rows the GPU kept, when it filtered them —
-or `streamer.postprocess_end2end`), maps the boxes back through the frame's letterbox geometry, tracks them
+(`streamer.postprocess.nms` for the grid layout — on the candidate rows the GPU kept, when it filtered them —
+or `streamer.postprocess.end2end`), maps the boxes back through the frame's letterbox geometry, tracks them
 where the stream's config says so (`streamer.workers.analysis`), and publishes one `DetectionsMessage` per
 frame, in batch order; the stream's counters and metrics follow.
 """
@@ -18,12 +18,12 @@ import numpy as np
 from streamer.engine.device import OutputLayout
 from streamer.engine.executor import Batch, Executor, Outputs
 from streamer.messages import FrameReady
-from streamer.metrics import inference_metrics
-from streamer.postprocess import NmsParams, detect_image, to_source_frame
-from streamer.postprocess_end2end import decode_end2end
+from streamer.observability.metrics import inference_metrics
+from streamer.output.protocol import DetectionsMessage, detections_from_array
+from streamer.output.publish import Publisher
+from streamer.postprocess.end2end import decode_end2end
+from streamer.postprocess.nms import NmsParams, detect_image, to_source_frame
 from streamer.preprocess import LetterboxGeometry
-from streamer.protocol import DetectionsMessage, detections_from_array
-from streamer.publish import Publisher
 from streamer.workers.analysis import Analysis
 from streamer.workers.pictures import Pictures
 from streamer.workers.streams import StreamBook

@@ -38,7 +38,7 @@ from streamer.messages import (
     SourceExit,
     StreamEvent,
 )
-from streamer.metrics import DROP_NOTIFY_FULL, DROP_RING_FULL, SourceMetrics, source_metrics
+from streamer.observability.metrics import DROP_NOTIFY_FULL, DROP_RING_FULL, SourceMetrics, source_metrics
 from streamer.sources import DeviceFrame, Pacer, open_source, redact
 from streamer.sources.frozen import FrozenDetector
 from streamer.sources.reconnect import Backoff, BackoffPolicy

@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from streamer.messages import EVENT_DROPPED, FrameReady, StreamEvent
-from streamer.metrics import (
+from streamer.observability.metrics import (
     DROP_INFERENCE_BEHIND,
     DROP_INFERENCE_RESTART,
     DROP_NOTIFY_FULL,

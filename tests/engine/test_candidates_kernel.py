@@ -26,8 +26,8 @@ def test_the_candidate_kernel_compiles_for_hopper_and_is_cached(
 
 
 def test_the_candidate_kernel_arguments_are_read_back_where_the_driver_looks() -> None:
+    from streamer.cuda.nvrtc import LaunchArgs
     from streamer.engine.candidates import _ARG_TYPES
-    from streamer.engine.nvrtc import LaunchArgs
 
     values = (2**40 + 8, 25200, 85, 0.25, 2048, 2**41, 2**42, 2**43)
     args = LaunchArgs(_ARG_TYPES)

@@ -19,7 +19,7 @@ import onnxruntime as ort
 import pytest
 
 from streamer.engine.base import EngineOptions
-from streamer.postprocess import NmsParams, detect_image
+from streamer.postprocess.nms import NmsParams, detect_image
 from tests.support.cuda import cuda_torch_or_skip
 from tests.support.models import write_oracle_model
 

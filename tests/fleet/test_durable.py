@@ -11,8 +11,8 @@ from pathlib import Path
 from streamer.config import FleetConfig
 from streamer.fleet.durable import DurableSink
 from streamer.fleet.names import stream_name
-from streamer.protocol import DetectionsMessage, EventMessage, decode
-from streamer.publish import Publisher
+from streamer.output.protocol import DetectionsMessage, EventMessage, decode
+from streamer.output.publish import Publisher
 from tests.fleet.conftest import read_stream, stream_leader
 from tests.support.nats import NatsCluster
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from streamer.fleet.names import stream_name
-from streamer.protocol import DetectionsMessage, decode
+from streamer.output.protocol import DetectionsMessage, decode
 from tests.fleet.conftest import read_stream
 from tests.support.daemon import start_daemon
 from tests.support.media import bright_spot_clip

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from streamer.client import ReceiveTimeout
-from streamer.protocol import DetectionsMessage
+from streamer.output.client import ReceiveTimeout
+from streamer.output.protocol import DetectionsMessage
 from tests.support.daemon import Samples, metrics_url, scrape, start_daemon, value
 from tests.support.media import bright_spot_clip
 from tests.support.models import write_oracle_model

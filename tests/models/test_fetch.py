@@ -171,7 +171,7 @@ def test_docs_models_describes_every_models_command() -> None:
     """The README sends people to docs/models.md for `yolostream models …` (#12: it described none)."""
     import argparse
 
-    from streamer.cli import build_parser
+    from streamer.cli.main import build_parser
     from tests.support.paths import REPO_ROOT
 
     def subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:

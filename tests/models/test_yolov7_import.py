@@ -27,7 +27,7 @@ from streamer.errors import ModelError
 from streamer.models import yolov7_onnx
 from streamer.models.checkpoint import new_record, record_class, walk
 from streamer.models.yolov7_onnx import build_model, import_checkpoint
-from streamer.postprocess import NmsParams, box_iou, detect_image
+from streamer.postprocess.nms import NmsParams, box_iou, detect_image
 from streamer.preprocess import letterbox, to_input_tensor
 from tests.support.paths import shared_model, tinycoco_images
 
@@ -529,8 +529,8 @@ def test_imported_model_reproduces_the_reference_map(models: dict[str, Path], tm
     """The checkpoint imported without PyTorch scores the mAP measured on PyTorch's export (0.489 on the
     32-image set, conf 0.001, NMS 0.65, multi-label), within the issue's ±0.003, through the whole
     deployed pipeline (`yolostream eval`)."""
+    from streamer.accuracy.evaluate import EvalParams, evaluate, format_table
     from streamer.config import parse_config
-    from streamer.evaluate import EvalParams, evaluate, format_table
     from tests.support.paths import SHARED, coco_json
 
     cfg = parse_config(

@@ -30,7 +30,7 @@ from tests.support.nv12clips import write_tagged_clip as write_clip
 @pytest.fixture(scope="module")
 def gpu() -> Any:
     nvrtc_or_skip()
-    from streamer.engine.cuda import load_cudart
+    from streamer.cuda.runtime import load_cudart
 
     cudart = load_cudart()
     err, count = cudart.cudaGetDeviceCount()
@@ -45,7 +45,7 @@ def test_launch_arguments_sit_at_the_addresses_handed_to_the_driver() -> None:
     ints, 80 bytes."""
     import ctypes
 
-    from streamer.engine.nvrtc import LaunchArgs
+    from streamer.cuda.nvrtc import LaunchArgs
     from streamer.preprocess.cuda_kernel import _ARG_TYPES, MAX_ITEMS, Item, Items
 
     assert ctypes.sizeof(Item) == 80 and ctypes.sizeof(Items) == 80 * MAX_ITEMS <= 4096 - 64
@@ -87,7 +87,7 @@ class _Device:
         self.stream = self._ok(cudart.cudaStreamCreate())
 
     def _ok(self, result: Any) -> Any:
-        from streamer.engine.cuda import check
+        from streamer.cuda.runtime import check
 
         return check(result, "test call")
 

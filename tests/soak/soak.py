@@ -25,8 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-from streamer.client import ReceiveTimeout
-from streamer.protocol import DetectionsMessage, EventMessage
+from streamer.output.client import ReceiveTimeout
+from streamer.output.protocol import DetectionsMessage, EventMessage
 from tests.support.daemon import child_pids, start_daemon
 from tests.support.media import bright_spot_frames, write_clip
 from tests.support.models import write_oracle_model

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from streamer.protocol import DetectionsMessage, EventMessage
+from streamer.output.protocol import DetectionsMessage, EventMessage
 from streamer.sources.nvdec import NvdecSource, nvdec_usable
 from tests.support.daemon import start_daemon
 from tests.support.media import bright_spot_clip, decode_timestamps, write_clip
@@ -28,7 +28,7 @@ pytestmark = pytest.mark.gpu
 def cudart() -> Any:
     if (why := nvdec_usable()) is not None:
         pytest.skip(f"no NVDEC: {why}")
-    from streamer.engine.cuda import load_cudart
+    from streamer.cuda.runtime import load_cudart
 
     cudart = load_cudart()
     err, count = cudart.cudaGetDeviceCount()
@@ -38,7 +38,7 @@ def cudart() -> Any:
 
 
 def _download(cudart: Any, frame: Any) -> tuple[np.ndarray, np.ndarray]:
-    from streamer.engine.cuda import check
+    from streamer.cuda.runtime import check
 
     check(cudart.cudaStreamSynchronize(frame.stream), "sync")
     kind = cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost

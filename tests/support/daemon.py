@@ -11,8 +11,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from streamer.client import ReceiveTimeout, Subscriber
-from streamer.protocol import DetectionsMessage, EventMessage, Message
+from streamer.output.client import ReceiveTimeout, Subscriber
+from streamer.output.protocol import DetectionsMessage, EventMessage, Message
 
 
 def child_pids(pid: int) -> set[int]:
@@ -154,7 +154,7 @@ def scrape(url: str) -> tuple[str, Samples]:
     """``/metrics`` as Prometheus reads it: the text and its samples."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    from streamer.status_command import fetch
+    from streamer.cli.status import fetch
 
     code, text = fetch(f"{url}/metrics")
     assert code == 200, text

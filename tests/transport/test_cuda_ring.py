@@ -51,7 +51,7 @@ def test_nv12_slot_layout() -> None:
 def test_ipc_handles_survive_the_trip_as_bytes() -> None:
     if importlib.util.find_spec("cuda") is None:
         pytest.skip("cuda-python is not installed")
-    from streamer.engine.cuda import load_cudart
+    from streamer.cuda.runtime import load_cudart
     from streamer.transport.cuda_ring import handle_bytes, handle_from
 
     cudart = load_cudart()
@@ -68,7 +68,7 @@ def test_ipc_handles_survive_the_trip_as_bytes() -> None:
 def _cuda_or_skip() -> Any:
     if importlib.util.find_spec("cuda") is None:
         pytest.skip("cuda-python is not installed (pip install 'yolostream[gpu]')")
-    from streamer.engine.cuda import load_cudart
+    from streamer.cuda.runtime import load_cudart
 
     cudart = load_cudart()
     err, count = cudart.cudaGetDeviceCount()
@@ -87,7 +87,7 @@ def _picture(i: int) -> tuple[np.ndarray, np.ndarray]:
 
 def _writer_process(run_dir: str, endpoint: str, result: Any) -> None:
     """The source worker's part: export the ring, copy each frame in on the GPU, announce it."""
-    from streamer.engine.cuda import check, load_cudart
+    from streamer.cuda.runtime import check, load_cudart
     from streamer.transport.cuda_ring import CudaRingWriter
     from streamer.transport.notify import NotifySender
 
@@ -130,7 +130,7 @@ def _writer_process(run_dir: str, endpoint: str, result: Any) -> None:
 @pytest.mark.gpu
 def test_two_processes_share_frames_through_the_ring(tmp_path: Path) -> None:
     cudart = _cuda_or_skip()
-    from streamer.engine.cuda import check
+    from streamer.cuda.runtime import check
     from streamer.preprocess.cuda_kernel import LetterboxKernel
     from streamer.preprocess.letterbox import letterbox_geometry
     from streamer.preprocess.nv12 import YuvCoefficients, letterbox_nv12

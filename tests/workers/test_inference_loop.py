@@ -14,13 +14,13 @@ from pathlib import Path
 
 import pytest
 
-from streamer.client import Subscriber
 from streamer.config import parse_config
 from streamer.engine import EngineOptions, load_engine
 from streamer.engine.executor import CpuExecutor
 from streamer.messages import EVENT_EOS, FrameReady, Shutdown, SourceExit, StreamEvent
-from streamer.protocol import DetectionsMessage, EventMessage
-from streamer.publish import Publisher
+from streamer.output.client import Subscriber
+from streamer.output.protocol import DetectionsMessage, EventMessage
+from streamer.output.publish import Publisher
 from streamer.transport.notify import NotifyReceiver, NotifySender
 from streamer.transport.ring import FrameRing
 from streamer.workers.inference import InferenceLoop

@@ -1,0 +1,1 @@
+"""The `yolostream` command: argument parsing and the command bodies."""
