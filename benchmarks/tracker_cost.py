@@ -4,8 +4,7 @@ Each object moves on a straight path with jittered boxes; a few are missed each 
 positives appear, so every stage of the association has work. Timed over `--frames` frames after a
 warm-up (the tracks exist), median and p99 per update; then the median cost of following the tracked
 boxes through two zones and two lines (`streamer.tracking.zones.ZoneLineCounter.update`, what a stream with
-zones
-and lines adds per frame).
+zones and lines adds per frame).
 
 Usage: python benchmarks/tracker_cost.py [--frames 600] [--objects 10,50,150]
 """

@@ -5,8 +5,7 @@ parts (`streamer.accuracy.eval_pipeline`):
 
     image file (cv2.imread → RGB, as the frame rings hold it) or a clip decoded by the daemon's source
     (PyAV or NVDEC, `streamer.accuracy.eval_video`) → the daemon's letterbox (CPU, or the CUDA kernel on the
-    GPU)
-    → the engine and executor the daemon opens for the config (backend, device, precision, compile)
+    GPU) → the engine and executor the daemon opens for the config (backend, device, precision, compile)
     → the daemon's NMS → boxes mapped to source pixels with the letterbox geometry
 
 and the detections are scored by pycocotools' COCOeval (bbox): mAP@[.5:.95], mAP@.5 and the AP of each
@@ -14,10 +13,9 @@ class. The NMS thresholds of an evaluation are not the serving ones of the confi
 those of yolov7's ``test.py`` (confidence 0.001, IoU 0.65, multi-label, 300 detections per image).
 
 The annotation file's categories are paired with the model's classes by name, or explicitly
-(`streamer.accuracy.eval_classes`): a file may hold a subset of the model's classes; detections of the
-others are
-left out, and the result lists which classes were evaluated and which were ignored. COCO's 80 class
-names land on its 91-id scheme (person 1, ..., toothbrush 90) by name.
+(`streamer.accuracy.eval_classes`): a file may hold a subset of the model's classes; detections of the others
+are left out, and the result lists which classes were evaluated and which were ignored. COCO's 80 class names
+land on its 91-id scheme (person 1, ..., toothbrush 90) by name.
 """
 
 from __future__ import annotations

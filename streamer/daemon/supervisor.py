@@ -10,11 +10,10 @@ Signal handlers only record the signal (through `signal.set_wakeup_fd`); the mai
   model, engine, detection or publish settings restarts the inference worker.
 
 A worker that crashes is restarted with exponential backoff, at most `supervisor.max_restarts` times per
-`restart_window_s` (`streamer.daemon.restart`); a source that gives up is an ``error`` event of its stream
-and the
-others go on. When the inference worker restarts, the sources are told (the shared *epoch*) to take back
-the frame slots the dead worker held. A worker whose memory exceeds its configured limit is recycled
-between frames. The daemon exits by itself when every stream has ended.
+`restart_window_s` (`streamer.daemon.restart`); a source that gives up is an ``error`` event of its stream and
+the others go on. When the inference worker restarts, the sources are told (the shared *epoch*) to take back
+the frame slots the dead worker held. A worker whose memory exceeds its configured limit is recycled between
+frames. The daemon exits by itself when every stream has ended.
 
 Under systemd (``Type=notify``) it sends READY=1 once the workers are up, STATUS= with the streams' states,
 WATCHDOG=1 only while the pipeline makes progress, RELOADING=1 and STOPPING=1 (`streamer.daemon.sdnotify`).

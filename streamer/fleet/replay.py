@@ -3,8 +3,7 @@
 An ordered consumer (ephemeral, created by the server for this reader, in stream order, re-created from the
 last message seen when the connection moves to another server) on ``yolostream.<fleet>.*.<stream>``. Each
 message is decoded with `streamer.output.protocol.decode` from its subject's topic and its payload, and
-printed as
-``yolostream subscribe`` prints ZeroMQ messages.
+printed as ``yolostream subscribe`` prints ZeroMQ messages.
 """
 
 from __future__ import annotations

@@ -1,9 +1,8 @@
 """The supervisor's HTTP endpoint: ``/metrics`` (Prometheus), ``/healthz`` and ``/readyz``; the streams'
 pictures (``/``, ``/streams/<id>/latest.jpg``, ``/streams/<id>/live``: `streamer.observability.web`).
 
-The workers write their metrics into the run directory's ``metrics/`` folder (prometheus-client's
-multiprocess mode, see `streamer.observability.metrics`); a scrape adds those up and appends what only the
-supervisor
+The workers write their metrics into the run directory's ``metrics/`` folder (prometheus-client's multiprocess
+mode, see `streamer.observability.metrics`); a scrape adds those up and appends what only the supervisor
 knows, computed at scrape time from the latest `Snapshot` of its state: each stream's state, the workers'
 restarts and memory, the age of the inference worker's status file.
 

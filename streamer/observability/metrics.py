@@ -4,9 +4,8 @@ Every worker is its own process, so the metrics use prometheus-client's *multipr
 sets ``PROMETHEUS_MULTIPROC_DIR`` (a folder of its run directory) before it spawns any worker, each worker
 writes its values into memory-mapped files of that folder, and the supervisor's HTTP endpoint adds them up
 (`streamer.observability.health`). Counters of a worker that exited stay in its files, so totals keep rising
-across
-restarts. Without the variable (metrics disabled, or a loop driven in-process by a test) the same objects
-count in memory and nobody reads them.
+across restarts. Without the variable (metrics disabled, or a loop driven in-process by a test) the same
+objects count in memory and nobody reads them.
 
 The metric objects are made on first use, per process and never registered in the default registry: a
 source worker makes only the source metrics, the inference worker only its own, the supervisor (which

@@ -6,8 +6,7 @@
 - ``/streams/<id>/live``: the same as an MJPEG stream (``multipart/x-mixed-replace``), `FPS` a second.
 
 A request asks the inference worker for pictures (`streamer.observability.picture.request`) and waits for a
-fresh one;
-drawing and JPEG encoding happen here, in the request's thread, never in the inference worker.
+fresh one; drawing and JPEG encoding happen here, in the request's thread, never in the inference worker.
 """
 
 from __future__ import annotations

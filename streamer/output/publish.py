@@ -222,8 +222,7 @@ class Publisher:
         """Active subscriptions, as of the last (un)subscription read.
 
         A subscriber counts once per topic prefix it subscribes to (`streamer.output.client.Subscriber`
-        makes two
-        per stream it names, or two in all); 0 means nobody is listening.
+        makes two per stream it names, or two in all); 0 means nobody is listening.
         """
         return sum(self._subscriptions.values())
 

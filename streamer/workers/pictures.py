@@ -1,6 +1,6 @@
 """The inference worker's side of the streams' pictures (`streamer.observability.picture`): which streams
-someone is
-looking at, one frame copied out of its ring slot now and then, written with its detections by a thread.
+someone is looking at, one frame copied out of its ring slot now and then, written with its detections by a
+thread.
 
 While nobody looks, a frame costs one set lookup in `HostFrames.fill` and one dict lookup after its
 detections are published. While a stream is looked at, one frame of it every 1 / `FPS` s is copied (a

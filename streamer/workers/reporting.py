@@ -1,9 +1,9 @@
 """What the inference worker tells others about itself: the status file, the gauges, the stats line.
 
 Every second, the state of every stream goes into the run directory's status file
-(`streamer.observability.status`,
-read by the supervisor for systemd, health and `yolostream status`) and the sampled gauges are set; every
-``logging.stats_interval_s``, one log line with the frames published per second and the mean batch.
+(`streamer.observability.status`, read by the supervisor for systemd, health and `yolostream status`) and the
+sampled gauges are set; every ``logging.stats_interval_s``, one log line with the frames published per second
+and the mean batch.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The supervisor's inference workers (`streamer.daemon.inference_workers`): their folders, contexts and the
-config
-each runs with; the merged status of several; the load meter (`streamer.daemon.placement.LoadMeter`)."""
+config each runs with; the merged status of several; the load meter
+(`streamer.daemon.placement.LoadMeter`)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,5 @@
 """The publishing hop of several inference workers (`streamer.output.forwarder`), with real ZeroMQ sockets:
-each
-worker's messages keep their order and seq, a worker that binds again is reconnected, CURVE applies on
+each worker's messages keep their order and seq, a worker that binds again is reconnected, CURVE applies on
 the forwarder's endpoint."""
 
 from __future__ import annotations
