@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 from streamer.config import worker_names
 from streamer.daemon.decoder_groups import DecoderGroups
 from streamer.daemon.processes import InferenceProcess
+from streamer.messages import Shutdown
 from streamer.observability.picture import PICTURES_DIR
 from streamer.output.forwarder import worker_endpoint
 from streamer.transport.notify import NotifySender
@@ -112,6 +113,12 @@ class InferenceWorker:
     @property
     def label(self) -> str:
         return f"inference worker {self.name}" if self.name else "the inference worker"
+
+    def restart_planned(self) -> None:
+        """Ask its process to finish the frames in hand and exit, to be started again (new settings, over
+        its memory budget): a planned restart, not counted as a crash."""
+        self.process.planned = True
+        self.notify.send(Shutdown())
 
     @property
     def run_dir(self) -> Path:

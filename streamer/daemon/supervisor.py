@@ -29,8 +29,6 @@ import multiprocessing.connection
 import os
 import shutil
 import signal
-import socket
-import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -40,14 +38,17 @@ from streamer.daemon.heartbeat import is_warm, python_stack, silent_for
 from streamer.daemon.inference_workers import DevicesError, InferenceWorker, make_workers, move_ledger
 from streamer.daemon.placement import LoadMeter, Placement, PlacementError
 from streamer.daemon.processes import SOURCE_JOIN_S, SourceProcess, describe_exit, kill, policy_of
+from streamer.daemon.recycle import MemoryBudgets
+from streamer.daemon.reload import plan
+from streamer.daemon.run_dir import make_run_dir
 from streamer.daemon.sdnotify import SystemdNotifier
+from streamer.daemon.signals import STOP_SIGNALS, SignalInbox
 from streamer.errors import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, ConfigError, ModelError
 from streamer.logs import setup_main
 from streamer.messages import EVENT_ERROR, EVENT_MOVED, EVENT_STALLED, Shutdown, StreamEvent
 from streamer.models.registry import ensure_model_apart, resolve
 from streamer.observability.health import MetricsServer, Snapshot, build_snapshot
 from streamer.observability.picture import PICTURES_DIR
-from streamer.observability.process_memory import rss_mb
 from streamer.observability.status import RunStatus, merge_statuses, read_status
 from streamer.workers.ledger import ledger_dir
 
@@ -60,29 +61,8 @@ log = logging.getLogger(__name__)
 LOADING_EXTEND_S = 30.0
 """While the model loads, systemd's start timeout is extended by this much every 5 s."""
 
-RUN_DIR_PREFIX = "yolostream-"
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
-MEMORY_CHECK_S = 5.0
-RECYCLE_MIN_AGE_S = 10.0
-"""A process is recycled for its memory only after it has run this long: a budget below what a worker
-needs at start must not recycle it before it reads a frame (on a loaded machine a decoder group was
-recycled over and over while still opening its files, and published nothing)."""
 STATUS_EVERY_S = 5.0
-
-
-def shm_root() -> Path:
-    """Where run directories live: a tmpfs, so frame rings are shared memory."""
-    return Path("/dev/shm") if Path("/dev/shm").is_dir() else Path(tempfile.gettempdir())
-
-
-def remove_stale_run_dirs(root: Path) -> None:
-    """Remove run directories left by daemons that were killed (their pid is gone)."""
-    for path in root.glob(f"{RUN_DIR_PREFIX}*"):
-        pid = path.name[len(RUN_DIR_PREFIX) :].split("-", 1)[0]
-        if not pid.isdigit() or Path(f"/proc/{pid}").exists():
-            continue
-        log.info("removing %s, left behind by a daemon that was killed", path)
-        shutil.rmtree(path, ignore_errors=True)
 
 
 def check_key_files(cfg: Config) -> str | None:
@@ -102,7 +82,6 @@ class Supervisor:
     def __init__(self, cfg: Config, notifier: SystemdNotifier | None = None) -> None:
         self.cfg = cfg
         self._mp = mp.get_context("spawn")
-        self._signals: list[int] = []
         self._notifier = notifier or SystemdNotifier()
         self._sources: dict[str, SourceProcess] = {}
         """Per stream: its own process, or its place in a shared one (`streamer.daemon.decoder_groups`)."""
@@ -113,16 +92,13 @@ class Supervisor:
         self._loads = LoadMeter()
         self._forwarder: Forwarder | None = None
         self._model: Path | None = None
-        self._run_dir: Path | None = None
-        self._wake: socket.socket | None = None
+        self._inbox = SignalInbox()
         self._last_status: RunStatus | None = None
         self._status_sent_at = 0.0
         self._watchdog_at = 0.0
         self._watchdog_published = -1
         self._loading_told_at = 0.0
-        self._memory_at = 0.0
-        self._first_seen: dict[int, float] = {}
-        """When the memory check first saw each worker process (pid): its age, for `RECYCLE_MIN_AGE_S`."""
+        self._budgets = MemoryBudgets()
         self._metrics: MetricsServer | None = None
         self._env_before: str | None = None
         self._health = Snapshot()
@@ -137,7 +113,6 @@ class Supervisor:
         """The `streamer.fleet.member.FleetMember` in fleet mode, else None."""
         self._fleet_ids: dict[str, Any] = {}
         """The fleet cameras running here: id → the source entry they run with."""
-        self._wake_w: socket.socket | None = None
 
     # -- set-up and tear-down ----------------------------------------------------------------------
 
@@ -146,50 +121,26 @@ class Supervisor:
         log_queue = self._log_queue = self._mp.Queue()
         listener = logging.handlers.QueueListener(log_queue, handler, respect_handler_level=False)
         listener.start()
-        root = shm_root()
-        remove_stale_run_dirs(root)
-        run_dir = Path(tempfile.mkdtemp(prefix=f"{RUN_DIR_PREFIX}{os.getpid()}-", dir=root))
-        wake_r, wake_w = socket.socketpair()
-        wake_r.setblocking(False)
-        wake_w.setblocking(False)
-        old_wakeup = signal.set_wakeup_fd(wake_w.fileno())
-        signals = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-        old_handlers = {sig: signal.signal(sig, self._on_signal) for sig in signals}
+        run_dir = make_run_dir()
         try:
-            self._wake, self._wake_w, self._run_dir = wake_r, wake_w, run_dir
-            try:
-                self._workers = make_workers(self._mp, self.cfg, run_dir, log_queue, policy_of(self.cfg))
-            except DevicesError as exc:
-                log.error("%s", exc)
-                return EXIT_CONFIG
-            self._placement = Placement([w.name for w in self._workers])
-            self._start_metrics(run_dir)  # before any worker is spawned: they inherit its environment
-            return self._supervise()
+            with self._inbox:
+                try:
+                    self._workers = make_workers(self._mp, self.cfg, run_dir, log_queue, policy_of(self.cfg))
+                except DevicesError as exc:
+                    log.error("%s", exc)
+                    return EXIT_CONFIG
+                self._placement = Placement([w.name for w in self._workers])
+                self._start_metrics(run_dir)  # before any worker is spawned: they inherit its environment
+                return self._supervise()
         finally:
             self._stop_metrics()
             self._notifier.stopping()
             for worker in self._workers:
                 worker.close()
-            signal.set_wakeup_fd(old_wakeup)
-            for sig, old in old_handlers.items():
-                signal.signal(sig, old)
-            wake_r.close()
-            wake_w.close()
             shutil.rmtree(run_dir, ignore_errors=True)
             listener.stop()
             log_queue.close()
             self._notifier.close()
-
-    def _on_signal(self, signum: int, _frame: object) -> None:
-        self._signals.append(signum)
-
-    def _take_signals(self) -> list[int]:
-        if self._wake is not None:
-            with contextlib.suppress(BlockingIOError):
-                while self._wake.recv(64):
-                    pass
-        got, self._signals = self._signals, []
-        return got
 
     # -- the main loop -----------------------------------------------------------------------------
 
@@ -223,7 +174,7 @@ class Supervisor:
         ):
             if self._fleet is not None:
                 self._fleet.close()
-            return EXIT_FAILURE if not self._stopping_signal() else EXIT_OK
+            return EXIT_FAILURE if not self._inbox.stopping() else EXIT_OK
         for w in self._workers:
             starting = f"; starting {len(cfg.sources)} source worker(s)" if len(self._workers) == 1 else ""
             log.info("%s ready (pid %s)%s", w.label.removeprefix("the "), w.process.pid, starting)
@@ -237,8 +188,8 @@ class Supervisor:
         exit_code = EXIT_OK
         while True:
             self._wait()
-            signals = self._take_signals()
-            if any(s in (signal.SIGINT, signal.SIGTERM) for s in signals):
+            signals = self._inbox.take()
+            if any(s in STOP_SIGNALS for s in signals):
                 log.info("signal received: stopping")
                 break
             if signal.SIGHUP in signals:
@@ -250,7 +201,7 @@ class Supervisor:
                 break
             self._start_due()
             self._check_heartbeats()
-            self._check_memory()
+            self._budgets.check(self.cfg.supervisor, self._sources.values(), self._workers)
             self._report()
             if self._fleet is None and all(s.done for s in self._sources.values()):
                 if self._sources and all(s.done and s.failed for s in self._sources.values()):
@@ -286,11 +237,8 @@ class Supervisor:
         # (dict: the streams of a decoder group share its process's sentinel and pipe)
         waitables: list[Any] = list(dict.fromkeys(w for s in self._sources.values() for w in s.waitables()))
         waitables += [w.process.proc.sentinel for w in self._workers if w.process.proc is not None]
-        waitables.append(self._wake)
+        waitables.append(self._inbox.wake)
         mp.connection.wait(waitables, timeout=timeout)
-
-    def _stopping_signal(self) -> bool:
-        return any(s in (signal.SIGINT, signal.SIGTERM) for s in self._signals)
 
     # -- inference workers -------------------------------------------------------------------------
 
@@ -315,8 +263,10 @@ class Supervisor:
         """Start (or restart) inference workers and wait for their models; False if one failed or we stop.
 
         All start before any is waited for: several workers load their models at the same time."""
+        model = self._model
+        assert model is not None, "the model file is known before an inference worker starts"
         for w in workers:
-            w.process.start(w.config(self.cfg), self._model)  # type: ignore[arg-type]
+            w.process.start(w.config(self.cfg), model)
         self._loading = True
         try:
             return all(self._wait_ready(w) for w in workers)
@@ -331,7 +281,8 @@ class Supervisor:
         if inference.alive():  # a stop signal came while the model was loading
             log.info("stopped before the model was loaded")
             inference.stop_event.set()
-            inference.proc.join(10)  # type: ignore[union-attr]
+            if inference.proc is not None:
+                inference.proc.join(10)
             return False
         log.error("%s failed to start (%s); see the error above", w.label,
                   describe_exit(inference.proc.exitcode if inference.proc else None))  # fmt: skip
@@ -360,7 +311,7 @@ class Supervisor:
             w.bump_epoch()
         if inference.restart_at is not None and time.monotonic() >= inference.restart_at:
             if not self._start_inference([w]):
-                return self._stopping_signal()
+                return self._inbox.stopping()
             log.info("%s restarted (pid %s)", w.label.removeprefix("the "), inference.pid)
             self._restarts["inference", w.name] += 1
             for event in w.after_restart:
@@ -427,9 +378,7 @@ class Supervisor:
 
     def _poke(self) -> None:
         """Wake the main loop (from the fleet thread): the leased cameras changed."""
-        if self._wake_w is not None:
-            with contextlib.suppress(OSError):
-                self._wake_w.send(b"\0")
+        self._inbox.poke()
 
     def _sync_fleet(self) -> None:
         """Start the cameras leased to this daemon and stop those it no longer holds (or that changed)."""
@@ -568,41 +517,6 @@ class Supervisor:
         detail: dict[str, str | int | float] = {"pid": proc.pid, "stalled_s": round(silent, 1)}
         return [StreamEvent(sid, EVENT_STALLED, message, detail=detail) for sid in streams]
 
-    def _check_memory(self) -> None:
-        now = time.monotonic()
-        if now - self._memory_at < MEMORY_CHECK_S:
-            return
-        self._memory_at = now
-        pids = [w.pid for w in self._sources.values()] + [w.process.pid for w in self._workers]
-        self._first_seen = {pid: self._first_seen.get(pid, now) for pid in pids if pid is not None}
-
-        def old_enough(pid: int | None) -> bool:
-            return pid is not None and now - self._first_seen[pid] >= RECYCLE_MIN_AGE_S
-
-        limits = self.cfg.supervisor
-        if limits.source_rss_limit_mb:
-            checked = set()
-            for worker in self._sources.values():
-                if worker.pid in checked or not old_enough(worker.pid):  # a decoder group: one budget
-                    continue
-                checked.add(worker.pid)
-                used = rss_mb(worker.pid)
-                if worker.alive() and used is not None and used > limits.source_rss_limit_mb:
-                    log.warning(
-                        "%s uses %.0f MiB > %d MiB: recycling it",
-                        worker.label,
-                        used,
-                        limits.source_rss_limit_mb,
-                    )
-                    worker.recycle()
-        for w in self._workers:
-            used = rss_mb(w.process.pid) if old_enough(w.process.pid) else None
-            if limits.inference_rss_limit_mb and used and used > limits.inference_rss_limit_mb:
-                log.warning("%s uses %.0f MiB > %d MiB: recycling it", w.label.removeprefix("the "), used,
-                            limits.inference_rss_limit_mb)  # fmt: skip
-                w.process.planned = True
-                w.notify.send(Shutdown())
-
     def _report(self) -> None:
         """STATUS= every few seconds, WATCHDOG=1 while frames are being published (or none are expected)."""
         status = merge_statuses([read_status(w.status_path) for w in self._workers if not w.failed])
@@ -680,7 +594,7 @@ class Supervisor:
         if now - self._loading_told_at >= 5.0:
             self._loading_told_at = now
             self._notifier.loading(LOADING_EXTEND_S)
-        return self._stopping_signal()
+        return self._inbox.stopping()
 
     def _publish_health(self) -> None:
         if self._metrics is None:
@@ -724,37 +638,14 @@ class Supervisor:
             log.error("SIGHUP: %s; keeping the running config", problem)
             self._notifier.ready("reload rejected: bad key file")
             return
-        old_sources = {s.id: s for s in self.cfg.sources}
-        new_sources = {s.id: s for s in new.sources}
-        removed = [sid for sid in old_sources if sid not in new_sources]
-        added = [sid for sid in new_sources if sid not in old_sources]
-        changed = [sid for sid in new_sources if sid in old_sources and new_sources[sid] != old_sources[sid]]
-        pipeline_changed = any(
-            getattr(new, section) != getattr(self.cfg, section)
-            for section in ("model", "engine", "detection", "publish")
-        )
-        if new.metrics != self.cfg.metrics:
-            log.warning("SIGHUP: a change of the metrics section takes effect at the next start")
-        if new.engine.devices != self.cfg.engine.devices:
-            log.warning("SIGHUP: a change of engine.devices takes effect at the next start")
-        if self._forwarder is not None and new.publish != self.cfg.publish:
-            log.warning("SIGHUP: with engine.devices, a change of the publish section takes effect at the "
-                        "next start")  # fmt: skip
-        for sid in changed:
-            if new_sources[sid].device != old_sources[sid].device:
-                log.warning("SIGHUP: stream %s: a change of its device takes effect at the next start "
-                            "(a running stream is never moved)", sid)  # fmt: skip
+        change = plan(self.cfg, new, forwarder=self._forwarder is not None)
+        for deferred in change.deferred:
+            log.warning("SIGHUP: %s", deferred)
         self.cfg = new
-        restarts = "; the inference worker restarts for the new settings" if pipeline_changed else ""
-        log.info(
-            "SIGHUP: reloaded %s: %d added, %d removed, %d changed%s",
-            path,
-            len(added),
-            len(removed),
-            len(changed),
-            restarts,
-        )
+        log.info("SIGHUP: reloaded %s: %s", path, change.summary())
         logging.getLogger().setLevel(new.logging.level)
+        removed, changed = change.removed, change.changed
+        new_sources = {s.id: s for s in new.sources}
         for sid in removed + changed:
             self._sources[sid].removed = sid in removed
         self._stop_sources([self._sources[sid] for sid in removed + changed])
@@ -762,16 +653,15 @@ class Supervisor:
             (ledger_dir(self._worker_of(sid).run_dir) / sid).unlink(missing_ok=True)
             self._placement.forget(sid)
             self._loads.forget(sid)
-        for sid in changed + added:
+        for sid in changed + change.added:
             self._sources.pop(sid, None)
             self._add_source(new_sources[sid])
-        if pipeline_changed:
+        if change.restart_inference:
             try:
                 self._model = self._model_file(new)
             except ModelError as exc:
                 log.error("SIGHUP: %s; the inference worker keeps the previous model", exc)
             for w in self._workers:
                 if not w.failed:
-                    w.process.planned = True
-                    w.notify.send(Shutdown())
+                    w.restart_planned()
         self._notifier.ready(f"reloaded: {len(new.sources)} stream(s)")
