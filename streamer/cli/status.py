@@ -17,9 +17,32 @@ from pathlib import Path
 from typing import Any
 
 from streamer.errors import EXIT_OK, YolostreamError
+from streamer.observability.names import (
+    FORWARDER_OVERFLOWS,
+    FORWARDER_SUBSCRIPTIONS,
+    FRAME_LATENCY,
+    FRAMES_DECODED,
+    FRAMES_DROPPED,
+    FRAMES_PUBLISHED,
+    GPU_MEMORY_TOTAL,
+    GPU_MEMORY_USED,
+    LINE_CROSSINGS,
+    PREFIX,
+    PROCESS_GPU,
+    PROCESS_RSS,
+    PUBLISH_OVERFLOWS,
+    RECONNECTS,
+    STREAM_DECODER,
+    STREAM_DEVICE,
+    STREAM_STATE,
+    SUBSCRIPTIONS,
+    UPTIME,
+    WORKER_RESTARTS,
+    ZONE_EVENTS,
+    ZONE_OCCUPANCY,
+)
 
 DEFAULT_URL = "http://127.0.0.1:9464"
-_P = "yolostream_"
 
 
 class StatusError(YolostreamError, ConnectionError):
@@ -128,44 +151,44 @@ def parse(text: str, at: float | None = None) -> Scrape:
     except ValueError as exc:
         raise StatusError(f"the metrics endpoint answered something that is not metrics: {exc}") from None
     for s in samples:
-        name, labels, value = s.name.removeprefix(_P), s.labels, s.value
+        name, labels, value = s.name.removeprefix(PREFIX), s.labels, s.value
         stream = labels.get("stream", "")
-        if name == "frames_decoded_total":
+        if name == FRAMES_DECODED:
             streams[stream].decoded = value
-        elif name == "frames_published_total":
+        elif name == FRAMES_PUBLISHED:
             streams[stream].published = value
-        elif name == "frames_dropped_total":
+        elif name == FRAMES_DROPPED:
             streams[stream].dropped[labels.get("reason", "?")] = value
-        elif name == "reconnects_total":
+        elif name == RECONNECTS:
             streams[stream].reconnects = value
-        elif name == "stream_state" and value == 1:
+        elif name == STREAM_STATE and value == 1:
             streams[stream].state = labels.get("state", "?")
-        elif name == "stream_decoder" and value == 1:
+        elif name == STREAM_DECODER and value == 1:
             streams[stream].decoder = labels.get("decoder", "?")
-        elif name == "stream_device" and value == 1:
+        elif name == STREAM_DEVICE and value == 1:
             streams[stream].device = labels.get("device", "?")
-        elif name == "frame_latency_seconds_bucket":
+        elif name == FRAME_LATENCY + "_bucket":
             streams[stream].latency[float(labels["le"])] = value
-        elif name == "zone_events_total":
+        elif name == ZONE_EVENTS:
             zone = zones[stream, labels.get("zone", "?")]
             if labels.get("event") == "enter":
                 zone.entered = value
             elif labels.get("event") == "exit":
                 zone.exited = value
-        elif name == "zone_occupancy":
+        elif name == ZONE_OCCUPANCY:
             zones[stream, labels.get("zone", "?")].inside[labels.get("class", "?")] = value
-        elif name == "line_crossings_total":
+        elif name == LINE_CROSSINGS:
             lines[stream, labels.get("line", "?")][labels.get("direction", "?")] = value
-        elif name in ("process_resident_memory_bytes", "process_gpu_memory_bytes", "worker_restarts_total"):
+        elif name in (PROCESS_RSS, PROCESS_GPU, WORKER_RESTARTS):
             key = (labels.get("worker", "?"), stream)
             row = workers.setdefault(key, WorkerRow(*key))
-            if name == "worker_restarts_total":
+            if name == WORKER_RESTARTS:
                 row.restarts = value
-            elif name == "process_gpu_memory_bytes":
+            elif name == PROCESS_GPU:
                 row.gpu = value
             else:
                 row.rss = value
-        elif not labels and s.name.startswith(_P):
+        elif not labels and s.name.startswith(PREFIX):
             values[name] = value
     at = time.monotonic() if at is None else at
     return Scrape(at, dict(streams), list(workers.values()), values, dict(zones), dict(lines))
@@ -240,16 +263,16 @@ def render(url: str, now: Scrape, readiness: dict[str, Any], before: Scrape | No
     ready = readiness.get("ready")
     state = "ready" if ready else f"not ready ({readiness.get('reason', 'unknown')})"
     head = [f"yolostream at {url}: {state}"]
-    if "uptime_seconds" in v:
-        head.append(f"up {_uptime(v['uptime_seconds'])}")
-    subscriptions = v.get("forwarder_subscriptions", v.get("subscriptions"))  # (several workers: the front)
+    if UPTIME in v:
+        head.append(f"up {_uptime(v[UPTIME])}")
+    subscriptions = v.get(FORWARDER_SUBSCRIPTIONS, v.get(SUBSCRIPTIONS))  # (several workers: the front)
     if subscriptions is not None:
         head.append(f"{subscriptions:.0f} subscription(s)")
-    overflows = v.get("publish_overflows_total", 0) + v.get("forwarder_overflows_total", 0)
+    overflows = v.get(PUBLISH_OVERFLOWS, 0) + v.get(FORWARDER_OVERFLOWS, 0)
     head.append(f"{overflows:.0f} publish overflow(s)")
     lines = ["; ".join(head)]
-    if "gpu_memory_used_bytes" in v:
-        used, total = v["gpu_memory_used_bytes"], v.get("gpu_memory_total_bytes", 0.0)
+    if GPU_MEMORY_USED in v:
+        used, total = v[GPU_MEMORY_USED], v.get(GPU_MEMORY_TOTAL, 0.0)
         lines.append(f"GPU memory: {used / 2**30:.2f} GiB used of {total / 2**30:.2f} GiB")
     elapsed = now.at - before.at if before is not None else 0.0
     window = f"over the last {elapsed:.1f} s" if before is not None else "since the start"

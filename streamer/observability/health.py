@@ -23,7 +23,18 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from streamer.observability.metrics import PREFIX
+from streamer.observability.names import (
+    FORWARDER_OVERFLOWS,
+    FORWARDER_SUBSCRIPTIONS,
+    PREFIX,
+    PROCESS_GPU,
+    PROCESS_RSS,
+    STREAM_DECODER,
+    STREAM_DEVICE,
+    STREAM_STATE,
+    UPTIME,
+    WORKER_RESTARTS,
+)
 from streamer.observability.process_memory import gpu_memory_by_pid, rss_mb
 
 if TYPE_CHECKING:
@@ -203,14 +214,14 @@ class SupervisorCollector:
             PREFIX + "stream_up", "1 while the stream is running, else 0.", labels=["stream"]
         )
         state = GaugeMetricFamily(
-            PREFIX + "stream_state", "The stream's state (1 for the current one).", labels=["stream", "state"]
+            PREFIX + STREAM_STATE, "The stream's state (1 for the current one).", labels=["stream", "state"]
         )
         for sid, current in snap.streams.items():
             up.add_metric([sid], float(current == "running"))
             for name in STREAM_STATES:
                 state.add_metric([sid, name], float(current == name))
         decoder = GaugeMetricFamily(
-            PREFIX + "stream_decoder",
+            PREFIX + STREAM_DECODER,
             "1 for the decoder the stream runs on (cpu, nvdec); nvdec streams fall back to cpu.",
             labels=["stream", "decoder"],
         )
@@ -221,7 +232,7 @@ class SupervisorCollector:
         yield decoder
         if snap.placement:
             device = GaugeMetricFamily(
-                PREFIX + "stream_device",
+                PREFIX + STREAM_DEVICE,
                 "1 for the inference worker (engine.devices: gpu0, cpu1, ...) that carries the stream.",
                 labels=["stream", "device"],
             )
@@ -229,16 +240,16 @@ class SupervisorCollector:
                 device.add_metric([sid, name], 1.0)
             yield device
         restarts = CounterMetricFamily(
-            PREFIX + "worker_restarts_total",
+            PREFIX + WORKER_RESTARTS,
             "Restarts of a worker after a crash, a stall or a memory recycle.",
             labels=["worker", "stream"],
         )
         rss = GaugeMetricFamily(
-            PREFIX + "process_resident_memory_bytes", "Resident memory of each process.",
+            PREFIX + PROCESS_RSS, "Resident memory of each process.",
             labels=["worker", "stream"],
         )  # fmt: skip
         gpu = GaugeMetricFamily(
-            PREFIX + "process_gpu_memory_bytes",
+            PREFIX + PROCESS_GPU,
             "GPU memory used by each process (from nvidia-smi; absent without a GPU).",
             labels=["worker", "stream"],
         )
@@ -257,13 +268,13 @@ class SupervisorCollector:
         if snap.forwarder is not None:
             subscriptions, overflows = snap.forwarder
             yield GaugeMetricFamily(
-                PREFIX + "forwarder_subscriptions",
+                PREFIX + FORWARDER_SUBSCRIPTIONS,
                 "Active subscriptions to publish.endpoint, bound by the forwarder of several inference "
                 "workers (each worker's own `subscriptions` counts the forwarder).",
                 subscriptions,
             )
             yield CounterMetricFamily(
-                PREFIX + "forwarder_overflows",
+                PREFIX + FORWARDER_OVERFLOWS,
                 "Messages at which the forwarder found a subscriber's queue full (as "
                 "publish_overflows_total).",
                 overflows,
@@ -273,7 +284,7 @@ class SupervisorCollector:
         ready = float(snap.inference == "ready")
         yield GaugeMetricFamily(PREFIX + "inference_ready", "1 while the inference worker is ready.", ready)
         uptime = time.time() - snap.started
-        yield GaugeMetricFamily(PREFIX + "uptime_seconds", "Seconds since the daemon started.", uptime)
+        yield GaugeMetricFamily(PREFIX + UPTIME, "Seconds since the daemon started.", uptime)
         if snap.status is not None:
             yield GaugeMetricFamily(
                 PREFIX + "status_age_seconds",

@@ -24,7 +24,21 @@ from dataclasses import dataclass
 
 from prometheus_client import Counter, Gauge, Histogram
 
-PREFIX = "yolostream_"
+from streamer.observability.names import (
+    FRAME_LATENCY,
+    FRAMES_DECODED,
+    FRAMES_DROPPED,
+    FRAMES_PUBLISHED,
+    GPU_MEMORY_TOTAL,
+    GPU_MEMORY_USED,
+    LINE_CROSSINGS,
+    PREFIX,
+    PUBLISH_OVERFLOWS,
+    RECONNECTS,
+    SUBSCRIPTIONS,
+    ZONE_EVENTS,
+    ZONE_OCCUPANCY,
+)
 
 # Dropped-frame reasons (the `reason` label of frames_dropped_total).
 DROP_RING_FULL = "ring_full"
@@ -74,7 +88,7 @@ def _histogram(name: str, doc: str, buckets: tuple[float, ...], labels: tuple[st
 def _frames_dropped() -> Counter:
     # Shared by both kinds of worker: in one process, one object per metric name.
     return _counter(
-        "frames_dropped_total", "Frames dropped before inference, by stream and reason.", ("stream", "reason")
+        FRAMES_DROPPED, "Frames dropped before inference, by stream and reason.", ("stream", "reason")
     )
 
 
@@ -92,7 +106,7 @@ class SourceMetrics:
 @functools.cache
 def _source_families() -> tuple[Counter, Histogram, Counter]:
     return (
-        _counter("frames_decoded_total", "Frames the decoder produced.", ("stream",)),
+        _counter(FRAMES_DECODED, "Frames the decoder produced.", ("stream",)),
         _histogram(
             "decode_seconds",
             "Time to obtain one decoded RGB frame from the decoder (for a live stream this includes "
@@ -100,7 +114,7 @@ def _source_families() -> tuple[Counter, Histogram, Counter]:
             _FAST_S,
             ("stream",),
         ),
-        _counter("reconnects_total", "Reconnection attempts of a live stream.", ("stream",)),
+        _counter(RECONNECTS, "Reconnection attempts of a live stream.", ("stream",)),
     )
 
 
@@ -155,9 +169,9 @@ class InferenceMetrics:
 @functools.cache
 def inference_metrics() -> InferenceMetrics:
     return InferenceMetrics(
-        published=_counter("frames_published_total", "Frames whose detections were published.", ("stream",)),
+        published=_counter(FRAMES_PUBLISHED, "Frames whose detections were published.", ("stream",)),
         latency=_histogram(
-            "frame_latency_seconds",
+            FRAME_LATENCY,
             "From the frame's capture (decoded) to its detections' publication.",
             _LATENCY_S,
             ("stream",),
@@ -176,10 +190,10 @@ def inference_metrics() -> InferenceMetrics:
         ),
         batch_size=_histogram("batch_size", "Frames per batch submitted to the engine.", _BATCH),
         publish_overflows=_counter(
-            "publish_overflows_total",
+            PUBLISH_OVERFLOWS,
             "Messages that a subscriber missed because its queue was full (one per message).",
         ),
-        subscriptions=_gauge("subscriptions", "Active subscriptions to the publisher.", "livesum"),
+        subscriptions=_gauge(SUBSCRIPTIONS, "Active subscriptions to the publisher.", "livesum"),
     )
 
 
@@ -199,16 +213,16 @@ class ZoneMetrics:
 def zone_metrics() -> ZoneMetrics:
     return ZoneMetrics(
         zone_events=_counter(
-            "zone_events_total", "Tracked objects entering or leaving a zone.", ("stream", "zone", "event")
+            ZONE_EVENTS, "Tracked objects entering or leaving a zone.", ("stream", "zone", "event")
         ),
         occupancy=_gauge(
-            "zone_occupancy",
+            ZONE_OCCUPANCY,
             "Tracked objects inside a zone now, by class.",
             "livesum",
             ("stream", "zone", "class"),
         ),
         crossings=_counter(
-            "line_crossings_total",
+            LINE_CROSSINGS,
             "Tracked objects crossing a line, by direction.",
             ("stream", "line", "direction"),
         ),
@@ -251,10 +265,8 @@ def durable_metrics() -> DurableMetrics:
 def gpu_memory_gauges() -> tuple[Gauge, Gauge]:
     """``(used, total)``: made only by an inference worker that runs on a GPU, so a CPU daemon has neither."""
     return (
-        _gauge(
-            "gpu_memory_used_bytes", "Memory in use on the inference worker's GPU (all processes).", "livemax"
-        ),
-        _gauge("gpu_memory_total_bytes", "Total memory of the inference worker's GPU.", "livemax"),
+        _gauge(GPU_MEMORY_USED, "Memory in use on the inference worker's GPU (all processes).", "livemax"),
+        _gauge(GPU_MEMORY_TOTAL, "Total memory of the inference worker's GPU.", "livemax"),
     )
 
 
