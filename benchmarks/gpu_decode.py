@@ -7,7 +7,7 @@ For each stream count N, in one run:
 - bare: N processes, each a bare PyNvVideoCodec loop (its own demuxer and decoder, frames left on the
   GPU, nothing else) over the clip, looping;
 - yolostream: N source processes as the daemon runs them — `NvdecSource` (PyAV demuxer → NVDEC),
-  each frame copied into the stream's CUDA-IPC ring (`DeviceRing.hand_over_device`) and announced on
+  each frame copied into the stream's CUDA-IPC ring (`workers.ring_writer.hand_over`) and announced on
   the notification socket — plus one consumer process in the inference worker's role: it maps every
   ring once, makes its stream wait on each slot's event, runs the letterbox kernel into a 640×640 batch
   buffer and releases the slot once the kernel has run (`PendingReleases`).
@@ -111,27 +111,27 @@ def source_process(*args: Any) -> None:
 def _source_loop(index: int, clip: str, run_dir: str, endpoint: str, ready: Any, go: Any, stop: Any) -> None:
     from streamer.sources.nvdec import NvdecSource
     from streamer.transport.notify import NotifySender
-    from streamer.workers.device_ring import DeviceRing, hand_over_device
+    from streamer.workers.ring_writer import RingWriter, hand_over
 
     sid = f"s{index}"
     sender = NotifySender(endpoint)
     source = NvdecSource(sid, clip, loop=True)
     source.open()  # the decoder exists before the clock starts
-    rings = DeviceRing(run_dir, sid, slots=4)
+    writer = RingWriter(run_dir, sid, slots=4)
     frames = source.frames()
     first = next(frames)
-    rings.ring_for(first.width, first.height)
+    writer.device_ring().ring_for(first.width, first.height)
     ready.release()
     go.wait()
     try:
-        hand_over_device(sid, first, rings, sender, False, stop, lambda: 0)
+        hand_over(sid, first, writer, sender, False, stop)
         for frame in frames:
             if stop.is_set():
                 break
-            hand_over_device(sid, frame, rings, sender, False, stop, lambda: 0)
+            hand_over(sid, frame, writer, sender, False, stop)
     finally:
         source.close()
-        rings.close()
+        writer.close()
         sender.close()
 
 

@@ -140,34 +140,6 @@ class Prior(NamedTuple):
 
 NO_PRIOR = Prior()
 
-SLOT_WAIT_S = (0.0002, 0.002)
-"""A file source waiting for a free ring slot polls with this backoff (first, longest sleep). The cap
-is short on purpose: a slot comes back within one turn of the inference loop, and with a 20 ms cap the
-sleep, not the GPU, set the pace (16 × 1080p fp16 ran at 33 frames/s per stream on an H200)."""
-
-
-def wait_for_slot(
-    free_slot: Callable[[], int | None], live: bool, stop: Any, on_wait: Callable[[], bool] = lambda: True
-) -> int | None:
-    """A free slot of a frame ring, or None: a live source never waits (the frame is dropped).
-
-    A file source waits until a slot is free, the worker is stopping, or `on_wait()` — called between
-    polls, e.g. to take back the slots of a replaced inference worker — returns False.
-    """
-    slot = free_slot()
-    delay = SLOT_WAIT_S[0]
-    while slot is None:
-        if live or stop.is_set():
-            return None
-        time.sleep(delay)
-        _heartbeat.beat()  # waiting for the inference worker is progress of ours
-        delay = min(delay * 2, SLOT_WAIT_S[1])
-        if not on_wait():
-            return None
-        slot = free_slot()
-    return slot
-
-
 PROFILE_ENV = "YOLOSTREAM_PROFILE"
 _T = TypeVar("_T")
 

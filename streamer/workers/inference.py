@@ -10,7 +10,7 @@ the ZeroMQ publisher, so that every stream's detections and events leave in orde
         ──► Executor (in flight while the next batch is prepared)
         ──► Results: NMS, boxes to source pixels, one message per frame; then any event queued behind
 
-`InferenceLoop` composes these parts; each owns one concern (`streams`, `frames` / `gpu_frames`,
+`InferenceLoop` composes these parts; each owns one concern (`streams`, `ring_reader` / `cuda_ring_reader`,
 `streamer.engine.executor`, `results`, `reporting`, `timeline`).
 """
 
@@ -46,18 +46,18 @@ from streamer.transport.notify import NotifyReceiver
 from streamer.transport.ring import StaleSlotError
 from streamer.workers.analysis import Analysis
 from streamer.workers.common import StopFlag, WorkerContext, heartbeat, start_worker
-from streamer.workers.frames import FrameReader, HostFrames
 from streamer.workers.ledger import Ledger, ledger_dir
 from streamer.workers.pictures import Pictures
 from streamer.workers.reporting import Reporter, wait_for_previous_subscribers
 from streamer.workers.results import Item, Results
+from streamer.workers.ring_reader import FrameReader, HostFrames
 from streamer.workers.streams import StreamBook, StreamState
 from streamer.workers.timeline import Timeline
 
 if TYPE_CHECKING:
     from streamer.config import Config
     from streamer.fleet.durable import DurableSink
-    from streamer.workers.gpu_frames import DeviceFrames
+    from streamer.workers.cuda_ring_reader import DeviceFrames
 
 log = logging.getLogger(__name__)
 
@@ -246,7 +246,7 @@ class InferenceLoop:
 
     def _device_frames(self) -> DeviceFrames:
         if self.gpu_frames is None:
-            from streamer.workers.gpu_frames import DeviceFrames
+            from streamer.workers.cuda_ring_reader import DeviceFrames
 
             self.gpu_frames = DeviceFrames(self.executor, self.swap_rb)
         return self.gpu_frames

@@ -21,7 +21,6 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from streamer.errors import EXIT_FAILURE, EXIT_OK, SourceError
@@ -34,32 +33,27 @@ from streamer.messages import (
     EVENT_RECONNECTING,
     EVENT_STARTED,
     EVENT_UP,
-    FrameReady,
     SourceExit,
     StreamEvent,
 )
-from streamer.observability.metrics import DROP_NOTIFY_FULL, DROP_RING_FULL, SourceMetrics, source_metrics
+from streamer.observability.metrics import SourceMetrics, source_metrics
 from streamer.sources import DeviceFrame, Pacer, open_source, redact
 from streamer.sources.frozen import FrozenDetector
 from streamer.sources.reconnect import Backoff, BackoffPolicy
 from streamer.sources.watchdog import Watchdog
 from streamer.transport.notify import NotifySender
-from streamer.transport.ring import FrameRing
 from streamer.workers.common import (
-    NO_PRIOR,
     Prior,
     StopFlag,
     WorkerContext,
     heartbeat,
-    next_generation,
     start_worker,
-    wait_for_slot,
 )
+from streamer.workers.ring_writer import RingWriter, hand_over
 
 if TYPE_CHECKING:
     from streamer.config import SourceConfig
     from streamer.sources.base import Frame, FrameSource, SourceInfo
-    from streamer.workers.device_ring import DeviceRing
 
 log = logging.getLogger(__name__)
 
@@ -74,74 +68,6 @@ WATCHDOG_GRACE_S = 10.0
 _STOP_POLL_S = 0.1
 # A file source waiting for a free slot polls the ring, backing off from 1 ms to 20 ms: prompt when
 # inference is quick, and cheap (a few wake-ups per batch) when it is slow and the cores are shared.
-
-
-class RingWriter:
-    """Owns the stream's ring; re-creates it (a new generation) when a frame no longer fits.
-
-    `epoch` (the supervisor's ``inference_epoch``, a shared integer) goes up when the inference worker is
-    replaced: the frames announced to the dead one will never be released, so their slots are taken back.
-    """
-
-    def __init__(
-        self, run_dir: str, stream_id: str, slots: int, epoch: Any = None, cuda_device: int = 0
-    ) -> None:
-        self._dir = Path(run_dir)
-        self._cuda_device = cuda_device
-        self._stream = stream_id
-        self._slots = slots
-        self._generation = 0
-        self._epoch = epoch
-        self._epoch_seen = epoch.value if epoch is not None else 0
-        self.ring: FrameRing | None = None
-        self.device: DeviceRing | None = None
-        """The CUDA ring, for frames decoded by NVDEC (created on the first one)."""
-
-    def reclaim_if_reader_replaced(self) -> int:
-        """Free the slots held by a replaced inference worker; how many held a frame."""
-        if self._epoch is None or self._epoch.value == self._epoch_seen:
-            return 0
-        self._epoch_seen = self._epoch.value
-        if self.device is not None:
-            self.device.reader_replaced()
-        if self.ring is None:
-            return 0
-        held = self.ring.busy()
-        for slot in range(self.ring.slots):
-            self.ring.abandon(slot)  # (a frame announced to the new worker meanwhile fails its seq check)
-        if held:
-            log.info(
-                "stream %s: took back %d frame slot(s) from the replaced inference worker", self._stream, held
-            )
-        return held
-
-    def ring_for(self, nbytes: int) -> FrameRing:
-        self.reclaim_if_reader_replaced()
-        if self.ring is None or self.ring.slot_bytes < nbytes:
-            if self.ring is not None:
-                self.ring.close()  # its file stays until the supervisor removes the run directory
-            self._generation = next_generation()
-            # The pid makes every worker's rings new files: a restarted worker never truncates a file
-            # that the inference worker still has mapped, and the supervisor can tell whose rings are dead.
-            # (The generation counts per process: a stream restarted inside a decoder group gets new files.)
-            path = self._dir / f"{self._stream}.{os.getpid()}.{self._generation}.ring"
-            self.ring = FrameRing.create(path, self._slots, nbytes)
-        return self.ring
-
-    def device_ring(self) -> DeviceRing:
-        if self.device is None:
-            from streamer.workers.device_ring import DeviceRing
-
-            self.device = DeviceRing(str(self._dir), self._stream, self._slots, self._cuda_device)
-        return self.device
-
-    def close(self) -> None:
-        if self.ring is not None:
-            self.ring.close()
-            self.ring = None
-        if self.device is not None:
-            self.device.close()
-            self.device = None
 
 
 def run_source(cfg: SourceConfig, ctx: WorkerContext) -> int:
@@ -243,7 +169,7 @@ class _Output:
 
     def send(self, frame: Frame) -> None:
         prior = self.prior
-        lost = _hand_over(
+        lost = hand_over(
             self.cfg.id, frame, self.writer, self.sender, self.live, self.stop, self.metrics, prior
         )
         if lost is None:
@@ -479,61 +405,3 @@ def _picture(frame: Frame) -> Any:
     if isinstance(frame, DeviceFrame):
         return frame.luma_sample() if frame.luma_sample is not None else None
     return frame.image
-
-
-def _hand_over(
-    stream: str,
-    frame: Frame,
-    writer: RingWriter,
-    sender: NotifySender,
-    live: bool,
-    stop: StopFlag,
-    metrics: SourceMetrics | None = None,
-    prior: Prior = NO_PRIOR,
-) -> str | None:
-    """Copy `frame` into a free slot and announce it (with `prior`); None, or why it was dropped (a
-    ``DROP_*`` reason, counted in `metrics`)."""
-    if isinstance(frame, DeviceFrame):  # decoded by NVDEC: into the stream's CUDA ring
-        from streamer.workers.device_ring import hand_over_device
-
-        lost = hand_over_device(
-            stream, frame, writer.device_ring(), sender, live, stop, writer.reclaim_if_reader_replaced, prior
-        )
-        if lost is not None and metrics is not None and not stop.is_set():  # (counted as for a CPU ring)
-            (metrics.dropped_ring_full if lost == DROP_RING_FULL else metrics.dropped_notify_full).inc()
-        return lost
-    image = frame.image
-    ring = writer.ring_for(image.nbytes)
-
-    def reclaimed() -> bool:
-        writer.reclaim_if_reader_replaced()  # (the reader holding the slots may have died)
-        return True
-
-    slot = wait_for_slot(ring.free_slot, live, stop, reclaimed)
-    if slot is None:
-        if live and metrics is not None and not stop.is_set():
-            metrics.dropped_ring_full.inc()
-        return DROP_RING_FULL  # (when stopping: not a drop of the pipeline's)
-    ring.view(slot, image.shape)[...] = image
-    seq = ring.commit(slot)
-    note = FrameReady(
-        stream,
-        str(ring.path),
-        slot,
-        seq,
-        frame.index,
-        frame.pts,
-        frame.capture_time,
-        image.shape[1],
-        image.shape[0],
-        live,
-        after=prior.after,
-        ring_full=prior.ring_full,
-        notify_full=prior.notify_full,
-    )
-    if not sender.send(note):
-        ring.abandon(slot)
-        if metrics is not None:
-            metrics.dropped_notify_full.inc()
-        return DROP_NOTIFY_FULL
-    return None

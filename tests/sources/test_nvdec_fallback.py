@@ -28,7 +28,8 @@ from streamer.sources.nvdec import DecoderUnavailable, NvdecSource, annexb_packe
 from streamer.transport.notify import NotifyReceiver, NotifySender
 from streamer.transport.ring import FrameRing
 from streamer.workers.common import StopFlag, WorkerContext
-from streamer.workers.source import RingWriter, _fell_back, _run
+from streamer.workers.ring_writer import RingWriter
+from streamer.workers.source import _fell_back, _run
 from tests.support.media import decode_frames, write_clip
 
 SIZE = (64, 48)

@@ -17,7 +17,7 @@ from streamer.sources.base import DecodedFrame
 from streamer.transport.notify import NotifyReceiver, NotifySender
 from streamer.transport.ring import FrameRing, StaleSlotError
 from streamer.workers.common import StopFlag, WorkerContext
-from streamer.workers.source import RingWriter, _hand_over
+from streamer.workers.ring_writer import RingWriter, hand_over
 
 SHAPE = (24, 32, 3)
 
@@ -83,11 +83,11 @@ def test_a_file_stream_blocked_on_a_dead_reader_goes_on_once_it_is_replaced(
     stop = StopFlag(WorkerContext(str(tmp_path), "", None, "INFO", threading.Event(), os.getppid()))
     writer = RingWriter(str(tmp_path), "cam1", slots=2, epoch=epoch)
     try:
-        assert _hand_over("cam1", _frame(0), writer, sender, False, stop) is None
-        assert _hand_over("cam1", _frame(1), writer, sender, False, stop) is None  # never released
+        assert hand_over("cam1", _frame(0), writer, sender, False, stop) is None
+        assert hand_over("cam1", _frame(1), writer, sender, False, stop) is None  # never released
         result: list[str | None] = []
         blocked = threading.Thread(
-            target=lambda: result.append(_hand_over("cam1", _frame(2), writer, sender, False, stop))
+            target=lambda: result.append(hand_over("cam1", _frame(2), writer, sender, False, stop))
         )
         blocked.start()
         time.sleep(0.3)

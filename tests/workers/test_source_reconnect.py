@@ -26,7 +26,8 @@ from streamer.transport.notify import NotifyReceiver, NotifySender
 from streamer.transport.ring import FrameRing
 from streamer.workers import source as source_worker
 from streamer.workers.common import StopFlag, WorkerContext
-from streamer.workers.source import RingWriter, _run
+from streamer.workers.ring_writer import RingWriter
+from streamer.workers.source import _run
 
 SHAPE = (24, 32, 3)
 URL = "rtsp://viewer:hunter2@cam.local/stream"

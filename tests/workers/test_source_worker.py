@@ -20,7 +20,8 @@ from streamer.sources.cpu import PyAvSource
 from streamer.transport.notify import NotifyReceiver, NotifySender
 from streamer.transport.ring import FrameRing
 from streamer.workers.common import StopFlag
-from streamer.workers.source import RingWriter, _hand_over, _run
+from streamer.workers.ring_writer import RingWriter, hand_over
+from streamer.workers.source import _run
 from tests.support.media import decode_frames, write_clip
 
 TIMEOUT = 5.0
@@ -76,7 +77,7 @@ def test_a_frame_is_copied_into_a_slot_and_announced(
 ) -> None:
     sender, receiver = pipe
     frame = DecodedFrame(np.random.default_rng(0).integers(0, 256, SHAPE, dtype=np.uint8), 7, 0.28, 123.5)
-    assert _hand_over("cam1", frame, writer, sender, False, stop) is None
+    assert hand_over("cam1", frame, writer, sender, False, stop) is None
     note = receiver.recv(TIMEOUT)
     assert isinstance(note, FrameReady)
     assert (note.stream, note.index, note.pts, note.capture_time) == ("cam1", 7, 0.28, 123.5)
@@ -93,10 +94,10 @@ def test_a_live_stream_drops_the_frame_when_the_ring_is_full(
     writer: RingWriter, pipe: tuple[NotifySender, NotifyReceiver], stop: StopFlag
 ) -> None:
     sender, receiver = pipe
-    assert _hand_over("cam1", _frame(0), writer, sender, True, stop) is None
-    assert _hand_over("cam1", _frame(1), writer, sender, True, stop) is None
+    assert hand_over("cam1", _frame(0), writer, sender, True, stop) is None
+    assert hand_over("cam1", _frame(1), writer, sender, True, stop) is None
     start = time.monotonic()
-    assert _hand_over("cam1", _frame(2), writer, sender, True, stop) is not None
+    assert hand_over("cam1", _frame(2), writer, sender, True, stop) is not None
     assert time.monotonic() - start < 0.5  # no waiting for the inference worker
     notes = [receiver.recv(TIMEOUT) for _ in range(2)]
     assert [n.index for n in notes] == [0, 1]  # type: ignore[union-attr]
@@ -110,7 +111,7 @@ def test_a_file_stream_waits_for_a_free_slot(
 ) -> None:
     sender, receiver = pipe
     for i in range(2):
-        assert _hand_over("cam1", _frame(i), writer, sender, False, stop) is None
+        assert hand_over("cam1", _frame(i), writer, sender, False, stop) is None
     first = receiver.recv(TIMEOUT)
     assert isinstance(first, FrameReady)
     reader = FrameRing.attach(first.ring)
@@ -123,7 +124,7 @@ def test_a_file_stream_waits_for_a_free_slot(
     releaser.start()
     try:
         start = time.monotonic()
-        assert _hand_over("cam1", _frame(2), writer, sender, False, stop) is None  # waits for the release
+        assert hand_over("cam1", _frame(2), writer, sender, False, stop) is None  # waits for the release
         waited = time.monotonic() - start
     finally:
         releaser.join()
@@ -141,12 +142,12 @@ def test_a_waiting_file_stream_gives_up_when_told_to_stop(
 ) -> None:
     sender, _ = pipe
     for i in range(2):
-        assert _hand_over("cam1", _frame(i), writer, sender, False, stop) is None
+        assert hand_over("cam1", _frame(i), writer, sender, False, stop) is None
     timer = threading.Timer(0.2, stop.set)
     timer.start()
     start = time.monotonic()
     try:
-        assert _hand_over("cam1", _frame(2), writer, sender, False, stop) is not None
+        assert hand_over("cam1", _frame(2), writer, sender, False, stop) is not None
     finally:
         timer.cancel()
     assert 0.15 <= time.monotonic() - start < TIMEOUT
@@ -157,7 +158,7 @@ def test_a_frame_that_cannot_be_announced_gives_its_slot_back(
 ) -> None:
     sender = NotifySender(f"ipc://{tmp_path}/nobody.sock", context, hwm=1)  # nobody reads: fills up
     try:
-        results = [_hand_over("cam1", _frame(i), writer, sender, True, stop) for i in range(6)]
+        results = [hand_over("cam1", _frame(i), writer, sender, True, stop) for i in range(6)]
     finally:
         context.destroy(linger=0)  # closes the sender without its 2 s linger for undeliverable messages
     assert "notify_full" in results
@@ -169,8 +170,8 @@ def test_a_larger_frame_goes_to_a_new_ring(
     writer: RingWriter, pipe: tuple[NotifySender, NotifyReceiver], stop: StopFlag
 ) -> None:
     sender, receiver = pipe
-    assert _hand_over("cam1", _frame(0), writer, sender, False, stop) is None
-    assert _hand_over("cam1", _frame(1, (48, 64, 3)), writer, sender, False, stop) is None
+    assert hand_over("cam1", _frame(0), writer, sender, False, stop) is None
+    assert hand_over("cam1", _frame(1, (48, 64, 3)), writer, sender, False, stop) is None
     small, large = receiver.recv(TIMEOUT), receiver.recv(TIMEOUT)
     assert isinstance(small, FrameReady) and isinstance(large, FrameReady)
     assert small.ring != large.ring

@@ -5,7 +5,7 @@ ring slot back to its source, never before the pixels have been read:
 
 - `HostFrames` (here): RGB frames in shared-memory rings (the CPU decoder), letterboxed on the CPU
   into the slot's host input; the ring slot is released at once;
-- `streamer.workers.gpu_frames.DeviceFrames`: NV12 frames in CUDA rings (NVDEC), letterboxed by the
+- `streamer.workers.cuda_ring_reader.DeviceFrames`: NV12 frames in CUDA rings (NVDEC), letterboxed by the
   CUDA kernel straight into the slot's device input, one launch per batch; ring slots are released
   once the GPU has passed that kernel.
 

@@ -1,6 +1,6 @@
 """The inference worker's side of CUDA frame rings: NV12 slots → the engine's device input buffer.
 
-`DeviceFrames` (a `streamer.workers.frames.FrameReader`) maps each source's exported ring (`RingExport`)
+`DeviceFrames` (a `streamer.workers.ring_reader.FrameReader`) maps each source's exported ring (`RingExport`)
 once. For every ``nv12`` frame of a batch, `fill` checks the slot's sequence number and makes the executor
 slot's CUDA stream wait on the slot's event; `take_batch` then launches the letterbox kernel
 (`streamer.preprocess.cuda_kernel`) once for the whole batch on that stream, straight into the slot's

@@ -3,9 +3,8 @@
 `DeviceRing` owns the stream's `CudaRingWriter` (a new one, with a new control-block file, when the
 picture size changes; the old one is freed once the reader has released all its slots), sends its
 `RingExport` before the first frame and again whenever the reader may not know it (a replaced inference
-worker, or an export that could not be queued). `hand_over` copies one `DeviceFrame` into a free slot
-on the decoder's stream and sends the `FrameReady` — with the same waiting and dropping rules as the
-CPU ring (`streamer.workers.source._hand_over`). Imported only when a stream decodes with NVDEC.
+worker, or an export that could not be queued). Frames go into it by the policy of both rings,
+`streamer.workers.ring_writer.hand_over`. Imported only when a stream decodes with NVDEC.
 """
 
 from __future__ import annotations
@@ -13,14 +12,10 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Any
 
-from streamer.messages import FrameReady
-from streamer.observability.metrics import DROP_NOTIFY_FULL, DROP_RING_FULL
-from streamer.sources.base import DeviceFrame
 from streamer.transport.cuda_ring import CudaRingWriter
 from streamer.transport.notify import NotifySender
-from streamer.workers.common import NO_PRIOR, Prior, next_generation, wait_for_slot
+from streamer.workers.common import next_generation
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +38,7 @@ class DeviceRing:
         if self.ring is None or not self.ring.fits(width, height):
             if self.ring is not None:
                 self._retired.append(self.ring)  # the reader may still hold some of its slots
-            self._generation = next_generation()  # per process: see `source.RingWriter.ring_for`
+            self._generation = next_generation()  # per process: see `ring_writer.RingWriter.ring_for`
             path = self._dir / f"{self._stream}.{os.getpid()}.{self._generation}.cring"
             self.ring = CudaRingWriter(path, self._slots, width, height, self._device)
             self._exported = False
@@ -79,43 +74,3 @@ class DeviceRing:
         for ring in [*self._retired, *([self.ring] if self.ring is not None else [])]:
             ring.close()
         self._retired, self.ring = [], None
-
-
-def hand_over_device(
-    stream: str,
-    frame: DeviceFrame,
-    rings: DeviceRing,
-    sender: NotifySender,
-    live: bool,
-    stop: Any,
-    reclaim: Any,
-    prior: Prior = NO_PRIOR,
-) -> str | None:
-    """Copy `frame` into a free slot of the stream's CUDA ring and announce it (with `prior`); None, or
-    why it was dropped (a ``DROP_*`` reason).
-
-    `reclaim()` is the source worker's check for a replaced inference worker (it frees the slots the
-    dead one held); a file source waits for a slot, a live one drops the frame.
-    """
-    ring = rings.ring_for(frame.width, frame.height)
-    if not rings.ensure_exported(sender):
-        return DROP_NOTIFY_FULL
-
-    def reclaimed_and_exported() -> bool:
-        reclaim()
-        return rings.ensure_exported(sender)
-
-    slot = wait_for_slot(ring.free_slot, live, stop, reclaimed_and_exported)
-    if slot is None:
-        return DROP_RING_FULL
-    seq = ring.write(slot, frame.y_ptr, frame.uv_ptr, frame.pitch, stream=frame.stream)
-    note = FrameReady(
-        stream, str(ring.path), slot, seq, frame.index, frame.pts, frame.capture_time,
-        frame.width, frame.height, live,
-        layout="nv12", colorspace=frame.colorspace, color_range=frame.color_range,
-        after=prior.after, ring_full=prior.ring_full, notify_full=prior.notify_full,
-    )  # fmt: skip
-    if not sender.send(note):
-        ring.abandon(slot)
-        return DROP_NOTIFY_FULL
-    return None
