@@ -17,30 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from streamer.errors import EXIT_OK, YolostreamError
-from streamer.observability.names import (
-    FORWARDER_OVERFLOWS,
-    FORWARDER_SUBSCRIPTIONS,
-    FRAME_LATENCY,
-    FRAMES_DECODED,
-    FRAMES_DROPPED,
-    FRAMES_PUBLISHED,
-    GPU_MEMORY_TOTAL,
-    GPU_MEMORY_USED,
-    LINE_CROSSINGS,
-    PREFIX,
-    PROCESS_GPU,
-    PROCESS_RSS,
-    PUBLISH_OVERFLOWS,
-    RECONNECTS,
-    STREAM_DECODER,
-    STREAM_DEVICE,
-    STREAM_STATE,
-    SUBSCRIPTIONS,
-    UPTIME,
-    WORKER_RESTARTS,
-    ZONE_EVENTS,
-    ZONE_OCCUPANCY,
-)
+from streamer.observability import names
 
 DEFAULT_URL = "http://127.0.0.1:9464"
 
@@ -151,44 +128,44 @@ def parse(text: str, at: float | None = None) -> Scrape:
     except ValueError as exc:
         raise StatusError(f"the metrics endpoint answered something that is not metrics: {exc}") from None
     for s in samples:
-        name, labels, value = s.name.removeprefix(PREFIX), s.labels, s.value
+        name, labels, value = s.name.removeprefix(names.PREFIX), s.labels, s.value
         stream = labels.get("stream", "")
-        if name == FRAMES_DECODED:
+        if name == names.FRAMES_DECODED:
             streams[stream].decoded = value
-        elif name == FRAMES_PUBLISHED:
+        elif name == names.FRAMES_PUBLISHED:
             streams[stream].published = value
-        elif name == FRAMES_DROPPED:
+        elif name == names.FRAMES_DROPPED:
             streams[stream].dropped[labels.get("reason", "?")] = value
-        elif name == RECONNECTS:
+        elif name == names.RECONNECTS:
             streams[stream].reconnects = value
-        elif name == STREAM_STATE and value == 1:
+        elif name == names.STREAM_STATE and value == 1:
             streams[stream].state = labels.get("state", "?")
-        elif name == STREAM_DECODER and value == 1:
+        elif name == names.STREAM_DECODER and value == 1:
             streams[stream].decoder = labels.get("decoder", "?")
-        elif name == STREAM_DEVICE and value == 1:
+        elif name == names.STREAM_DEVICE and value == 1:
             streams[stream].device = labels.get("device", "?")
-        elif name == FRAME_LATENCY + "_bucket":
+        elif name == names.FRAME_LATENCY + "_bucket":
             streams[stream].latency[float(labels["le"])] = value
-        elif name == ZONE_EVENTS:
+        elif name == names.ZONE_EVENTS:
             zone = zones[stream, labels.get("zone", "?")]
             if labels.get("event") == "enter":
                 zone.entered = value
             elif labels.get("event") == "exit":
                 zone.exited = value
-        elif name == ZONE_OCCUPANCY:
+        elif name == names.ZONE_OCCUPANCY:
             zones[stream, labels.get("zone", "?")].inside[labels.get("class", "?")] = value
-        elif name == LINE_CROSSINGS:
+        elif name == names.LINE_CROSSINGS:
             lines[stream, labels.get("line", "?")][labels.get("direction", "?")] = value
-        elif name in (PROCESS_RSS, PROCESS_GPU, WORKER_RESTARTS):
+        elif name in (names.PROCESS_RSS, names.PROCESS_GPU, names.WORKER_RESTARTS):
             key = (labels.get("worker", "?"), stream)
             row = workers.setdefault(key, WorkerRow(*key))
-            if name == WORKER_RESTARTS:
+            if name == names.WORKER_RESTARTS:
                 row.restarts = value
-            elif name == PROCESS_GPU:
+            elif name == names.PROCESS_GPU:
                 row.gpu = value
             else:
                 row.rss = value
-        elif not labels and s.name.startswith(PREFIX):
+        elif not labels and s.name.startswith(names.PREFIX):
             values[name] = value
     at = time.monotonic() if at is None else at
     return Scrape(at, dict(streams), list(workers.values()), values, dict(zones), dict(lines))
@@ -263,16 +240,18 @@ def render(url: str, now: Scrape, readiness: dict[str, Any], before: Scrape | No
     ready = readiness.get("ready")
     state = "ready" if ready else f"not ready ({readiness.get('reason', 'unknown')})"
     head = [f"yolostream at {url}: {state}"]
-    if UPTIME in v:
-        head.append(f"up {_uptime(v[UPTIME])}")
-    subscriptions = v.get(FORWARDER_SUBSCRIPTIONS, v.get(SUBSCRIPTIONS))  # (several workers: the front)
+    if names.UPTIME in v:
+        head.append(f"up {_uptime(v[names.UPTIME])}")
+    subscriptions = v.get(
+        names.FORWARDER_SUBSCRIPTIONS, v.get(names.SUBSCRIPTIONS)
+    )  # (several workers: the front)
     if subscriptions is not None:
         head.append(f"{subscriptions:.0f} subscription(s)")
-    overflows = v.get(PUBLISH_OVERFLOWS, 0) + v.get(FORWARDER_OVERFLOWS, 0)
+    overflows = v.get(names.PUBLISH_OVERFLOWS, 0) + v.get(names.FORWARDER_OVERFLOWS, 0)
     head.append(f"{overflows:.0f} publish overflow(s)")
     lines = ["; ".join(head)]
-    if GPU_MEMORY_USED in v:
-        used, total = v[GPU_MEMORY_USED], v.get(GPU_MEMORY_TOTAL, 0.0)
+    if names.GPU_MEMORY_USED in v:
+        used, total = v[names.GPU_MEMORY_USED], v.get(names.GPU_MEMORY_TOTAL, 0.0)
         lines.append(f"GPU memory: {used / 2**30:.2f} GiB used of {total / 2**30:.2f} GiB")
     elapsed = now.at - before.at if before is not None else 0.0
     window = f"over the last {elapsed:.1f} s" if before is not None else "since the start"
