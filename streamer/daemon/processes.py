@@ -15,9 +15,10 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from streamer.daemon.heartbeat import shared_heartbeat
+from streamer.daemon.heartbeat import python_stack, shared_heartbeat
 from streamer.daemon.restart import RestartPolicy, RestartTracker
 from streamer.errors import EXIT_OK
+from streamer.messages import EVENT_STALLED, StreamEvent
 from streamer.workers.common import WorkerContext, profiled
 from streamer.workers.inference import run_inference
 from streamer.workers.source import EXIT_SOURCE_FAILED, EXIT_SOURCE_STALLED, WATCHDOG_GRACE_S, run_source
@@ -56,6 +57,21 @@ def kill(proc: BaseProcess) -> None:
     if proc.is_alive():
         proc.kill()
         proc.join(5)
+
+
+def kill_stalled(proc: Any, what: str, silent: float, streams: list[str], run_dir: str) -> list[StreamEvent]:
+    """Log a stuck worker with its stack and kill it (the ordinary restart takes over); the events that
+    say so, one per stream it carried."""
+    stack = python_stack(proc.pid, run_dir)
+    log.error(
+        "%s (pid %d) has not advanced for %.0f s (supervisor.heartbeat_timeout_s): killing it for a "
+        "restart. Its Python stack:\n%s",
+        what, proc.pid, silent, stack,
+    )  # fmt: skip
+    kill(proc)
+    message = f"{what.split(': ')[-1]} had not advanced for {silent:.0f} s: killed and restarted"
+    detail: dict[str, str | int | float] = {"pid": proc.pid, "stalled_s": round(silent, 1)}
+    return [StreamEvent(sid, EVENT_STALLED, message, detail=detail) for sid in streams]
 
 
 def policy_of(cfg: Config) -> RestartPolicy:

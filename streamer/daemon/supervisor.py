@@ -34,10 +34,10 @@ from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from streamer.daemon.heartbeat import is_warm, python_stack, silent_for
+from streamer.daemon.heartbeat import is_warm, silent_for
 from streamer.daemon.inference_workers import DevicesError, InferenceWorker, make_workers, move_ledger
 from streamer.daemon.placement import LoadMeter, Placement, PlacementError
-from streamer.daemon.processes import SOURCE_JOIN_S, SourceProcess, describe_exit, kill, policy_of
+from streamer.daemon.processes import SOURCE_JOIN_S, SourceProcess, describe_exit, kill_stalled, policy_of
 from streamer.daemon.recycle import MemoryBudgets
 from streamer.daemon.reload import plan
 from streamer.daemon.run_dir import make_run_dir
@@ -45,7 +45,7 @@ from streamer.daemon.sdnotify import SystemdNotifier
 from streamer.daemon.signals import STOP_SIGNALS, SignalInbox
 from streamer.errors import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, ConfigError, ModelError
 from streamer.logs import setup_main
-from streamer.messages import EVENT_ERROR, EVENT_MOVED, EVENT_STALLED, Shutdown, StreamEvent
+from streamer.messages import EVENT_ERROR, EVENT_MOVED, Shutdown, StreamEvent
 from streamer.models.registry import ensure_model_apart, resolve
 from streamer.observability.health import MetricsServer, Snapshot, build_snapshot
 from streamer.observability.picture import PICTURES_DIR
@@ -485,7 +485,7 @@ class Supervisor:
             what = f"stream {sids[0]}: the source worker" if len(sids) == 1 else label
             if (silent := silent_for(shared)) > limit:
                 lane = self._worker_of(sids[0])
-                for event in self._stalled(proc, what, silent, sids, lane.ctx.run_dir):
+                for event in kill_stalled(proc, what, silent, sids, lane.ctx.run_dir):
                     lane.notify.send(event)
         if self._loading:
             return
@@ -500,22 +500,7 @@ class Supervisor:
                 streams = [
                     s.id for s in self.cfg.sources if self._placement.assignment.get(s.id, 0) == w.index
                 ]
-                w.after_restart += self._stalled(inference.proc, w.label, silent, streams, w.ctx.run_dir)
-
-    def _stalled(
-        self, proc: Any, what: str, silent: float, streams: list[str], run_dir: str
-    ) -> list[StreamEvent]:
-        """Log a stuck worker with its stack and kill it; the events that say so, one per stream."""
-        stack = python_stack(proc.pid, run_dir)
-        log.error(
-            "%s (pid %d) has not advanced for %.0f s (supervisor.heartbeat_timeout_s): killing it for a "
-            "restart. Its Python stack:\n%s",
-            what, proc.pid, silent, stack,
-        )  # fmt: skip
-        kill(proc)
-        message = f"{what.split(': ')[-1]} had not advanced for {silent:.0f} s: killed and restarted"
-        detail: dict[str, str | int | float] = {"pid": proc.pid, "stalled_s": round(silent, 1)}
-        return [StreamEvent(sid, EVENT_STALLED, message, detail=detail) for sid in streams]
+                w.after_restart += kill_stalled(inference.proc, w.label, silent, streams, w.ctx.run_dir)
 
     def _report(self) -> None:
         """STATUS= every few seconds, WATCHDOG=1 while frames are being published (or none are expected)."""
