@@ -16,7 +16,7 @@ import time
 
 import numpy as np
 
-from streamer.config_analytics import LineConfig, ZoneConfig
+from streamer.config.analytics import LineConfig, ZoneConfig
 from streamer.tracking import ByteTracker
 from streamer.tracking.zones import ZoneLineCounter
 

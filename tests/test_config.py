@@ -1,5 +1,5 @@
-"""Tests of `streamer.config` and `streamer.yamlfile`: defaults, every kind of mistake (with its key and
-line), environment interpolation, path resolution, and the `check` command in a real subprocess."""
+"""Tests of `streamer.config` and `streamer.config.yamlfile`: defaults, every kind of mistake (with its
+key and line), environment interpolation, path resolution, and the `check` command in a real subprocess."""
 
 from __future__ import annotations
 

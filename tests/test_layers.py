@@ -15,8 +15,8 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "streamer"
 
 LAYERS: list[set[str]] = [
-    {"streamer", "errors", "paths", "logs", "yamlfile", "coco", "messages"},
-    {"models", "samples", "config_base", "config_analytics", "config"},
+    {"streamer", "errors", "paths", "logs", "coco", "messages"},
+    {"models", "samples", "config"},
     {"cuda", "transport", "sources", "output"},
     {"engine", "preprocess", "postprocess", "tracking", "observability"},
     {"fleet", "workers"},

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from streamer.config_analytics import LineConfig, ZoneConfig
+from streamer.config.analytics import LineConfig, ZoneConfig
 
 ENTER, EXIT, CROSS = "enter", "exit", "cross"
 IN, OUT = "in", "out"

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from streamer.config_analytics import LineConfig, ZoneConfig
+from streamer.config.analytics import LineConfig, ZoneConfig
 from streamer.tracking.zones import (
     CROSS,
     ENTER,

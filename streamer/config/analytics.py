@@ -12,8 +12,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BeforeValidator, Field, StrictBool, StrictFloat, StrictInt, model_validator
 
-from streamer.config_base import Section, fail
-from streamer.yamlfile import KeyPath
+from streamer.config.base import Section, fail
+from streamer.config.yamlfile import KeyPath
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
 
