@@ -826,3 +826,22 @@ def test_zone_and_line_geometry_is_checked_and_classes_resolved() -> None:
     assert cfg.sources[0].zones[0].classes == (1,)
     assert cfg.sources[0].lines[0].coords == "normalized"
     assert cfg.tracking_for(cfg.sources[1]).low_score == 0.3
+
+
+def test_a_cameras_file_names_its_own_keys_in_errors(tmp_path: Path) -> None:
+    from streamer.config import load_sources
+
+    cameras = tmp_path / "cameras.yaml"
+    cameras.write_text("sourcs:\n  - {id: a, url: rtsp://h/a}\n")
+    with pytest.raises(ConfigError) as caught:
+        load_sources(cameras)
+    assert "cameras.yaml:1: sourcs: unknown key 'sourcs' (did you mean 'sources'?)" in str(caught.value)
+    cameras.write_text("sources:\n  - {id: a, url: rtsp://h/a, fps_limt: 5}\nmodel: {onnx: m.onnx}\n")
+    with pytest.raises(ConfigError) as caught:
+        load_sources(cameras)
+    text = str(caught.value)
+    assert "cameras.yaml:2: sources[0].fps_limt: unknown key 'fps_limt' (did you mean 'fps_limit'?)" in text
+    assert "cameras.yaml:3: model: unknown key 'model'" in text
+    assert "did you mean 'model'" not in text  # (a cameras file has no model section to suggest)
+    cameras.write_text("sources:\n  - {id: a, url: a.mp4}\n")
+    assert [(s.id, s.url) for s in load_sources(cameras)] == [("a", str(tmp_path / "a.mp4"))]
