@@ -160,9 +160,9 @@ def _cmd_snapshot(args: argparse.Namespace) -> int:
 
 
 def _cmd_keys(args: argparse.Namespace) -> int:
-    from streamer.output.security import keys_main
+    from streamer.cli.keys import make_keys
 
-    return keys_main(args.out, args.name or [], args.force)
+    return make_keys(args.out, args.name or [], args.force)
 
 
 def _cmd_models_fetch(args: argparse.Namespace) -> int:

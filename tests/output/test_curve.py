@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 import zmq
 
+from streamer.cli.keys import make_keys
 from streamer.config import CurveConfig, PublishConfig
 from streamer.output.client import CurveClient, ReceiveTimeout, Subscriber, subscribe_main
 from streamer.output.protocol import DetectionsMessage
@@ -29,7 +30,6 @@ from streamer.output.security import (
     CurveServer,
     KeyFileError,
     is_local_endpoint,
-    keys_main,
 )
 
 TIMEOUT = 5.0  # seconds: every wait for something that must happen is bounded by this
@@ -44,7 +44,7 @@ class Keys:
     """A key directory made by `yolostream keys`: the server pair and subscribers alice and bob."""
 
     def __init__(self, root: Path) -> None:
-        assert keys_main(root, ["alice", "bob"], force=False, out=io.StringIO()) == 0
+        assert make_keys(root, ["alice", "bob"], force=False, out=io.StringIO()) == 0
         self.root = root
         self.server_secret = root / "server.key_secret"
         self.server_public = root / "server.key"
@@ -156,7 +156,7 @@ def test_keys_given_as_text(keys: Keys, pub: Publisher) -> None:
 
 def test_client_keys_are_reread_when_the_directory_changes(keys: Keys, tmp_path: Path) -> None:
     carol_dir = tmp_path / "carol"
-    assert keys_main(carol_dir, ["carol"], force=False, out=io.StringIO()) == 0
+    assert make_keys(carol_dir, ["carol"], force=False, out=io.StringIO()) == 0
     carol = CurveClient.from_files(keys.server_public, carol_dir / "clients" / "carol.key_secret")
     with Publisher.from_config(keys.config()) as pub:
         with Subscriber(pub.endpoint, curve=carol) as sub:
@@ -202,7 +202,7 @@ def test_subscribe_command_with_keys(keys: Keys, pub: Publisher, capsys: pytest.
     assert len(out.getvalue().splitlines()) == 3
 
     stranger = keys.root.parent / "stranger"
-    assert keys_main(stranger, ["x"], force=False, out=io.StringIO()) == 0
+    assert make_keys(stranger, ["x"], force=False, out=io.StringIO()) == 0
     code = subscribe_main(
         pub.endpoint, None, False, None, 1.0, server_key=keys.server_public,
         client_key=stranger / "clients" / "x.key_secret",

@@ -10,8 +10,9 @@ import pytest
 import zmq
 import zmq.auth
 
+from streamer.cli.keys import make_keys
 from streamer.cli.main import main
-from streamer.output.security import keys_main, read_secret_certificate
+from streamer.output.security import read_secret_certificate
 
 
 def mode(path: Path) -> int:
@@ -21,7 +22,7 @@ def mode(path: Path) -> int:
 def test_server_and_client_pairs_in_zeromq_certificate_format(tmp_path: Path) -> None:
     out = io.StringIO()
     root = tmp_path / "curve"
-    assert keys_main(root, [], force=False, out=out) == 0
+    assert make_keys(root, [], force=False, out=out) == 0
     files = sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
     assert files == [
         "authorized_clients/client.key",
@@ -53,15 +54,15 @@ def test_server_and_client_pairs_in_zeromq_certificate_format(tmp_path: Path) ->
 
 
 def test_refuses_to_overwrite_without_force(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert keys_main(tmp_path, [], force=False, out=io.StringIO()) == 0
+    assert make_keys(tmp_path, [], force=False, out=io.StringIO()) == 0
     before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
-    assert keys_main(tmp_path, [], force=False, out=io.StringIO()) == 1
+    assert make_keys(tmp_path, [], force=False, out=io.StringIO()) == 1
     err = capsys.readouterr().err
     assert "refusing to overwrite" in err and str(tmp_path / "server.key_secret") in err and "--force" in err
     assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
-    assert keys_main(tmp_path, ["client"], force=False, out=io.StringIO()) == 1
+    assert make_keys(tmp_path, ["client"], force=False, out=io.StringIO()) == 1
     # --force replaces them with new keys, with the same modes, and leaves no temporary file.
-    assert keys_main(tmp_path, [], force=True, out=io.StringIO()) == 0
+    assert make_keys(tmp_path, [], force=True, out=io.StringIO()) == 0
     after = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
     assert after.keys() == before.keys()
     assert all(after[p] != before[p] for p in before)
@@ -69,10 +70,10 @@ def test_refuses_to_overwrite_without_force(tmp_path: Path, capsys: pytest.Captu
 
 
 def test_more_clients_leave_the_server_pair_alone(tmp_path: Path) -> None:
-    assert keys_main(tmp_path, [], force=False, out=io.StringIO()) == 0
+    assert make_keys(tmp_path, [], force=False, out=io.StringIO()) == 0
     server = (tmp_path / "server.key_secret").read_bytes()
     out = io.StringIO()
-    assert keys_main(tmp_path, ["alice", "bob", "alice"], force=False, out=out) == 0
+    assert make_keys(tmp_path, ["alice", "bob", "alice"], force=False, out=out) == 0
     assert (tmp_path / "server.key_secret").read_bytes() == server
     assert sorted(p.name for p in (tmp_path / "authorized_clients").iterdir()) == [
         "alice.key",
@@ -86,7 +87,7 @@ def test_more_clients_leave_the_server_pair_alone(tmp_path: Path) -> None:
 
 
 def test_clients_only_into_an_empty_directory_also_make_the_server_pair(tmp_path: Path) -> None:
-    assert keys_main(tmp_path / "k", ["alice"], force=False, out=io.StringIO()) == 0
+    assert make_keys(tmp_path / "k", ["alice"], force=False, out=io.StringIO()) == 0
     assert (tmp_path / "k" / "server.key_secret").is_file() and not (
         tmp_path / "k" / "clients" / "client.key_secret"
     ).exists()
@@ -94,7 +95,7 @@ def test_clients_only_into_an_empty_directory_also_make_the_server_pair(tmp_path
 
 @pytest.mark.parametrize("name", ["", "../evil", "a/b", ".hidden", "x" * 65])
 def test_invalid_names(tmp_path: Path, name: str, capsys: pytest.CaptureFixture[str]) -> None:
-    assert keys_main(tmp_path, [name], force=False, out=io.StringIO()) == 2
+    assert make_keys(tmp_path, [name], force=False, out=io.StringIO()) == 2
     assert "invalid name" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
 
