@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from streamer.observability.process_memory import rss_mb
@@ -28,8 +28,7 @@ recycled over and over while still opening its files, and published nothing)."""
 class MemoryBudgets:
     """Checks every `MEMORY_CHECK_S` which worker processes are over their budget, and recycles them."""
 
-    def __init__(self, rss: Callable[[int | None], float | None] = rss_mb) -> None:
-        self._rss = rss
+    def __init__(self) -> None:
         self._checked_at = 0.0
         self._first_seen: dict[int, float] = {}
         """When a check first saw each process (pid): its age, for `RECYCLE_MIN_AGE_S`."""
@@ -54,14 +53,14 @@ class MemoryBudgets:
                 if source.pid in checked or not old_enough(source.pid):  # a decoder group: one budget
                     continue
                 checked.add(source.pid)
-                used = self._rss(source.pid)
+                used = rss_mb(source.pid)
                 if source.alive() and used is not None and used > limits.source_rss_limit_mb:
                     log.warning("%s uses %.0f MiB > %d MiB: recycling it", source.label, used,
                                 limits.source_rss_limit_mb)  # fmt: skip
                     source.recycle()
         if limits.inference_rss_limit_mb:
             for w in workers:
-                used = self._rss(w.process.pid) if old_enough(w.process.pid) else None
+                used = rss_mb(w.process.pid) if old_enough(w.process.pid) else None
                 if used is not None and used > limits.inference_rss_limit_mb:
                     log.warning("%s uses %.0f MiB > %d MiB: recycling it", w.label.removeprefix("the "), used,
                                 limits.inference_rss_limit_mb)  # fmt: skip
