@@ -1,11 +1,11 @@
 """What every config section shares: the frozen, extra-forbidding base model; `fail`, the way a
 validator reports problems at keys below the value it validates (so that each keeps its YAML line);
-`base_dir`, the folder relative paths are read against; `describe`, a YAML value in a message."""
+`resolved`, a path read against the config file's folder; `describe`, a YAML value in a message."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, overload
 
 from pydantic import BaseModel, ConfigDict, ValidationInfo
 from pydantic_core import PydanticCustomError
@@ -28,10 +28,17 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-def base_dir(info: ValidationInfo) -> Path:
+@overload
+def resolved(path: Path, info: ValidationInfo) -> Path: ...
+@overload
+def resolved(path: None, info: ValidationInfo) -> None: ...
+def resolved(path: Path | None, info: ValidationInfo) -> Path | None:
+    """`path` read against the config file's folder when it is relative (absolute, and None, as they are)."""
+    if path is None or path.is_absolute():
+        return path
     context = info.context or {}
     base = context.get("base_dir")
-    return base if isinstance(base, Path) else Path.cwd()
+    return (base if isinstance(base, Path) else Path.cwd()) / path
 
 
 def describe(value: Any) -> str:

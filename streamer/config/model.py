@@ -20,7 +20,7 @@ from pydantic import (
 )
 
 from streamer.coco import COCO_CLASSES
-from streamer.config.base import Section, base_dir, describe, fail
+from streamer.config.base import Section, describe, fail, resolved
 
 _DEVICE = re.compile(r"auto|cpu|cuda(:[0-9]+)?")
 
@@ -77,9 +77,7 @@ class ModelConfig(Section):
     @field_validator("onnx")
     @classmethod
     def _resolve(cls, value: Path | None, info: ValidationInfo) -> Path | None:
-        if value is None or value.is_absolute():
-            return value
-        return base_dir(info) / value
+        return resolved(value, info)
 
     @model_validator(mode="after")
     def _one_model(self) -> ModelConfig:
@@ -215,9 +213,7 @@ class EngineConfig(Section):
     @field_validator("calibration_images")
     @classmethod
     def _resolve_calibration(cls, value: Path | None, info: ValidationInfo) -> Path | None:
-        if value is None or value.is_absolute():
-            return value
-        return base_dir(info) / value
+        return resolved(value, info)
 
     @model_validator(mode="after")
     def _sizes_within_max_batch(self) -> EngineConfig:

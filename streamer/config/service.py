@@ -20,7 +20,7 @@ from pydantic import (
     model_validator,
 )
 
-from streamer.config.base import Section, base_dir, fail
+from streamer.config.base import Section, fail, resolved
 from streamer.config.urls import redact_url, url_port
 from streamer.config.yamlfile import KeyPath
 
@@ -54,9 +54,7 @@ class CurveConfig(Section):
     @field_validator("server_secret_key_file", "authorized_clients")
     @classmethod
     def _resolve_keys(cls, value: Any, info: ValidationInfo) -> Any:
-        if isinstance(value, Path):
-            return value if value.is_absolute() else base_dir(info) / value
-        return tuple(p if p.is_absolute() else base_dir(info) / p for p in value)
+        return resolved(value, info) if isinstance(value, Path) else tuple(resolved(p, info) for p in value)
 
     @model_validator(mode="after")
     def _who_is_admitted(self) -> CurveConfig:
@@ -233,9 +231,7 @@ class FleetTlsConfig(Section):
     @field_validator("ca_file", "cert_file", "key_file")
     @classmethod
     def _resolve_tls(cls, value: Path | None, info: ValidationInfo) -> Path | None:
-        if value is None or value.is_absolute():
-            return value
-        return base_dir(info) / value
+        return resolved(value, info)
 
     @model_validator(mode="after")
     def _pair(self) -> FleetTlsConfig:

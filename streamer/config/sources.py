@@ -19,7 +19,7 @@ from pydantic import (
 )
 
 from streamer.config.analytics import LineConfig, TrackingOverrides, ZoneConfig
-from streamer.config.base import Section, base_dir, describe, fail
+from streamer.config.base import Section, describe, fail, resolved
 from streamer.config.urls import LIVE_SCHEMES, redact_url, url_port, url_scheme
 from streamer.config.yamlfile import KeyPath
 
@@ -192,7 +192,7 @@ class SourceConfig(Section):
                 "http(s)://, rtmp://, sample:<name> or a file path"
             )
         path = Path(value)
-        return str(path if path.is_absolute() else base_dir(info) / path)
+        return str(resolved(path, info))
 
     @field_validator("reconnect", mode="before")
     @classmethod
