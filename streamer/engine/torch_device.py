@@ -27,7 +27,7 @@ import os
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from streamer.engine.base import EngineOptions, ModelSpec, batch_sizes
 from streamer.engine.device import DeviceEngine, OutputLayout, TensorSpec
@@ -35,9 +35,6 @@ from streamer.engine.model_info import ModelInfo, inspect_model
 from streamer.engine.torch_static import NotBatchGeneric, convert_any_batch, convert_static
 from streamer.errors import EngineError, ModelError
 from streamer.paths import cache_dir
-
-if TYPE_CHECKING:
-    pass
 
 log = logging.getLogger(__name__)
 
