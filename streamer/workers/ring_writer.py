@@ -130,6 +130,8 @@ class RingWriter:
 class _Slots(Protocol):
     """What the policy needs of either ring."""
 
+    @property
+    def path(self) -> Path: ...
     def free_slot(self) -> int | None: ...
     def abandon(self, slot: int) -> None: ...
 
@@ -146,51 +148,45 @@ def hand_over(
 ) -> str | None:
     """Copy `frame` into a free slot of its ring and announce it (with `prior`); None, or why it was
     dropped (a ``DROP_*`` reason, counted in `metrics`)."""
+    ring: _Slots
     if isinstance(frame, DeviceFrame):  # decoded by NVDEC: into the stream's CUDA ring
         rings = writer.device_ring()
-        cuda = rings.ring_for(frame.width, frame.height)
-        if not rings.ensure_exported(sender):
-            lost: str | None = DROP_NOTIFY_FULL
-        else:
-
-            def reclaimed_and_exported() -> bool:
-                writer.reclaim_if_reader_replaced()  # (the reader holding the slots may have died)
-                return rings.ensure_exported(sender)
-
-            def write(slot: int) -> int:
-                return cuda.write(slot, frame.y_ptr, frame.uv_ptr, frame.pitch, stream=frame.stream)
-
-            lost = _announce(
-                cuda, write,
-                lambda slot, seq: FrameReady(
-                    stream, str(cuda.path), slot, seq, frame.index, frame.pts, frame.capture_time,
-                    frame.width, frame.height, live,
-                    layout="nv12", colorspace=frame.colorspace, color_range=frame.color_range,
-                    after=prior.after, ring_full=prior.ring_full, notify_full=prior.notify_full,
-                ),
-                sender, live, stop, reclaimed_and_exported,
-            )  # fmt: skip
-    else:
-        image = frame.image
-        ring = writer.ring_for(image.nbytes)
+        cuda = ring = rings.ring_for(frame.width, frame.height)
+        size = (frame.width, frame.height)
+        layout: dict[str, Any] = {
+            "layout": "nv12", "colorspace": frame.colorspace, "color_range": frame.color_range,
+        }  # fmt: skip
 
         def write(slot: int) -> int:
-            ring.view(slot, image.shape)[...] = image
-            return ring.commit(slot)
+            return cuda.write(slot, frame.y_ptr, frame.uv_ptr, frame.pitch, stream=frame.stream)
 
-        def reclaimed() -> bool:
+        def on_wait() -> bool:
+            writer.reclaim_if_reader_replaced()  # (the reader holding the slots may have died)
+            return rings.ensure_exported(sender)
+
+        ready = rings.ensure_exported(sender)
+    else:
+        image = frame.image
+        shm = ring = writer.ring_for(image.nbytes)
+        size, layout = (image.shape[1], image.shape[0]), {}
+
+        def write(slot: int) -> int:
+            shm.view(slot, image.shape)[...] = image
+            return shm.commit(slot)
+
+        def on_wait() -> bool:
             writer.reclaim_if_reader_replaced()  # (the reader holding the slots may have died)
             return True
 
-        lost = _announce(
-            ring, write,
-            lambda slot, seq: FrameReady(
-                stream, str(ring.path), slot, seq, frame.index, frame.pts, frame.capture_time,
-                image.shape[1], image.shape[0], live,
-                after=prior.after, ring_full=prior.ring_full, notify_full=prior.notify_full,
-            ),
-            sender, live, stop, reclaimed,
+        ready = True
+
+    def note(slot: int, seq: int) -> FrameReady:
+        return FrameReady(
+            stream, str(ring.path), slot, seq, frame.index, frame.pts, frame.capture_time, *size, live,
+            after=prior.after, ring_full=prior.ring_full, notify_full=prior.notify_full, **layout,
         )  # fmt: skip
+
+    lost = _announce(ring, write, note, sender, live, stop, on_wait) if ready else DROP_NOTIFY_FULL
     if lost is not None and metrics is not None and not stop.is_set():
         (metrics.dropped_ring_full if lost == DROP_RING_FULL else metrics.dropped_notify_full).inc()
     return lost
