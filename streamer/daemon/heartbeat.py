@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -18,6 +19,8 @@ from streamer.workers.common import STACK_SIGNAL, stack_file
 
 if TYPE_CHECKING:
     from multiprocessing.context import SpawnContext
+
+    from streamer.daemon.processes import SourceProcess
 
 STACK_WAIT_S = 3.0
 """How long to wait for a stuck worker's stack before killing it without one."""
@@ -68,4 +71,28 @@ def python_stack(pid: int, run_dir: str, wait_s: float = STACK_WAIT_S) -> str:
     return f"(no stack: the process did not answer within {wait_s:.0f} s)"
 
 
-__all__ = ["is_warm", "process_state", "python_stack", "shared_heartbeat", "silent_for"]
+def stalled_sources(
+    sources: Iterable[tuple[str, SourceProcess]], timeout_s: float, startup_s: float
+) -> Iterator[tuple[str, float, list[str], Any]]:
+    """The source processes silent for longer than their limit: ``(what, silent s, streams, process)``.
+
+    The streams of a decoder group share one process and its heartbeat: the largest of their limits
+    applies, and the process is named once. A process still spawning (importing, loading libraries) gets
+    at least `startup_s`.
+    """
+    processes: dict[int, tuple[float, list[str], Any, Any, str]] = {}
+    for sid, worker in sources:
+        shared, proc = worker.beating()
+        if shared is None or proc is None or not worker.alive():
+            continue
+        limit = worker.heartbeat_limit(timeout_s)
+        if not is_warm(shared):
+            limit = max(limit, startup_s)
+        was, sids, *_ = processes.get(id(shared), (0.0, [], None, None, ""))
+        processes[id(shared)] = (max(was, limit), [*sids, sid], shared, proc, worker.label)
+    for limit, sids, shared, proc, label in processes.values():
+        if (silent := silent_for(shared)) > limit:
+            yield (f"stream {sids[0]}: the source worker" if len(sids) == 1 else label), silent, sids, proc
+
+
+__all__ = ["is_warm", "process_state", "python_stack", "shared_heartbeat", "silent_for", "stalled_sources"]

@@ -1,6 +1,8 @@
 """The systemd notification protocol (sd_notify), without libsystemd: one datagram per state change.
 
 Does nothing when ``NOTIFY_SOCKET`` is not set (not under systemd, or ``Type=`` is not ``notify``).
+`SystemdReport` decides what the supervisor's loop tells systemd, and when: STATUS=, WATCHDOG=1 and the
+start timeout's extension while the model loads.
 """
 
 from __future__ import annotations
@@ -10,8 +12,18 @@ import os
 import socket
 import time
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from streamer.observability.status import RunStatus
 
 log = logging.getLogger(__name__)
+
+STATUS_EVERY_S = 5.0
+"""STATUS= (the streams' states) at most this often."""
+LOADING_EVERY_S = 5.0
+LOADING_EXTEND_S = 30.0
+"""While the model loads, systemd's start timeout is extended by this much every `LOADING_EVERY_S`."""
 
 
 class SystemdNotifier:
@@ -68,3 +80,38 @@ class SystemdNotifier:
         if self._sock is not None:
             self._sock.close()
             self._sock = None
+
+
+class SystemdReport:
+    """What the supervisor's loop tells systemd: STATUS= every few seconds, WATCHDOG=1 only while frames
+    are being published (or none are expected), and while the model loads, that loading goes on."""
+
+    def __init__(self, notifier: SystemdNotifier) -> None:
+        self.notifier = notifier
+        self._status_sent_at = 0.0
+        self._watchdog_at = 0.0
+        self._watchdog_published = -1
+        self._loading_told_at = 0.0
+
+    def loading(self, now: float) -> None:
+        """A TensorRT build or a cold torch.compile takes minutes, more than systemd's default start
+        timeout and the unit's watchdog: push both on every `LOADING_EVERY_S`."""
+        if now - self._loading_told_at >= LOADING_EVERY_S:
+            self._loading_told_at = now
+            self.notifier.loading(LOADING_EXTEND_S)
+
+    def progress(self, status: RunStatus | None, now: float) -> None:
+        """The workers' merged status file as read now (None: none yet)."""
+        notifier = self.notifier
+        if notifier.enabled and status is not None and now - self._status_sent_at >= STATUS_EVERY_S:
+            notifier.status(status.summary())
+            self._status_sent_at = now
+        interval = notifier.watchdog_interval
+        if not interval or now - self._watchdog_at < interval:
+            return
+        fresh = status is not None and time.time() - status.time < 3 * max(1.0, interval)
+        idle = status is not None and not any(s.state == "running" for s in status.streams.values())
+        if fresh and status is not None and (status.published > self._watchdog_published or idle):
+            notifier.watchdog()
+            self._watchdog_at = now
+            self._watchdog_published = status.published

@@ -34,21 +34,21 @@ from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from streamer.daemon.heartbeat import is_warm, silent_for
+from streamer.daemon.heartbeat import is_warm, silent_for, stalled_sources
 from streamer.daemon.inference_workers import DevicesError, InferenceWorker, make_workers, move_ledger
 from streamer.daemon.placement import LoadMeter, Placement, PlacementError
 from streamer.daemon.processes import SOURCE_JOIN_S, SourceProcess, describe_exit, kill_stalled, policy_of
 from streamer.daemon.recycle import MemoryBudgets
 from streamer.daemon.reload import plan
 from streamer.daemon.run_dir import make_run_dir
-from streamer.daemon.sdnotify import SystemdNotifier
+from streamer.daemon.sdnotify import SystemdNotifier, SystemdReport
 from streamer.daemon.signals import STOP_SIGNALS, SignalInbox
 from streamer.errors import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, ConfigError, ModelError
 from streamer.logs import setup_main
 from streamer.messages import EVENT_ERROR, EVENT_MOVED, Shutdown, StreamEvent
 from streamer.models.registry import ensure_model_apart, resolve
-from streamer.observability.health import MetricsServer, Snapshot, build_snapshot
-from streamer.observability.picture import PICTURES_DIR
+from streamer.observability.endpoint import Endpoint
+from streamer.observability.health import Snapshot, build_snapshot
 from streamer.observability.status import RunStatus, merge_statuses, read_status
 from streamer.workers.ledger import ledger_dir
 
@@ -57,12 +57,6 @@ if TYPE_CHECKING:
     from streamer.output.forwarder import Forwarder
 
 log = logging.getLogger(__name__)
-
-LOADING_EXTEND_S = 30.0
-"""While the model loads, systemd's start timeout is extended by this much every 5 s."""
-
-MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
-STATUS_EVERY_S = 5.0
 
 
 def check_key_files(cfg: Config) -> str | None:
@@ -94,13 +88,9 @@ class Supervisor:
         self._model: Path | None = None
         self._inbox = SignalInbox()
         self._last_status: RunStatus | None = None
-        self._status_sent_at = 0.0
-        self._watchdog_at = 0.0
-        self._watchdog_published = -1
-        self._loading_told_at = 0.0
+        self._systemd = SystemdReport(self._notifier)
         self._budgets = MemoryBudgets()
-        self._metrics: MetricsServer | None = None
-        self._env_before: str | None = None
+        self._endpoint: Endpoint | None = None
         self._health = Snapshot()
         """What /healthz, /readyz and /metrics report: replaced (never changed) by the main loop."""
         self._phase = "starting"
@@ -130,10 +120,12 @@ class Supervisor:
                     log.error("%s", exc)
                     return EXIT_CONFIG
                 self._placement = Placement([w.name for w in self._workers])
-                self._start_metrics(run_dir)  # before any worker is spawned: they inherit its environment
+                # before any worker is spawned: they inherit its environment
+                self._endpoint = Endpoint(self.cfg.metrics, run_dir, lambda: self._health)
                 return self._supervise()
         finally:
-            self._stop_metrics()
+            if self._endpoint is not None:
+                self._endpoint.close()
             self._notifier.stopping()
             for worker in self._workers:
                 worker.close()
@@ -395,9 +387,7 @@ class Supervisor:
             for cid in gone:
                 self._sources.pop(cid, None)
                 del self._fleet_ids[cid]
-                (ledger_dir(self._worker_of(cid).run_dir) / cid).unlink(missing_ok=True)
-                self._placement.forget(cid)
-                self._loads.forget(cid)
+                self._forget(cid)
         for cid, scfg in wanted.items():
             if cid not in self._fleet_ids and cid not in self._sources:
                 log.info("fleet: starting camera %s", cid)
@@ -418,6 +408,13 @@ class Supervisor:
         worker = lane.groups.worker_for(scfg, self.cfg.supervisor, on_gpu, policy_of(self.cfg))
         self._sources[scfg.id] = worker
         worker.start()
+
+    def _forget(self, sid: str) -> None:
+        """Stream `sid` is gone for good (removed by a reload, or no longer leased here): a stream of that
+        id added later starts from nothing: no frame ledger, no placement, no load."""
+        (ledger_dir(self._worker_of(sid).run_dir) / sid).unlink(missing_ok=True)
+        self._placement.forget(sid)
+        self._loads.forget(sid)
 
     def _reap_sources(self) -> None:
         for sid, worker in list(self._sources.items()):
@@ -463,30 +460,18 @@ class Supervisor:
             worker.join(max(0.0, deadline - time.monotonic()))
         self._reap_sources()
 
-    # -- heartbeats, memory, status, watchdog ------------------------------------------------------
+    # -- heartbeats, status, health ----------------------------------------------------------------
 
     def _check_heartbeats(self) -> None:
         """Kill (for a restart) each worker whose loop stopped advancing (`streamer.daemon.heartbeat`)."""
         limits = self.cfg.supervisor
         if not limits.heartbeat_timeout_s:
             return
-        # Per process: the streams of a decoder group share one (the largest of their limits applies).
-        processes: dict[int, tuple[float, list[str], Any, Any, str]] = {}
-        for sid, worker in self._sources.items():
-            shared, proc = worker.beating()
-            if shared is None or proc is None or not worker.alive():
-                continue
-            limit = worker.heartbeat_limit(limits.heartbeat_timeout_s)
-            if not is_warm(shared):  # still spawning: importing, loading libraries
-                limit = max(limit, limits.heartbeat_startup_s)
-            was, sids, *_ = processes.get(id(shared), (0.0, [], None, None, ""))
-            processes[id(shared)] = (max(was, limit), [*sids, sid], shared, proc, worker.label)
-        for limit, sids, shared, proc, label in processes.values():
-            what = f"stream {sids[0]}: the source worker" if len(sids) == 1 else label
-            if (silent := silent_for(shared)) > limit:
-                lane = self._worker_of(sids[0])
-                for event in kill_stalled(proc, what, silent, sids, lane.ctx.run_dir):
-                    lane.notify.send(event)
+        timeout_s, startup_s = limits.heartbeat_timeout_s, limits.heartbeat_startup_s
+        for what, silent, sids, proc in stalled_sources(self._sources.items(), timeout_s, startup_s):
+            lane = self._worker_of(sids[0])
+            for event in kill_stalled(proc, what, silent, sids, lane.ctx.run_dir):
+                lane.notify.send(event)
         if self._loading:
             return
         for w in self._workers:
@@ -503,7 +488,7 @@ class Supervisor:
                 w.after_restart += kill_stalled(inference.proc, w.label, silent, streams, w.ctx.run_dir)
 
     def _report(self) -> None:
-        """STATUS= every few seconds, WATCHDOG=1 while frames are being published (or none are expected)."""
+        """Read the workers' status files; tell systemd and the HTTP endpoint."""
         status = merge_statuses([read_status(w.status_path) for w in self._workers if not w.failed])
         now = time.monotonic()
         if status is not None:
@@ -512,77 +497,23 @@ class Supervisor:
             self._last_status = status
             self._loads.update(now, {k: (s.published, s.width, s.height) for k, s in status.streams.items()})
         self._publish_health()
-        if self._notifier.enabled and status is not None and now - self._status_sent_at >= STATUS_EVERY_S:
-            self._notifier.status(status.summary())
-            self._status_sent_at = now
-        interval = self._notifier.watchdog_interval
-        if not interval or now - self._watchdog_at < interval:
-            return
-        fresh = status is not None and time.time() - status.time < 3 * max(1.0, interval)
-        idle = status is not None and not any(s.state == "running" for s in status.streams.values())
-        if fresh and status is not None and (status.published > self._watchdog_published or idle):
-            self._notifier.watchdog()
-            self._watchdog_at = now
-            self._watchdog_published = status.published
+        self._systemd.progress(status, now)
 
     # -- metrics and health ------------------------------------------------------------------------
 
-    def _start_metrics(self, run_dir: Path) -> None:
-        """Serve /metrics, /healthz and /readyz, and point the workers' metrics at ``run_dir/metrics``.
-
-        prometheus-client picks its multiprocess mode when a process imports it: the variable must be in
-        the environment before the workers are spawned (they inherit it). Without a server, it is removed,
-        so that no worker writes metrics files that nobody reads.
-        """
-        self._env_before = os.environ.pop(MULTIPROC_ENV, None)
-        address = self.cfg.metrics.address
-        if address is None:
-            return
-        directory = run_dir / "metrics"
-        directory.mkdir()
-        pictures = run_dir / PICTURES_DIR  # (its presence tells the inference worker to make pictures)
-        try:
-            self._metrics = MetricsServer(*address, directory, lambda: self._health, pictures)
-        except OSError as exc:
-            log.error(
-                "metrics: cannot listen on %s (metrics.listen): %s; running without metrics and health "
-                "checks",
-                self.cfg.metrics.listen,
-                exc.strerror or exc,
-            )
-            return
-        os.environ[MULTIPROC_ENV] = str(directory)
-        pictures.mkdir()
-        log.info(
-            "metrics and health checks on %s (/metrics, /healthz, /readyz; the streams' pictures: /)",
-            self._metrics.url,
-        )
-
-    def _stop_metrics(self) -> None:
-        if self._metrics is not None:
-            self._metrics.close()
-            self._metrics = None
-        os.environ.pop(MULTIPROC_ENV, None)
-        if self._env_before is not None:
-            os.environ[MULTIPROC_ENV] = self._env_before
-
     def _process_exited(self, pid: int | None) -> None:
-        if self._metrics is not None:
-            self._metrics.process_exited(pid)
+        if self._endpoint is not None:
+            self._endpoint.process_exited(pid)
 
     def _waiting_for_model(self) -> bool:
         """`wait_ready`'s poll (every 0.1 s): /healthz keeps answering while the model loads, and systemd
-        is told every 5 s that loading goes on (a TensorRT build or a cold torch.compile takes minutes,
-        more than systemd's default start timeout and the unit's watchdog)."""
+        is told that loading goes on."""
         self._publish_health()
-        now = time.monotonic()
-        if now - self._loading_told_at >= 5.0:
-            self._loading_told_at = now
-            self._notifier.loading(LOADING_EXTEND_S)
+        self._systemd.loading(time.monotonic())
         return self._inbox.stopping()
 
     def _publish_health(self) -> None:
-        if self._metrics is None:
+        if self._endpoint is None or self._endpoint.server is None:
             return
         self._health = build_snapshot(
             self._health,
@@ -634,10 +565,8 @@ class Supervisor:
         for sid in removed + changed:
             self._sources[sid].removed = sid in removed
         self._stop_sources([self._sources[sid] for sid in removed + changed])
-        for sid in removed:  # a stream of that id added later starts from nothing
-            (ledger_dir(self._worker_of(sid).run_dir) / sid).unlink(missing_ok=True)
-            self._placement.forget(sid)
-            self._loads.forget(sid)
+        for sid in removed:
+            self._forget(sid)
         for sid in changed + change.added:
             self._sources.pop(sid, None)
             self._add_source(new_sources[sid])

@@ -3,15 +3,16 @@
 Every worker is its own process, so the metrics use prometheus-client's *multiprocess mode*: the supervisor
 sets ``PROMETHEUS_MULTIPROC_DIR`` (a folder of its run directory) before it spawns any worker, each worker
 writes its values into memory-mapped files of that folder, and the supervisor's HTTP endpoint adds them up
-(`streamer.observability.health`). Counters of a worker that exited stay in its files, so totals keep rising
+(`streamer.observability.endpoint`). Counters of a worker that exited stay in its files, so totals keep rising
 across restarts. Without the variable (metrics disabled, or a loop driven in-process by a test) the same
 objects count in memory and nobody reads them.
 
 The metric objects are made on first use, per process and never registered in the default registry: a
 source worker makes only the source metrics, the inference worker only its own, the supervisor (which
 imports the worker modules) none: its own figures (stream states, restarts, the fleet member's lease
-counts) are computed at scrape time by `streamer.observability.health`. Callers bind the labels once
-(``.labels(stream)``) and keep the child, so that counting a frame costs an increment, not a label lookup.
+counts) are computed at scrape time by `streamer.observability.supervisor_metrics`. Callers bind the
+labels once (``.labels(stream)``) and keep the child, so that counting a frame costs an increment, not a
+label lookup.
 
 Labels name a stream by its id, never by its URL (which may carry credentials).
 """

@@ -1,7 +1,7 @@
 """The metrics that more than one module names, defined once: the worker processes make them
 (`streamer.observability.metrics`), the supervisor computes some at scrape time
-(`streamer.observability.health`), and ``yolostream status`` reads them (`streamer.cli.status`). A new
-column of the status table is a change in two places: the metric and the table.
+(`streamer.observability.supervisor_metrics`), and ``yolostream status`` reads them (`streamer.cli.status`).
+A new column of the status table is a change in two places: the metric and the table.
 
 Names are given without `PREFIX`, as the samples of a scrape name them: a counter with its ``_total``,
 a histogram without its ``_bucket``. docs/metrics.md describes every metric.

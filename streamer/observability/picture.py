@@ -2,7 +2,7 @@
 
 Pictures are made only while someone looks, and never on the inference worker's critical path:
 
-1. the HTTP server (`streamer.observability.health`) asks for a stream's picture by touching
+1. the HTTP server (`streamer.observability.endpoint`) asks for a stream's picture by touching
 ``<dir>/<stream>.want``;
 2. the inference worker (`streamer.workers.pictures`) looks at those files four times a second; for a
    stream asked for within the last `WANT_S` seconds it copies one frame out of its ring slot at most

@@ -1,5 +1,5 @@
 """The streams' pictures over HTTP, served by the metrics endpoint's threads
-(`streamer.observability.health`):
+(`streamer.observability.endpoint`):
 
 - ``/``: a page listing the streams, each with its state and its picture (refreshed every second);
 - ``/streams/<id>/latest.jpg``: the stream's latest frame with its boxes, zones and lines;
@@ -32,7 +32,7 @@ BOUNDARY = "yolostream-frame"
 
 
 def serve(handler: Any, path: str) -> None:
-    """Answer `path` (``/`` or ``/streams/...``) on `handler`, a `streamer.observability.health._Handler`."""
+    """Answer `path` (``/`` or ``/streams/...``) on `handler`, the endpoint's `_Handler`."""
     server = handler.server
     snap = server.snapshot()
     if path == "/":

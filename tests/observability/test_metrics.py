@@ -25,14 +25,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 
 from streamer.cli.status import StatusError, fetch, parse, quantile, render, url_of_listen
 from streamer.config import ConfigError, parse_config
-from streamer.observability.health import (
-    STATUS_STALE_S,
-    MetricsServer,
-    Snapshot,
-    WorkerView,
-    health,
-    readiness,
-)
+from streamer.observability.endpoint import MetricsServer
+from streamer.observability.health import STATUS_STALE_S, Snapshot, WorkerView, health, readiness
 from streamer.observability.status import RunStatus, StreamStatus
 from tests.support.daemon import Daemon, Samples, start_daemon
 from tests.support.daemon import metrics_url as _metrics_url
