@@ -1,7 +1,7 @@
 """``yolostream build config.yaml``: make the config's engine ahead of time, so the daemon starts warm.
 
-TensorRT: the plan, built and cached (`streamer.engine.tensorrt.build_plan`). torch on CUDA: every batch
-size compiled once, which fills inductor's cache. ONNX Runtime and eager torch have nothing to build.
+TensorRT: the plan, built and cached (`streamer.engine.tensorrt_build.build_plan`). torch on CUDA: every
+batch size compiled once, which fills inductor's cache. ONNX Runtime and eager torch have nothing to build.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ def build(cfg: Config) -> int:
         print(f"nothing to build: {backend} runs the ONNX file as it is")
         return EXIT_OK
     try:
-        from streamer.engine.tensorrt import TensorRTBuildOptions, build_plan
+        from streamer.engine.tensorrt_build import TensorRTBuildOptions, build_plan
     except ImportError as exc:
         raise EngineError(
             f"`yolostream build` makes TensorRT engines, and TensorRT 10 is not usable here: {exc}"

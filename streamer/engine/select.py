@@ -126,7 +126,8 @@ def open_executor(cfg: Config, model: Path) -> Executor:
     conf = cfg.detection.confidence
     if backend == "tensorrt":
         from streamer.engine.cuda_executor import CudaExecutor
-        from streamer.engine.tensorrt import TensorRTBuildOptions, TensorRTEngine
+        from streamer.engine.tensorrt import TensorRTEngine
+        from streamer.engine.tensorrt_build import TensorRTBuildOptions
 
         build = TensorRTBuildOptions(**tensorrt_settings(cfg))
         engine: DeviceEngine = TensorRTEngine(model, options, build, info=info)

@@ -3,8 +3,9 @@
 TensorRT cannot be installed on any machine the project has (its builder is not on the package index
 these hosts reach; TensorRT-RTX refuses the H100/H200), so what runs here is:
 
-- mypy over `streamer/engine/tensorrt.py` against ``tensorrt-stubs`` (a call that does not exist in the
-  TensorRT 10 Python API fails), with a canary proving the stubs are really used;
+- mypy over `streamer/engine/tensorrt.py` and `tensorrt_build.py` against ``tensorrt-stubs`` (a call
+  that does not exist in the TensorRT 10 Python API fails), with a canary proving the stubs are really
+  used;
 - the backend loader's error when TensorRT is absent (or only its type stubs are installed).
 
 The tests that build and run an engine skip unless TensorRT and a CUDA GPU are present; they have never
@@ -81,7 +82,8 @@ def trt_gpu() -> None:
 @pytest.mark.gpu
 def test_build_caches_the_plan_and_reads_the_layout(trt_gpu: None, tmp_path: Path) -> None:
     from streamer.engine.device import OutputLayout, TensorSpec
-    from streamer.engine.tensorrt import TensorRTBuildOptions, TensorRTEngine, build_plan
+    from streamer.engine.tensorrt import TensorRTEngine
+    from streamer.engine.tensorrt_build import TensorRTBuildOptions, build_plan
 
     model = write_oracle_model(tmp_path / "oracle.onnx", input_size=(64, 96), num_classes=3)
     options = EngineOptions(device="cuda", max_batch=2)

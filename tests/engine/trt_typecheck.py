@@ -1,4 +1,4 @@
-"""Type-check `streamer/engine/tensorrt.py` with mypy against the ``tensorrt-stubs`` package.
+"""Type-check the TensorRT backend (`TARGETS`) with mypy against the ``tensorrt-stubs`` package.
 
 TensorRT cannot be installed on the project's machines, so this is how a call that does not exist in the
 TensorRT Python API is caught. ``tensorrt-stubs`` cannot be used as it is installed:
@@ -12,7 +12,7 @@ TensorRT Python API is caught. ``tensorrt-stubs`` cannot be used as it is instal
 
 So the installed stub files are copied into a scratch folder with those mechanical repairs (no API is
 added, removed or retyped), and mypy runs with that folder on ``mypy_path``, strict settings for the
-checked file, and the stubs' own remaining errors ignored. A canary file that calls a method TensorRT
+checked files, and the stubs' own remaining errors ignored. A canary file that calls a method TensorRT
 does not have must fail, which proves the stubs are really in use.
 
 Install the stubs without their dependencies (they require the ``tensorrt`` wheel itself, which downloads
@@ -32,7 +32,7 @@ from importlib import metadata
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-TARGET = ROOT / "streamer" / "engine" / "tensorrt.py"
+TARGETS = (ROOT / "streamer" / "engine" / "tensorrt.py", ROOT / "streamer" / "engine" / "tensorrt_build.py")
 STUBS_DIST = "tensorrt-stubs"
 _STUB_FILES = ("tensorrt/__init__.pyi", "tensorrt_bindings/__init__.pyi", "tensorrt_bindings/tensorrt.pyi")
 
@@ -119,10 +119,10 @@ def run_mypy(*files: Path, scratch: Path) -> subprocess.CompletedProcess[str]:
 
 
 def check(scratch: Path) -> tuple[subprocess.CompletedProcess[str], subprocess.CompletedProcess[str]]:
-    """(mypy over `TARGET`, mypy over the canary): the first must pass, the second must fail."""
+    """(mypy over `TARGETS`, mypy over the canary): the first must pass, the second must fail."""
     canary = scratch / "canary.py"
     canary.write_text(CANARY, encoding="utf-8")
-    return run_mypy(TARGET, scratch=scratch), run_mypy(canary, scratch=scratch)
+    return run_mypy(*TARGETS, scratch=scratch), run_mypy(canary, scratch=scratch)
 
 
 def main() -> int:
@@ -132,7 +132,7 @@ def main() -> int:
         return 2
     with tempfile.TemporaryDirectory() as tmp:
         target, canary = check(Path(tmp))
-    print(f"mypy against {STUBS_DIST} {version}: {TARGET.relative_to(ROOT)}")
+    print(f"mypy against {STUBS_DIST} {version}: {', '.join(str(t.relative_to(ROOT)) for t in TARGETS)}")
     print(target.stdout, end="")
     if canary.returncode == 0 or "build_cuda_engine_that_does_not_exist" not in canary.stdout:
         print("the canary passed: mypy is not using the TensorRT stubs\n" + canary.stdout, file=sys.stderr)
