@@ -16,6 +16,13 @@ EXIT_CONFIG = 2
 EXIT_USAGE = 2
 """Invalid arguments, as argparse exits (the same code as EXIT_CONFIG: what the user gave is wrong)."""
 
+# Exit codes of a source worker process, read by the supervisor (`streamer.daemon.processes`).
+EXIT_SOURCE_FAILED = 3
+"""The source failed and its worker already published the error event (no second report)."""
+EXIT_SOURCE_STALLED = 4
+"""The decoder blocked past its timeouts and the watchdog ended the worker (`streamer.sources.watchdog`):
+a stuck network call, not a bug in the stream. Retryable: the worker is restarted."""
+
 
 class YolostreamError(Exception):
     """Base class of every error this package raises on purpose."""

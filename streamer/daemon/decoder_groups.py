@@ -28,9 +28,9 @@ from typing import TYPE_CHECKING, Any
 
 from streamer.daemon.heartbeat import shared_heartbeat
 from streamer.daemon.processes import SourceProcess, describe_exit, kill
+from streamer.errors import EXIT_SOURCE_STALLED
 from streamer.workers.common import profiled
 from streamer.workers.decoder_group import GroupCommand, GroupReport, run_group
-from streamer.workers.source import EXIT_SOURCE_STALLED
 
 if TYPE_CHECKING:
     from multiprocessing.connection import Connection

@@ -17,11 +17,11 @@ from typing import TYPE_CHECKING, Any
 
 from streamer.daemon.heartbeat import python_stack, shared_heartbeat
 from streamer.daemon.restart import RestartPolicy, RestartTracker
-from streamer.errors import EXIT_OK
+from streamer.errors import EXIT_OK, EXIT_SOURCE_FAILED, EXIT_SOURCE_STALLED
 from streamer.messages import EVENT_STALLED, StreamEvent
 from streamer.workers.common import WorkerContext, profiled
 from streamer.workers.inference import run_inference
-from streamer.workers.source import EXIT_SOURCE_FAILED, EXIT_SOURCE_STALLED, WATCHDOG_GRACE_S, run_source
+from streamer.workers.source import WATCHDOG_GRACE_S, run_source
 
 if TYPE_CHECKING:
     from multiprocessing.context import SpawnContext

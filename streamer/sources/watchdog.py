@@ -6,7 +6,7 @@ is resolved by a blocking ``getaddrinfo`` (a dead DNS server holds it for tens o
 demuxer may loop. A blocked FFmpeg call cannot be cancelled from Python, and closing its container from
 another thread would crash the process. So the source worker runs each call under `Watchdog.guard`, and
 when one lasts longer than its limit the watchdog calls `on_stall`, which makes the worker exit with a
-distinct code (`streamer.workers.source.EXIT_SOURCE_STALLED`) for the supervisor to restart it.
+distinct code (`streamer.errors.EXIT_SOURCE_STALLED`) for the supervisor to restart it.
 """
 
 from __future__ import annotations

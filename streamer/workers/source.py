@@ -23,7 +23,7 @@ import traceback
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from streamer.errors import EXIT_FAILURE, EXIT_OK, SourceError
+from streamer.errors import EXIT_FAILURE, EXIT_OK, EXIT_SOURCE_FAILED, EXIT_SOURCE_STALLED, SourceError
 from streamer.messages import (
     EVENT_DOWN,
     EVENT_EOS,
@@ -57,11 +57,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# Exit code of a source worker that failed and already published its error event (no second report).
-EXIT_SOURCE_FAILED = 3
-# Exit code of a source worker whose decoder blocked past its timeouts (the watchdog ended it): a stuck
-# network call, not a bug in the stream. Retryable: restart the worker.
-EXIT_SOURCE_STALLED = 4
 # How much longer than its own timeout a decoder call may take before the watchdog ends the worker.
 WATCHDOG_GRACE_S = 10.0
 # A reconnect delay is slept in steps of this, so that a stop request is noticed promptly.

@@ -19,12 +19,11 @@ import pytest
 from streamer.config import SourceConfig, SupervisorConfig, parse_config
 from streamer.daemon.decoder_groups import DecoderGroups, GroupMember, decoder_kind
 from streamer.daemon.processes import SourceProcess, policy_of
-from streamer.errors import ConfigError
+from streamer.errors import EXIT_SOURCE_STALLED, ConfigError
 from streamer.observability.process_memory import parse_compute_apps
 from streamer.sources.nvdec import nvdec_usable
 from streamer.workers.common import StopFlag, WorkerContext
 from streamer.workers.decoder_group import _Group
-from streamer.workers.source import EXIT_SOURCE_STALLED
 from tests.support.daemon import Daemon, alive, run_dirs, start_daemon
 from tests.support.media import bright_spot_clip
 from tests.support.models import write_oracle_model

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from streamer.config import SourceConfig
-from streamer.errors import EXIT_OK, SourceError
+from streamer.errors import EXIT_OK, EXIT_SOURCE_STALLED, SourceError
 from streamer.messages import FrameReady, StreamEvent
 from streamer.sources.base import DecodedFrame, SourceInfo
 from streamer.sources.watchdog import Watchdog
@@ -268,7 +268,7 @@ def test_a_stalled_worker_logs_why_and_exits_with_its_own_code() -> None:
     proc = mp.Process(target=_stall_in_child, args=(queue,))
     proc.start()
     proc.join(30)
-    assert proc.exitcode == source_worker.EXIT_SOURCE_STALLED == 4
+    assert proc.exitcode == EXIT_SOURCE_STALLED == 4
     record = queue.get(timeout=5)
     assert "stream cam1: reading the stream took more than 15 s" in record.getMessage()
     assert "exit code 4" in record.getMessage()
