@@ -72,10 +72,11 @@ def trt_gpu() -> None:
     if not hasattr(trt, "Builder"):
         pytest.skip(f"{NO_TENSORRT} (only tensorrt-stubs is installed: an empty `tensorrt` namespace)")
     pytest.importorskip("cuda", reason="cuda-python is not installed")
-    from streamer.engine.tensorrt import _cudart
+    from streamer.cuda.runtime import load_cudart
 
-    count = _cudart().cudaGetDeviceCount()
-    if count[0] != _cudart().cudaError_t.cudaSuccess or count[1] < 1:
+    cudart = load_cudart()
+    count = cudart.cudaGetDeviceCount()
+    if count[0] != cudart.cudaError_t.cudaSuccess or count[1] < 1:
         pytest.skip("no CUDA GPU")
 
 
