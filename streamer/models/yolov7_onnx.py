@@ -54,15 +54,8 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from streamer.errors import ModelError
-from streamer.models.checkpoint import (
-    Record,
-    attr,
-    children,
-    is_record,
-    load_checkpoint,
-    parameter,
-    type_name,
-)
+from streamer.models.checkpoint import load_checkpoint
+from streamer.models.records import Record, attr, children, is_record, parameter, type_name
 
 __all__ = ["OPSET", "build_model", "import_checkpoint"]
 

@@ -18,12 +18,12 @@ import numpy as np
 import pytest
 
 from streamer.errors import ModelError
-from streamer.models.checkpoint import (
+from streamer.models.checkpoint import load_checkpoint
+from streamer.models.records import (
     CheckpointError,
     attr,
     children,
     is_record,
-    load_checkpoint,
     parameter,
     type_name,
     walk,

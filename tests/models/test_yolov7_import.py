@@ -25,7 +25,7 @@ from onnx import numpy_helper
 
 from streamer.errors import ModelError
 from streamer.models import yolov7_onnx
-from streamer.models.checkpoint import new_record, record_class, walk
+from streamer.models.records import new_record, record_class, walk
 from streamer.models.yolov7_onnx import build_model, import_checkpoint
 from streamer.postprocess.nms import NmsParams, box_iou, detect_image
 from streamer.preprocess import letterbox, to_input_tensor
