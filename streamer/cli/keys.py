@@ -1,5 +1,5 @@
 """``yolostream keys``: CURVE key pairs for the publisher and its subscribers, and how to use them
-(the key files themselves: `streamer.output.security`)."""
+(the key files themselves: `streamer.output.key_files`)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TextIO
 
 from streamer.errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, YolostreamError
-from streamer.output.security import write_key_pair
+from streamer.output.key_files import write_key_pair
 
 _KEY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 

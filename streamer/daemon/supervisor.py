@@ -63,7 +63,8 @@ def check_key_files(cfg: Config) -> str | None:
     """Read the CURVE key files the config names (before any worker starts): what is wrong, or None."""
     if cfg.publish.curve is None:
         return None
-    from streamer.output.security import CurveServer, KeyFileError
+    from streamer.output.key_files import KeyFileError
+    from streamer.output.security import CurveServer
 
     try:
         CurveServer.from_config(cfg.publish.curve)

@@ -37,6 +37,7 @@ import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from streamer.errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, YolostreamError
+from streamer.output.key_files import KeyFileError
 from streamer.output.protocol import (
     ANA_PREFIX,
     DET_PREFIX,
@@ -50,7 +51,7 @@ from streamer.output.protocol import (
     to_json,
     topic_for,
 )
-from streamer.output.security import CurveClient, KeyFileError
+from streamer.output.security import CurveClient
 
 __all__ = [
     "CurveClient",

@@ -1,12 +1,11 @@
-"""ZeroMQ CURVE for the publisher and its subscribers: key files, client authorisation, key generation.
+"""ZeroMQ CURVE for the publisher and its subscribers: their keys, and whom the publisher admits.
 
 With CURVE the publisher's XPUB socket is a CURVE server: every connection is encrypted, and a ZAP
 handler (pyzmq's `ThreadAuthenticator`, in the publisher's own context) admits only clients whose public
 key is authorised. A subscriber needs the server's public key and its own key pair (`CurveClient`).
 
-Keys live in ZeroMQ's certificate files (the format of ``zmq.auth.create_certificates``): ``NAME.key``
-holds a public key, ``NAME.key_secret`` the public and the secret key. ``yolostream keys`` writes them
-(`write_key_pair`, `streamer.cli.keys`).
+The keys come from ZeroMQ's certificate files (``NAME.key``, ``NAME.key_secret``), read and written by
+`streamer.output.key_files`; ``yolostream keys`` makes them (`streamer.cli.keys`).
 
 The authorised client keys (`AuthorizedClients`) are read when the publisher starts, and read again
 whenever one of the configured files or directories changes: a key added to or removed from the directory
@@ -16,12 +15,9 @@ applies to the next connection, without a restart. A subscriber that is already 
 
 from __future__ import annotations
 
-import datetime
 import ipaddress
 import logging
 import os
-import re
-import stat
 import threading
 import time
 from collections.abc import Sequence
@@ -32,7 +28,13 @@ from typing import TYPE_CHECKING
 import zmq
 import zmq.auth
 
-from streamer.errors import YolostreamError
+from streamer.output.key_files import (
+    KeyFileError,
+    check_curve,
+    read_certificate,
+    read_secret_certificate,
+    z85_key,
+)
 
 if TYPE_CHECKING:
     from zmq.auth.thread import ThreadAuthenticator
@@ -44,102 +46,15 @@ __all__ = [
     "AuthorizedClients",
     "CurveClient",
     "CurveServer",
-    "KeyFileError",
     "is_local_endpoint",
-    "read_certificate",
-    "read_secret_certificate",
     "start_authenticator",
-    "write_key_pair",
 ]
 
 log = logging.getLogger(__name__)
 
 ZAP_DOMAIN = "yolostream"
 """The ZAP domain of the publisher's socket (with ``ZAP_ENFORCE_DOMAIN``: no handler, no connection)."""
-_Z85_KEY = re.compile(rb"[0-9a-zA-Z.\-:+=^!/*?&<>()\[\]{}@%$#]{40}")
 _REFUSAL_LOG_INTERVAL = 60.0  # seconds between two log lines about the same refused key
-
-
-class KeyFileError(YolostreamError, OSError):
-    """A CURVE key file is missing, unreadable or not a ZeroMQ certificate (the message names the file)."""
-
-
-def _check_curve() -> None:
-    if not zmq.has("curve"):
-        raise YolostreamError(
-            f"this libzmq ({zmq.zmq_version()}) was built without CURVE support; install pyzmq's wheel, "
-            "which bundles a libzmq with it"
-        )
-
-
-def _z85(key: bytes | str, what: str) -> bytes:
-    raw = key.encode("ascii", "replace") if isinstance(key, str) else key
-    if not _Z85_KEY.fullmatch(raw):
-        raise ValueError(f"{what} must be a 40-character Z85 CURVE key, got {len(raw)} characters")
-    return raw
-
-
-def read_certificate(path: str | os.PathLike[str]) -> tuple[bytes, bytes | None]:
-    """Read a ZeroMQ certificate file: ``(public_key, secret_key)``, Z85-encoded.
-
-    Parameters:
-        path: a ``NAME.key`` (public) or ``NAME.key_secret`` file.
-
-    Returns:
-        The public key, and the secret key or None (a public ``.key`` file).
-
-    Raises:
-        KeyFileError: the file is missing, unreadable or not a certificate.
-    """
-    public, secret, _ = _read_certificate(path)
-    return public, secret
-
-
-def read_secret_certificate(path: str | os.PathLike[str]) -> tuple[bytes, bytes]:
-    """Read a ``NAME.key_secret`` file: ``(public_key, secret_key)``, Z85-encoded.
-
-    A file that other users can read is accepted with a logged warning.
-
-    Raises:
-        KeyFileError: the file is missing, unreadable, not a certificate, lacks the secret key, or its
-            public key does not belong to its secret key.
-    """
-    public, secret, mode = _read_certificate(path)
-    name = os.fspath(path)
-    if secret is None:
-        raise KeyFileError(
-            f"CURVE key file {name} holds no secret key: give the NAME.key_secret file, not NAME.key"
-        )
-    if zmq.curve_public(secret) != public:
-        raise KeyFileError(f"CURVE key file {name}: its public key does not belong to its secret key")
-    if mode & 0o077:
-        log.warning("CURVE secret key file %s can be read by other users (mode %o): chmod 600 it", name, mode)
-    return public, secret
-
-
-def _read_certificate(path: str | os.PathLike[str]) -> tuple[bytes, bytes | None, int]:
-    name = os.fspath(path)
-    try:
-        info = os.stat(name)
-        if stat.S_ISDIR(info.st_mode):
-            raise KeyFileError(f"CURVE key file {name}: is a directory, not a certificate file")
-        public, secret_key = zmq.auth.load_certificate(name)
-    except KeyFileError:
-        raise
-    except OSError as exc:
-        raise KeyFileError(f"cannot read CURVE key file {name}: {exc.strerror or exc}") from None
-    except ValueError:  # no public-key line
-        raise KeyFileError(
-            f"CURVE key file {name} is not a ZeroMQ certificate (no public-key line); "
-            "make one with `yolostream keys`"
-        ) from None
-    try:
-        public = _z85(public, "its public-key")
-        if secret_key is not None:
-            secret_key = _z85(secret_key, "its secret-key")
-    except ValueError as exc:
-        raise KeyFileError(f"CURVE key file {name}: {exc}") from None
-    return public, secret_key, stat.S_IMODE(info.st_mode)
 
 
 # ------------------------------------------------------------------------------------------------ client
@@ -174,16 +89,16 @@ class CurveClient:
         Raises:
             ValueError: a key is not a 40-character Z85 key, or the public key does not match the secret.
         """
-        _check_curve()
-        server = _z85(server_public_key, "the server's public key")
+        check_curve()
+        server = z85_key(server_public_key, "the server's public key")
         if secret_key is None:
             if public_key is not None:
                 raise ValueError("a client public key without its secret key")
             public, secret = zmq.curve_keypair()
             return cls(server, public, secret)
-        secret = _z85(secret_key, "the client's secret key")
+        secret = z85_key(secret_key, "the client's secret key")
         public = zmq.curve_public(secret)
-        if public_key is not None and _z85(public_key, "the client's public key") != public:
+        if public_key is not None and z85_key(public_key, "the client's public key") != public:
             raise ValueError("the client's public key does not belong to its secret key")
         return cls(server, public, secret)
 
@@ -201,7 +116,7 @@ class CurveClient:
         Raises:
             KeyFileError: a file is missing, unreadable or not a certificate of the right kind.
         """
-        _check_curve()
+        check_curve()
         server, _ = read_certificate(server_key)
         if client_key is None:
             return cls.from_keys(server)
@@ -347,7 +262,7 @@ class CurveServer:
         Raises:
             KeyFileError: a file is missing, unreadable or not a certificate (the message names it).
         """
-        _check_curve()
+        check_curve()
         public, secret = read_secret_certificate(cfg.server_secret_key_file)
         clients = None if cfg.allow_any_client else AuthorizedClients(cfg.authorized_clients)
         return cls(public, secret, clients)
@@ -391,54 +306,3 @@ def is_local_endpoint(endpoint: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:  # `*`, an interface name, a host name
         return False
-
-
-# ------------------------------------------------------------------------------------------ key files
-
-_BANNER = """\
-#   ****  Generated on {date} by yolostream keys  ****
-#   ZeroMQ CURVE {kind} Certificate
-#   {advice}
-
-"""
-
-
-def _certificate(public: bytes, secret: bytes | None) -> bytes:
-    date = datetime.datetime.now().isoformat(sep=" ", timespec="seconds")
-    if secret is None:
-        text = _BANNER.format(date=date, kind="Public", advice="Give it to whoever must know this key.")
-    else:
-        text = _BANNER.format(
-            date=date, kind="**Secret**", advice="DO NOT GIVE THIS FILE TO ANYONE nor change its mode."
-        )
-    text += f'metadata\ncurve\n    public-key = "{public.decode()}"\n'
-    if secret is not None:
-        text += f'    secret-key = "{secret.decode()}"\n'
-    return text.encode()
-
-
-def _write(path: Path, data: bytes, mode: int, force: bool) -> None:
-    """Write `data` to `path` with exactly `mode`; never over an existing file unless `force`."""
-    target = path.with_name(path.name + ".tmp") if force else path
-    if force:
-        target.unlink(missing_ok=True)
-    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    try:
-        os.fchmod(fd, mode)  # (the umask may have narrowed it)
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    if force:
-        os.replace(target, path)
-
-
-def write_key_pair(public_file: Path, secret_file: Path, force: bool) -> None:
-    """A new CURVE key pair: `public_file` (mode 0644) and `secret_file` (0600), their folders made
-    (0700 for secret ones); an existing file is replaced only with `force`."""
-    _check_curve()
-    public, secret = zmq.curve_keypair()
-    for file in (public_file, secret_file):
-        file.parent.mkdir(parents=True, exist_ok=True, mode=0o700 if file.name.endswith("_secret") else 0o755)
-    _write(public_file, _certificate(public, None), 0o644, force)
-    _write(secret_file, _certificate(public, secret), 0o600, force)

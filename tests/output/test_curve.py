@@ -23,14 +23,10 @@ import zmq
 from streamer.cli.keys import make_keys
 from streamer.config import CurveConfig, PublishConfig
 from streamer.output.client import CurveClient, ReceiveTimeout, Subscriber, subscribe_main
+from streamer.output.key_files import KeyFileError
 from streamer.output.protocol import DetectionsMessage
 from streamer.output.publish import Publisher, PublishError
-from streamer.output.security import (
-    AuthorizedClients,
-    CurveServer,
-    KeyFileError,
-    is_local_endpoint,
-)
+from streamer.output.security import AuthorizedClients, CurveServer, is_local_endpoint
 
 TIMEOUT = 5.0  # seconds: every wait for something that must happen is bounded by this
 WINDOW = 1.5  # seconds of publishing during which a refused subscriber must receive nothing
@@ -264,7 +260,7 @@ def test_mismatched_secret_file_is_rejected(keys: Keys, tmp_path: Path) -> None:
 
 def test_readable_secret_file_is_a_warning(keys: Keys, caplog: pytest.LogCaptureFixture) -> None:
     keys.server_secret.chmod(0o644)
-    with caplog.at_level(logging.WARNING, logger="streamer.output.security"):
+    with caplog.at_level(logging.WARNING, logger="streamer.output.key_files"):
         CurveServer.from_config(keys.config().curve)  # type: ignore[arg-type]
     assert "can be read by other users (mode 644): chmod 600 it" in caplog.text
 

@@ -12,7 +12,7 @@ import zmq.auth
 
 from streamer.cli.keys import make_keys
 from streamer.cli.main import main
-from streamer.output.security import read_secret_certificate
+from streamer.output.key_files import read_secret_certificate
 
 
 def mode(path: Path) -> int:
