@@ -73,7 +73,7 @@ def _fleet_of(args: argparse.Namespace) -> Any:
 
 
 def _cmd_subscribe(args: argparse.Namespace) -> int:
-    from streamer.output.client import subscribe_main
+    from streamer.cli.subscribe import subscribe_main
 
     if args.nats or args.durable:
         from streamer.fleet.replay import subscribe_nats_main

@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, Any, TextIO
 from streamer.errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, YolostreamError
 from streamer.fleet.connect import API_TIMEOUT_S, FleetError, connect
 from streamer.fleet.names import SUBJECT_ROOT, stream_name, topic_of
-from streamer.output.client import format_message
 from streamer.output.protocol import ProtocolError, decode, to_json
+from streamer.output.text import format_message
 
 if TYPE_CHECKING:
     from streamer.config import FleetConfig

@@ -12,7 +12,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,12 +20,13 @@ import pytest
 import zmq
 
 from streamer.cli.keys import make_keys
-from streamer.config import CurveConfig, PublishConfig
-from streamer.output.client import CurveClient, ReceiveTimeout, Subscriber, subscribe_main
+from streamer.config import PublishConfig
+from streamer.output.client import CurveClient, ReceiveTimeout, Subscriber
 from streamer.output.key_files import KeyFileError
 from streamer.output.protocol import DetectionsMessage
 from streamer.output.publish import Publisher, PublishError
 from streamer.output.security import AuthorizedClients, CurveServer, is_local_endpoint
+from tests.support.curve import Keys
 
 TIMEOUT = 5.0  # seconds: every wait for something that must happen is bounded by this
 WINDOW = 1.5  # seconds of publishing during which a refused subscriber must receive nothing
@@ -34,24 +34,6 @@ WINDOW = 1.5  # seconds of publishing during which a refused subscriber must rec
 
 def det(stream: str, frame: int) -> DetectionsMessage:
     return DetectionsMessage(stream=stream, frame=frame, pts=None, capture_ts=time.time(), width=8, height=8)
-
-
-class Keys:
-    """A key directory made by `yolostream keys`: the server pair and subscribers alice and bob."""
-
-    def __init__(self, root: Path) -> None:
-        assert make_keys(root, ["alice", "bob"], force=False, out=io.StringIO()) == 0
-        self.root = root
-        self.server_secret = root / "server.key_secret"
-        self.server_public = root / "server.key"
-        self.authorized = root / "authorized_clients"
-
-    def client(self, name: str) -> CurveClient:
-        return CurveClient.from_files(self.server_public, self.root / "clients" / f"{name}.key_secret")
-
-    def config(self, endpoint: str = "tcp://127.0.0.1:*", **curve: object) -> PublishConfig:
-        fields = {"server_secret_key_file": self.server_secret, "authorized_clients": [self.authorized]}
-        return PublishConfig(endpoint=endpoint, curve=CurveConfig.model_validate({**fields, **curve}))
 
 
 @pytest.fixture
@@ -175,40 +157,6 @@ def test_curve_over_ipc(keys: Keys, tmp_path: Path) -> None:
     ):
         got = publish_for(pub, 0.5, alice, plaintext)
     assert got[0] > 0 and got[1] == 0
-
-
-def test_subscribe_command_with_keys(keys: Keys, pub: Publisher, capsys: pytest.CaptureFixture[str]) -> None:
-    out = io.StringIO()
-    client_key = keys.root / "clients" / "bob.key_secret"
-    args = (pub.endpoint, None, False, 3, TIMEOUT)
-    thread = threading.Thread(
-        target=lambda: result.append(
-            subscribe_main(*args, out=out, server_key=keys.server_public, client_key=client_key)
-        )
-    )
-    result: list[int] = []
-    thread.start()
-    try:
-        assert pub.wait_for_subscribers(2, TIMEOUT)
-        for i in range(3):
-            pub.publish(det("cam1", i))
-    finally:
-        thread.join(TIMEOUT + 5)
-    assert result == [0]
-    assert len(out.getvalue().splitlines()) == 3
-
-    stranger = keys.root.parent / "stranger"
-    assert make_keys(stranger, ["x"], force=False, out=io.StringIO()) == 0
-    code = subscribe_main(
-        pub.endpoint, None, False, None, 1.0, server_key=keys.server_public,
-        client_key=stranger / "clients" / "x.key_secret",
-    )  # fmt: skip
-    assert code == 1
-    assert "refused this subscriber's CURVE key" in capsys.readouterr().err
-    assert subscribe_main(pub.endpoint, None, False, None, 1.0, server_key=keys.root / "nope.key") == 2
-    assert "nope.key" in capsys.readouterr().err
-    assert subscribe_main(pub.endpoint, None, False, None, 1.0, client_key=client_key) == 2
-    assert "--client-key needs --server-key" in capsys.readouterr().err
 
 
 def count_received(*subs: Subscriber, wait: float = 0.5) -> list[int]:
