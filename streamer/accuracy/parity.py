@@ -202,7 +202,8 @@ def _run(
     out_dir: Path | None,
     widened: list[str],
 ) -> ParityResult:
-    from streamer.accuracy.parity_report import draw_frame, notes_for, write_report
+    from streamer.accuracy.parity_pictures import draw_frame
+    from streamer.accuracy.parity_report import notes_for, write_report
 
     nms = serving_nms(cfg.detection)
     swap_rb = cfg.model.channel_order == "bgr"
