@@ -69,7 +69,7 @@ def daemon_name(cfg: FleetConfig) -> str:
 @dataclass(frozen=True)
 class FleetStats:
     """What a member has counted since it started (the ``fleet_*`` metrics of
-    `streamer.observability.health`)."""
+    `streamer.observability.supervisor_metrics`)."""
 
     leases: int = 0
     """Leases held now."""
@@ -103,6 +103,8 @@ class FleetMember:
         self._on_change = on_change or (lambda: None)
         self._lock = threading.Lock()
         self._leases: dict[str, _Lease] = {}
+        """Written under `_lock` only (the supervisor's thread reads it in `running`); read freely by the
+        member's own thread, the only writer."""
         self._wanted: dict[str, SourceConfig] = {}
         self._unclaimed_before: set[str] = set()
         self._bad_cameras: dict[str, int] = {}
@@ -110,7 +112,6 @@ class FleetMember:
         self._stopped = dict.fromkeys(FLEET_STOP_REASONS, 0)
         self._running: set[str] | None = None
         """What the supervisor last said it runs (`running`); None: nobody says (a camera stops at once)."""
-        self._handing_over: set[str] = set()
         self._stopped_told: set[str] = set()
         self._plan_seen: int | None = None
         self._stop = threading.Event()
@@ -137,7 +138,7 @@ class FleetMember:
         a camera being handed over is deleted once it is not among them, so that it never runs twice."""
         with self._lock:
             self._running = set(ids)
-            stopped = self._handing_over - self._running
+            stopped = self._handing_over() - self._running
             new, self._stopped_told = bool(stopped - self._stopped_told), stopped
         if new:  # (once per camera: a release that fails waits for the next tick, not a storm of them)
             self._wake()
@@ -181,9 +182,12 @@ class FleetMember:
         """Forget lease `cid` (it is gone or going): its camera stops, counted under `reason` if it ran."""
         with self._lock:
             lease = self._leases.pop(cid, None)
-            self._handing_over.discard(cid)
             if lease is not None and not lease.handing_over:
                 self._stopped[reason] += 1
+
+    def _handing_over(self) -> set[str]:
+        """The cameras being handed over (call under `_lock` from another thread)."""
+        return {cid for cid, lease in self._leases.items() if lease.handing_over}
 
     def _kept(self) -> dict[str, _Lease]:
         """The leases whose cameras run here (not being handed over)."""
@@ -322,7 +326,8 @@ class FleetMember:
             except nats.js.errors.KeyWrongLastSequenceError:
                 continue  # another daemon was quicker
             source, camera_revision = cameras[cid]
-            self._leases[cid] = _Lease(source, camera_revision, revision, sent, since)
+            with self._lock:
+                self._leases[cid] = _Lease(source, camera_revision, revision, sent, since)
             log.info("fleet: claimed camera %s (%s)", cid, source.display_url)
         self._publish_leases()
 
@@ -357,7 +362,6 @@ class FleetMember:
         with self._lock:
             for cid in cids:
                 self._leases[cid].handing_over = True
-                self._handing_over.add(cid)
                 self._stopped[FLEET_REBALANCE] += 1
         self._publish_leases()
         await self._release_handed_over(kv_leases)
@@ -368,7 +372,7 @@ class FleetMember:
 
         with self._lock:
             running = self._running
-            done = [c for c in self._handing_over if running is None or c not in running]
+            done = [c for c in self._handing_over() if running is None or c not in running]
         for cid in done:
             lease = self._leases.get(cid)
             if lease is None:
@@ -412,7 +416,6 @@ class FleetMember:
                 log.info("fleet: released camera %s", cid)
         with self._lock:
             self._leases.clear()
-            self._handing_over.clear()
         self._publish_leases()
         if kv_daemons is not None:
             with contextlib.suppress(Exception):
