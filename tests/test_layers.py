@@ -1,5 +1,6 @@
 """The package's imports run one way (docs/architecture.md): no module imports a module of a layer above
-its own, and no two modules import each other, directly or round a circle.
+its own, and no two modules import each other, directly or round a circle. And the tree of
+docs/architecture.md names every module, a line each, and no module that is gone.
 
 Read from the source with `ast`: every ``import streamer…`` and ``from streamer… import`` counts, also
 those inside functions (a lazy import still ties the two modules together); those under
@@ -111,3 +112,33 @@ def test_no_import_circles() -> None:
         if module not in index:
             visit(module)
     assert not circles, "modules that import each other: " + "; ".join(" ↔ ".join(c) for c in circles)
+
+
+def _tree() -> set[str]:
+    """The modules the tree of docs/architecture.md names: paths relative to the package."""
+    text = (PACKAGE.parent / "docs" / "architecture.md").read_text()
+    block = text.split("```\nstreamer/\n", 1)[1].split("```", 1)[0]
+    folders: list[str] = []
+    named = set()
+    for line in block.splitlines():
+        depth = (len(line) - len(line.lstrip(" "))) // 2 - 1  # two spaces a level, below streamer/
+        name = line.split()[0]
+        del folders[depth:]
+        if name.endswith("/"):
+            folders.append(name.removesuffix("/"))
+        else:
+            named.add("/".join([*folders, name]))
+    return named
+
+
+def test_the_architecture_tree_names_every_module_and_only_those() -> None:
+    named = _tree()
+    modules = {
+        str(p.relative_to(PACKAGE))
+        for p in PACKAGE.rglob("*.py")
+        if p.name not in ("__init__.py", "__main__.py")
+    }
+    missing = sorted(modules - named)
+    assert not missing, f"modules docs/architecture.md's tree does not name (a line each): {missing}"
+    gone = sorted(n for n in named if not (PACKAGE / n).is_file())
+    assert not gone, f"docs/architecture.md's tree names modules that do not exist: {gone}"
