@@ -71,6 +71,7 @@ def write_config(
         f"  batch_timeout_ms: {args.batch_timeout_ms}\n"
         f"sources:\n{sources}publish:\n  endpoint: {endpoint}\n"
         "logging:\n  stats_interval_s: 10\n  level: INFO\nmetrics:\n  enabled: false\n"
+        + (f"supervisor:\n  nvdec_streams_per_process: {args.per_process}\n" if args.per_process else "")
     )
 
 
@@ -168,6 +169,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--sizes", type=int, nargs="+", help="engine.batch_sizes (default: the engine's)")
     parser.add_argument("--batch-timeout-ms", type=float, default=10.0)
+    parser.add_argument("--per-process", type=int, help="supervisor.nvdec_streams_per_process (default: 8)")
     parser.add_argument("--precision", choices=("fp16", "fp32"), default="fp16")
     parser.add_argument("--no-compile", dest="compile", action="store_false")
     parser.add_argument("--model", type=Path, help="an ONNX model (default: YOLOv7 with random weights)")
@@ -227,7 +229,7 @@ def main() -> None:
 
     print(f"\nGPU {torch.cuda.get_device_name(0)}; 1080p30 H.264 on NVDEC, realtime; YOLOv7-640 random "
           f"weights, torch {variant}, max batch {args.batch}; {args.seconds:.0f} s per row after "
-          f"{args.warmup:.0f} s")  # fmt: skip
+          f"{args.warmup:.0f} s; NVDEC streams per process {args.per_process or 8}")  # fmt: skip
     print(f"engine alone, batch {args.batch}: {ceil:.0f} img/s = {ceil / FPS:.0f} streams' worth")
     print(
         "streams | delivered/wanted fps | slowest | p50/p99/max ms | dropped (lost) | GPU MiB | batch | "

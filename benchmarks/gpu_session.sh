@@ -25,7 +25,8 @@
 #             `yolostream eval` on the daemon's GPU engine fp32 / fp16 vs ONNX Runtime fp32 CPU (mAP on tinycoco),
 #             `yolostream parity` fp16 vs fp32 (lite site + pycocotools; benchmarks/.cache/{yolov5s-coco.onnx,tinycoco})
 #   save-cache  the compile caches into $OUT/cache.tar.xz (copy it to .whl-gpu/ and carry it: a warm start)
-#   live      benchmarks/gpu_live.py: LIVE_STREAMS (4 16 32 48 64), LIVE_SECONDS (60) per count, LIVE_WARMUP (10)
+#   live      benchmarks/gpu_live.py: LIVE_STREAMS (4 16 32 48 64), LIVE_SECONDS (60) per count, LIVE_WARMUP (10),
+#             LIVE_PER_PROCESS (supervisor.nvdec_streams_per_process, default 8)
 #   mps-live  the same under CUDA MPS (LIVE_STREAMS 32 48, LIVE_SECONDS 30, LIVE_BATCH 16)
 #   pipeline-fp16, pipeline-mps, pipeline-fp32  unpaced daemon vs engine alone (16/48 fp16, MPS, fp32 16;
 #             fp16: PIPELINE_STREAMS, PIPELINE_PER_PROCESS = supervisor.nvdec_streams_per_process;
@@ -115,7 +116,7 @@ print('PyAV', av.__version__, '| cuda-bindings', cuda.bindings.__version__, '| t
             --warmup ${SOAK_WARMUP:-120} ${SOAK_TRACE:+--tracemalloc} --out "$OUT/soak" ;;
     live)  # live streams per GPU: 4 .. 64 realtime 1080p30 NVDEC streams, fp16 compiled, batch 16
         python benchmarks/gpu_live.py --streams ${LIVE_STREAMS:-4 16 32 48 64} --seconds ${LIVE_SECONDS:-60} \
-            --warmup ${LIVE_WARMUP:-10} --out "$OUT" ;;
+            --warmup ${LIVE_WARMUP:-10} ${LIVE_PER_PROCESS:+--per-process $LIVE_PER_PROCESS} --out "$OUT" ;;
     pipeline-fp16)  # unpaced: the daemon vs the engine alone, fp16 compiled, 16 and 48 streams
         python benchmarks/gpu_pipeline.py --streams ${PIPELINE_STREAMS:-16 48} --batch 16 --seconds 15 --warmup 8 \
             --precision fp16 ${PIPELINE_PER_PROCESS:+--per-process $PIPELINE_PER_PROCESS} ${PIPELINE_ARGS:-} \
