@@ -27,7 +27,7 @@
 #   save-cache  the compile caches into $OUT/cache.tar.xz (copy it to .whl-gpu/ and carry it: a warm start)
 #   live      benchmarks/gpu_live.py: LIVE_STREAMS (4 16 32 48 64), LIVE_SECONDS (60) per count, LIVE_WARMUP (10),
 #             LIVE_PER_PROCESS (supervisor.nvdec_streams_per_process, default 8)
-#   mps-live  the same under CUDA MPS (LIVE_STREAMS 32 48, LIVE_SECONDS 30, LIVE_BATCH 16)
+#   mps-live  the same under CUDA MPS (LIVE_STREAMS 32 48, LIVE_SECONDS 30, LIVE_WARMUP 8, LIVE_BATCH 16)
 #   pipeline-fp16, pipeline-mps, pipeline-fp32  unpaced daemon vs engine alone (16/48 fp16, MPS, fp32 16;
 #             fp16: PIPELINE_STREAMS, PIPELINE_PER_PROCESS = supervisor.nvdec_streams_per_process;
 #             PIPELINE_ARGS: more gpu_pipeline.py options, e.g. "--concurrent --inflight 3 --batch-sizes 16")
@@ -126,7 +126,8 @@ print('PyAV', av.__version__, '| cuda-bindings', cuda.bindings.__version__, '| t
             --per-process ${CONTENTION_PER_PROCESS:-8 0} --seconds 6 ;;
     mps-live)  # live streams under CUDA MPS (one GPU context for every process instead of one each)
         with_mps python benchmarks/gpu_live.py --streams ${LIVE_STREAMS:-32 48} --seconds ${LIVE_SECONDS:-30} \
-            --warmup 8 --batch ${LIVE_BATCH:-16} --out "$OUT/${LIVE_OUT:-mps}" ;;
+            --warmup ${LIVE_WARMUP:-8} ${LIVE_PER_PROCESS:+--per-process $LIVE_PER_PROCESS} --batch ${LIVE_BATCH:-16} \
+            --out "$OUT/${LIVE_OUT:-mps}" ;;
     pipeline-mps)  # unpaced under CUDA MPS, fp16 compiled, 16 and 48 streams
         with_mps python benchmarks/gpu_pipeline.py --streams ${PIPELINE_STREAMS:-16 48} --batch 16 --seconds 15 --warmup 8 \
             --precision fp16 ${PIPELINE_PER_PROCESS:+--per-process $PIPELINE_PER_PROCESS} ${PIPELINE_ARGS:-} \
